@@ -1,0 +1,49 @@
+"""Settings of django-ledgepay, read from ``django.conf.settings`` each time they are used."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+DEFAULT_API_BASE = "https://api.ledgepay.com/v1"
+
+
+class Settings:
+    """Each property reads the project's setting on access, so ``override_settings`` works."""
+
+    @property
+    def LEDGEPAY_API_KEY(self) -> str:
+        return str(getattr(settings, "LEDGEPAY_API_KEY", "") or "")
+
+    @property
+    def LEDGEPAY_API_BASE(self) -> str:
+        base = getattr(settings, "LEDGEPAY_API_BASE", DEFAULT_API_BASE) or DEFAULT_API_BASE
+        return str(base).rstrip("/")
+
+    @property
+    def LEDGEPAY_WEBHOOK_SECRET(self) -> str | list[str] | tuple[str, ...]:
+        value: str | list[str] | tuple[str, ...] = getattr(
+            settings, "LEDGEPAY_WEBHOOK_SECRET", ""
+        )
+        return value
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        """The configured signing secrets as a list, without empty entries."""
+        value = self.LEDGEPAY_WEBHOOK_SECRET
+        secrets = [value] if isinstance(value, str) else list(value or [])
+        return [secret for secret in secrets if secret]
+
+    @property
+    def LEDGEPAY_WEBHOOK_TOLERANCE(self) -> int:
+        return int(getattr(settings, "LEDGEPAY_WEBHOOK_TOLERANCE", 300))
+
+    @property
+    def LEDGEPAY_TIMEOUT(self) -> float:
+        return float(getattr(settings, "LEDGEPAY_TIMEOUT", 10))
+
+    @property
+    def LEDGEPAY_MAX_RETRIES(self) -> int:
+        return max(0, int(getattr(settings, "LEDGEPAY_MAX_RETRIES", 3)))
+
+
+conf = Settings()
