@@ -21,9 +21,7 @@ class Settings:
 
     @property
     def LEDGEPAY_WEBHOOK_SECRET(self) -> str | list[str] | tuple[str, ...]:
-        value: str | list[str] | tuple[str, ...] = getattr(
-            settings, "LEDGEPAY_WEBHOOK_SECRET", ""
-        )
+        value: str | list[str] | tuple[str, ...] = getattr(settings, "LEDGEPAY_WEBHOOK_SECRET", "")
         return value
 
     @property

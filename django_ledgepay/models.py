@@ -15,19 +15,20 @@ from django_ledgepay.currencies import format_amount
 class PaymentQuerySet(models.QuerySet["Payment"]):
     def with_amount_refunded(self) -> PaymentQuerySet:
         """Annotate each payment with its refunded total, so lists cost one query."""
-        return self.annotate(
+        annotated: PaymentQuerySet = self.annotate(
             annotated_amount_refunded=Coalesce(
                 Sum("refunds__amount", filter=~Q(refunds__status=Refund.Status.FAILED)), 0
             )
         )
+        return annotated
 
 
 class Payment(models.Model):
     class Status(models.TextChoices):
-        PENDING = "pending", _("Pending")
-        SUCCEEDED = "succeeded", _("Succeeded")
-        FAILED = "failed", _("Failed")
-        CANCELED = "canceled", _("Canceled")
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELED = "canceled"
 
     ledgepay_id = models.CharField(_("LedgePay id"), max_length=255, unique=True)
     status = models.CharField(
@@ -89,15 +90,15 @@ class Payment(models.Model):
 
 class Refund(models.Model):
     class Status(models.TextChoices):
-        PENDING = "pending", _("Pending")
-        SUCCEEDED = "succeeded", _("Succeeded")
-        FAILED = "failed", _("Failed")
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
 
     class Reason(models.TextChoices):
-        CUSTOMER_REQUEST = "customer_request", _("Customer request")
-        DUPLICATE = "duplicate", _("Duplicate")
-        FRAUDULENT = "fraudulent", _("Fraudulent")
-        OTHER = "other", _("Other")
+        CUSTOMER_REQUEST = "customer_request"
+        DUPLICATE = "duplicate"
+        FRAUDULENT = "fraudulent"
+        OTHER = "other"
 
     ledgepay_id = models.CharField(_("LedgePay id"), max_length=255, unique=True)
     payment = models.ForeignKey(
@@ -132,19 +133,24 @@ class Refund(models.Model):
 
 class WebhookEvent(models.Model):
     class Status(models.TextChoices):
-        RECEIVED = "received", _("Received")
-        PROCESSED = "processed", _("Processed")
-        IGNORED = "ignored", _("Ignored")
-        FAILED = "failed", _("Failed")
+        RECEIVED = "received"
+        PROCESSED = "processed"
+        IGNORED = "ignored"
+        FAILED = "failed"
 
     event_type = models.CharField(_("event type"), max_length=100)
     object_id = models.CharField(
-        _("object id"), max_length=255, blank=True, db_index=True,
+        _("object id"),
+        max_length=255,
+        blank=True,
+        db_index=True,
         help_text=_("The LedgePay id in the event's data."),
     )
     payload: models.JSONField[Any] = models.JSONField(_("payload"))
     body_sha256 = models.CharField(
-        _("body SHA-256"), max_length=64, unique=True,
+        _("body SHA-256"),
+        max_length=64,
+        unique=True,
         help_text=_("Identifies redeliveries of the same event."),
     )
     status = models.CharField(

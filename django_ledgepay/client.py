@@ -1,0 +1,372 @@
+"""The HTTP client for LedgePay's API: transport, retries, idempotency and rate limits.
+
+Only :mod:`django_ledgepay.services` calls it; it knows nothing of the models.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import requests
+
+from django.core.exceptions import ImproperlyConfigured
+
+from django_ledgepay import __name__ as package_name
+from django_ledgepay.conf import conf
+from django_ledgepay.exceptions import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    InvalidRequestError,
+    LedgePayError,
+    NotFoundError,
+    RateLimitError,
+)
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT: Final = f"{package_name}/0.1"
+#: The largest page the list endpoint serves.
+MAX_PAGE_SIZE: Final = 100
+#: Backoff between retries: base * 2**retry seconds, with full jitter, at most the cap.
+BACKOFF_BASE: Final = 0.5
+BACKOFF_CAP: Final = 8.0
+#: The longest wait for a rate-limit window to reset, before one attempt.
+RATE_LIMIT_WAIT_CAP: Final = 60.0
+#: How much of an unreadable error body goes into an exception's message.
+RAW_ERROR_CHARS: Final = 200
+
+ERRORS_BY_STATUS: Final[Mapping[int, type[LedgePayError]]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+
+# Indirection so tests can replace the clock and the sleep.
+sleep = time.sleep
+monotonic = time.monotonic
+now = time.time
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """The rate-limit headers of one answer; None where the answer left a header out."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset: float | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimit | None:
+        names = {"limit": "X-RateLimit-Limit", "remaining": "X-RateLimit-Remaining"}
+        names["reset"] = "X-RateLimit-Reset"
+        values = {name: _number(headers.get(header)) for name, header in names.items()}
+        if all(value is None for value in values.values()):
+            return None
+        return cls(
+            limit=None if values["limit"] is None else int(values["limit"]),
+            remaining=None if values["remaining"] is None else int(values["remaining"]),
+            reset=values["reset"],
+        )
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+class _ProcessState:
+    """The session and the last rate-limit reading, shared by the threads of one process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.session: requests.Session | None = None
+        self.rate_limit: RateLimit | None = None
+
+    def get_session(self) -> requests.Session:
+        with self.lock:
+            if self.session is None:
+                session = requests.Session()
+                session.headers["User-Agent"] = USER_AGENT
+                session.headers["Accept"] = "application/json"
+                self.session = session
+            return self.session
+
+
+_state = _ProcessState()
+
+
+def _reset_after_fork() -> None:
+    # A session's pooled sockets must not be shared with a forked child.
+    global _state
+    _state = _ProcessState()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def get_session() -> requests.Session:
+    """The process's one ``requests.Session``, so connections are reused."""
+    return _state.get_session()
+
+
+def last_rate_limit() -> RateLimit | None:
+    """The rate-limit headers of the last answer this process received, if any."""
+    return _state.rate_limit
+
+
+def reset_state() -> None:
+    """Forget the session and the rate-limit reading (for tests and after settings change)."""
+    with _state.lock:
+        if _state.session is not None:
+            _state.session.close()
+        _state.session = None
+        _state.rate_limit = None
+
+
+def new_idempotency_key() -> str:
+    return f"ledgepay-{uuid.uuid4()}"
+
+
+class LedgePayClient:
+    """Calls LedgePay with the current settings. Cheap to create; state lives per process."""
+
+    def __repr__(self) -> str:
+        # Never the key: only where the client points.
+        return f"<LedgePayClient api_base={conf.LEDGEPAY_API_BASE!r}>"
+
+    # Endpoints
+
+    def create_payment(
+        self, params: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        return self._object(
+            self.request("POST", "/payments", json=params, idempotency_key=idempotency_key)
+        )
+
+    def retrieve_payment(self, ledgepay_id: str) -> dict[str, Any]:
+        if not ledgepay_id or "/" in ledgepay_id:
+            raise InvalidRequestError(f"{ledgepay_id!r} is not a LedgePay payment id.")
+        return self._object(self.request("GET", f"/payments/{ledgepay_id}"))
+
+    def list_payments(
+        self,
+        *,
+        limit: int = MAX_PAGE_SIZE,
+        status: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of payments, newest first, and whether more exist."""
+        params = {
+            "limit": str(min(max(1, limit), MAX_PAGE_SIZE)),
+            "status": status,
+            "created_after": created_after,
+            "created_before": created_before,
+        }
+        body = self.request(
+            "GET", "/payments", params={k: v for k, v in params.items() if v is not None}
+        )
+        if isinstance(body, list):
+            items, has_more = body, False
+        elif isinstance(body, dict) and isinstance(body.get("data"), list):
+            items, has_more = body["data"], bool(body.get("has_more", False))
+        else:
+            raise APIError("LedgePay answered a list request with something that is not a list.")
+        if not all(isinstance(item, dict) for item in items):
+            raise APIError("LedgePay's list holds something that is not a payment.")
+        return items, has_more
+
+    def create_refund(
+        self, params: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        return self._object(
+            self.request("POST", "/refunds", json=params, idempotency_key=idempotency_key)
+        )
+
+    # Transport
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Send one logical request, retrying what may be retried; return the decoded JSON.
+
+        A POST carries one ``Idempotency-Key`` across all its attempts, so a retry after an
+        answer was lost cannot act twice.
+        """
+        api_key = conf.LEDGEPAY_API_KEY
+        if not api_key:
+            raise ImproperlyConfigured("LEDGEPAY_API_KEY is not set; LedgePay cannot be called.")
+        url = f"{conf.LEDGEPAY_API_BASE}{path}"
+        headers = {"Authorization": f"Bearer {api_key}"}
+        if method == "POST":
+            headers["Idempotency-Key"] = idempotency_key or new_idempotency_key()
+        timeout = conf.LEDGEPAY_TIMEOUT
+        max_retries = conf.LEDGEPAY_MAX_RETRIES
+        session = get_session()
+
+        attempt = 0
+        while True:
+            self._wait_for_rate_limit()
+            started = monotonic()
+            try:
+                response = session.request(
+                    method, url, params=params, json=json, headers=headers, timeout=timeout
+                )
+            except (requests.ConnectionError, requests.Timeout) as err:
+                error: LedgePayError = APIConnectionError(
+                    f"Could not reach LedgePay for {method} {path}: {type(err).__name__}."
+                )
+                wait = _backoff(attempt)
+                if attempt >= max_retries:
+                    raise error from err
+                logger.warning(
+                    "LedgePay %s %s: %s; retry %d of %d in %.2fs",
+                    method,
+                    path,
+                    type(err).__name__,
+                    attempt + 1,
+                    max_retries,
+                    wait,
+                )
+                sleep(wait)
+                attempt += 1
+                continue
+
+            self._record_rate_limit(response)
+            elapsed = monotonic() - started
+            logger.debug(
+                "LedgePay %s %s -> %d in %.3fs", method, path, response.status_code, elapsed
+            )
+            if response.status_code < 300:
+                return _decode(response, method, path)
+            error = _error_from_response(response, api_key)
+            retryable = response.status_code == 429 or response.status_code >= 500
+            if not retryable or attempt >= max_retries:
+                raise error
+            wait = _retry_wait(response, attempt)
+            logger.warning(
+                "LedgePay %s %s: HTTP %d; retry %d of %d in %.2fs",
+                method,
+                path,
+                response.status_code,
+                attempt + 1,
+                max_retries,
+                wait,
+            )
+            sleep(wait)
+            attempt += 1
+
+    def _wait_for_rate_limit(self) -> None:
+        """When the last answer left no requests in the window, wait for it to reset."""
+        rate_limit = _state.rate_limit
+        if rate_limit is None or rate_limit.remaining != 0 or rate_limit.reset is None:
+            return
+        wait = min(rate_limit.reset - now(), RATE_LIMIT_WAIT_CAP)
+        if wait > 0:
+            logger.info("LedgePay rate limit reached; waiting %.2fs for the window to reset", wait)
+            sleep(wait)
+
+    def _record_rate_limit(self, response: requests.Response) -> None:
+        rate_limit = RateLimit.from_headers(response.headers)
+        if rate_limit is not None:
+            _state.rate_limit = rate_limit
+
+    @staticmethod
+    def _object(body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise APIError("LedgePay answered with something that is not an object.")
+        return body
+
+
+def _decode(response: requests.Response, method: str, path: str) -> Any:
+    try:
+        return response.json()
+    except ValueError as err:
+        raise APIError(
+            f"LedgePay's answer to {method} {path} is not JSON.", http_status=response.status_code
+        ) from err
+
+
+def _error_from_response(response: requests.Response, api_key: str) -> LedgePayError:
+    status = response.status_code
+    error_class = ERRORS_BY_STATUS.get(status, APIError if status >= 500 else InvalidRequestError)
+    message = ""
+    error_type = param = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or "")
+        error_type = error.get("type") if isinstance(error.get("type"), str) else None
+        param = error.get("param") if isinstance(error.get("param"), str) else None
+    elif isinstance(error, str):
+        message = error
+    if not message:
+        message = response.text.strip()[:RAW_ERROR_CHARS] or error_class.default_message
+    return error_class(
+        redact(message, api_key), http_status=status, error_type=error_type, param=param
+    )
+
+
+def redact(text: str, api_key: str | None = None) -> str:
+    """``text`` with the API key replaced, should the provider echo it back."""
+    api_key = conf.LEDGEPAY_API_KEY if api_key is None else api_key
+    return text.replace(api_key, "[redacted]") if api_key else text
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter for retry number ``attempt`` (from 0)."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+
+
+def _retry_wait(response: requests.Response, attempt: int) -> float:
+    """How long to wait before retrying: what a 429 asks for, else the backoff."""
+    if response.status_code == 429:
+        wait = _retry_after(response.headers)
+        if wait is not None:
+            return min(max(wait, 0.0), RATE_LIMIT_WAIT_CAP)
+    return _backoff(attempt)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is not None:
+        seconds = _number(value)
+        if seconds is not None:
+            return seconds
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            moment = None
+        if moment is not None and moment.tzinfo is not None:
+            return moment.timestamp() - now()
+    reset = _number(headers.get("X-RateLimit-Reset"))
+    if reset is not None:
+        return reset - now()
+    return None

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.dateparse import parse_datetime
+
+from django_ledgepay.exceptions import LedgePayError
+from django_ledgepay.models import Payment
+from django_ledgepay.services import SyncResult, sync_payments
+
+
+class Command(BaseCommand):
+    help = (
+        "Mirror LedgePay's payments into the local database, page by page, and print what "
+        "changed. Signals fire for payments that reach a final status."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--status", choices=Payment.Status.values, help="Only payments with this status."
+        )
+        parser.add_argument(
+            "--created-after", metavar="T", help="Only payments created after T (ISO 8601)."
+        )
+        parser.add_argument(
+            "--created-before", metavar="T", help="Only payments created before T (ISO 8601)."
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        bounds = {}
+        for name in ("created_after", "created_before"):
+            value = options[name]
+            if value is None:
+                continue
+            try:
+                moment = parse_datetime(value)
+            except ValueError:
+                moment = None
+            if moment is None:
+                flag = "--" + name.replace("_", "-")
+                raise CommandError(f"{flag} must be an ISO 8601 time like 2024-01-15T10:30:00Z.")
+            bounds[name] = moment
+        try:
+            result = sync_payments(status=options["status"], progress=self._progress, **bounds)
+        except LedgePayError as err:
+            raise CommandError(f"Sync stopped: {err}") from err
+        self.stdout.write(self.style.SUCCESS(f"Synced {result}."))
+
+    def _progress(self, result: SyncResult) -> None:
+        if self.verbosity >= 1:
+            self.stdout.write(
+                f"Page {result.pages}: {result.total} payments so far "
+                f"({result.created} created, {result.updated} updated)."
+            )

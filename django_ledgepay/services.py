@@ -1,0 +1,649 @@
+"""What a project calls to take payments and refunds; views, admin and commands use it too.
+
+Every change to the local mirror goes through :func:`apply_payment`, :func:`apply_refund` or
+the bulk path of :func:`sync_payments`. They lock the row, apply LedgePay's answer by the
+status rules (a final status never changes again) and send each signal once, after commit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Final
+
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator, validate_email
+from django.db import IntegrityError, transaction
+from django.dispatch import Signal
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from django_ledgepay import signals
+from django_ledgepay.client import MAX_PAGE_SIZE, LedgePayClient
+from django_ledgepay.currencies import is_currency
+from django_ledgepay.exceptions import APIError, InvalidRequestError, RefundError
+from django_ledgepay.models import Payment, Refund, WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+MAX_URL_LENGTH: Final = 2048
+MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
+
+PAYMENT_SIGNALS: Final[Mapping[str, Signal]] = {
+    Payment.Status.SUCCEEDED: signals.payment_succeeded,
+    Payment.Status.FAILED: signals.payment_failed,
+    Payment.Status.CANCELED: signals.payment_canceled,
+}
+REFUND_SIGNALS: Final[Mapping[str, Signal]] = {
+    Refund.Status.SUCCEEDED: signals.refund_succeeded,
+    Refund.Status.FAILED: signals.refund_failed,
+}
+
+_validate_url = URLValidator(schemes=["http", "https"])
+
+
+class IncompleteDataError(APIError):
+    """LedgePay's data lacks what is needed to record an object seen for the first time."""
+
+
+def get_client() -> LedgePayClient:
+    return LedgePayClient()
+
+
+# Creating payments
+
+
+def create_payment(
+    *,
+    amount: int,
+    currency: str,
+    success_url: str,
+    cancel_url: str,
+    description: str = "",
+    customer: Mapping[str, str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> Payment:
+    """Create a payment at LedgePay and record it; then redirect to ``payment.checkout_url``.
+
+    The arguments are checked before any call; a bad one raises InvalidRequestError with its
+    name in ``param``. Pass an ``idempotency_key`` tied to the order (``f"order-{order.pk}"``)
+    so that a repeated call returns the same payment instead of charging twice.
+    """
+    currency = currency.upper() if isinstance(currency, str) else currency
+    params: dict[str, Any] = {
+        "amount": _check_amount(amount),
+        "currency": _check_currency(currency),
+        "description": _check_str(description, "description"),
+        "success_url": _check_url(success_url, "success_url"),
+        "cancel_url": _check_url(cancel_url, "cancel_url"),
+    }
+    if customer is not None:
+        params["customer"] = _check_customer(customer)
+    if metadata is not None:
+        params["metadata"] = _check_metadata(metadata)
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str)
+        or not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH
+    ):
+        raise InvalidRequestError(
+            f"idempotency_key must be a string of 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
+            param="idempotency_key",
+        )
+
+    data = get_client().create_payment(params, idempotency_key=idempotency_key)
+    # The answer may hold only a few fields: what was sent fills in the rest.
+    sent = {key: value for key, value in params.items() if value not in ("", None)}
+    payment, _ = apply_payment({**sent, **_without_blanks(data)})
+    return payment
+
+
+def _check_amount(amount: object) -> int:
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+        raise InvalidRequestError(
+            f"amount must be a positive integer of minor units (cents), not {amount!r}.",
+            param="amount",
+        )
+    return amount
+
+
+def _check_currency(currency: object) -> str:
+    if not is_currency(currency):
+        raise InvalidRequestError(
+            f"currency must be an ISO 4217 code such as 'EUR', not {currency!r}.",
+            param="currency",
+        )
+    assert isinstance(currency, str)
+    return currency
+
+
+def _check_str(value: object, param: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{param} must be a string.", param=param)
+    return value
+
+
+def _check_url(url: object, param: str) -> str:
+    if not isinstance(url, str) or len(url) > MAX_URL_LENGTH:
+        raise InvalidRequestError(f"{param} must be an absolute http(s) URL.", param=param)
+    try:
+        _validate_url(url)
+    except ValidationError as err:
+        raise InvalidRequestError(
+            f"{param} must be an absolute http(s) URL, not {url!r}.", param=param
+        ) from err
+    return url
+
+
+def _check_customer(customer: object) -> dict[str, str]:
+    if not isinstance(customer, Mapping) or set(customer) - {"email", "name"}:
+        raise InvalidRequestError(
+            "customer must be a mapping with the keys 'email' and 'name'.", param="customer"
+        )
+    checked = {key: _check_str(value, f"customer.{key}") for key, value in customer.items()}
+    if checked.get("email"):
+        try:
+            validate_email(checked["email"])
+        except ValidationError as err:
+            raise InvalidRequestError(
+                "customer.email is not an email address.", param="customer.email"
+            ) from err
+    return checked
+
+
+def _check_metadata(metadata: object) -> dict[str, Any]:
+    if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
+        raise InvalidRequestError("metadata must be a mapping with string keys.", param="metadata")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as err:
+        raise InvalidRequestError("metadata must be JSON-serializable.", param="metadata") from err
+    return dict(metadata)
+
+
+# Applying LedgePay's data to the mirror
+
+
+def payment_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The model fields a LedgePay payment object carries, skipping absent or ill-typed ones.
+
+    A field that is missing, null or blank is left out, so a partial answer never blanks
+    what the mirror already knows.
+    """
+    values: dict[str, Any] = {}
+    amount = data.get("amount")
+    if isinstance(amount, int) and not isinstance(amount, bool) and amount > 0:
+        values["amount"] = amount
+    currency = data.get("currency")
+    if isinstance(currency, str) and len(currency) == 3:
+        values["currency"] = currency.upper()
+    status = data.get("status")
+    if status in Payment.Status.values:
+        values["status"] = status
+    for field in ("description", "checkout_url", "success_url", "cancel_url"):
+        if isinstance(data.get(field), str) and data[field]:
+            values[field] = data[field]
+    customer = data.get("customer")
+    if isinstance(customer, Mapping):
+        for key, field in (("email", "customer_email"), ("name", "customer_name")):
+            if isinstance(customer.get(key), str) and customer[key]:
+                values[field] = customer[key]
+    if isinstance(data.get("metadata"), Mapping) and data["metadata"]:
+        values["metadata"] = dict(data["metadata"])
+    for field in ("created_at", "completed_at"):
+        moment = _datetime(data.get(field))
+        if moment is not None:
+            values[field] = moment
+    return values
+
+
+def refund_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The model fields a LedgePay refund object carries, as :func:`payment_values` does."""
+    values: dict[str, Any] = {}
+    amount = data.get("amount")
+    if isinstance(amount, int) and not isinstance(amount, bool) and amount > 0:
+        values["amount"] = amount
+    currency = data.get("currency")
+    if isinstance(currency, str) and len(currency) == 3:
+        values["currency"] = currency.upper()
+    if data.get("status") in Refund.Status.values:
+        values["status"] = data["status"]
+    if data.get("reason") in Refund.Reason.values:
+        values["reason"] = data["reason"]
+    moment = _datetime(data.get("created_at"))
+    if moment is not None:
+        values["created_at"] = moment
+    return values
+
+
+def _without_blanks(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in data.items() if value not in ("", None)}
+
+
+def _datetime(value: object) -> datetime.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = parse_datetime(value)
+    except ValueError:
+        return None
+    if moment is None:
+        return None
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, datetime.timezone.utc)
+    return moment
+
+
+def _merge(instance: Payment | Refund, values: Mapping[str, Any]) -> list[str]:
+    """Copy ``values`` onto ``instance`` by the status rules; return the fields that changed.
+
+    A status changes only from pending to a final status. A contradicting status is logged
+    and left alone.
+    """
+    changed = []
+    for field, value in values.items():
+        current = getattr(instance, field)
+        if current == value:
+            continue
+        if field == "status":
+            if instance.is_final or value == "pending":
+                if instance.is_final:
+                    logger.warning(
+                        "LedgePay says %s is %s, but it is already %s; status kept.",
+                        instance.ledgepay_id,
+                        value,
+                        current,
+                    )
+                continue
+            if isinstance(instance, Payment) and "completed_at" not in values:
+                instance.completed_at = instance.completed_at or timezone.now()
+                changed.append("completed_at")
+        setattr(instance, field, value)
+        changed.append(field)
+    return changed
+
+
+def _on_commit_send(signal: Signal, sender: type[Any], **kwargs: Any) -> None:
+    """Send ``signal`` once the current transaction commits; a failing receiver is logged."""
+    transaction.on_commit(partial(signal.send, sender=sender, **kwargs), robust=True)
+
+
+def _payment_signal(payment: Payment, event: WebhookEvent | None) -> None:
+    signal = PAYMENT_SIGNALS.get(payment.status)
+    if signal is not None:
+        _on_commit_send(signal, Payment, payment=payment, event=event)
+
+
+def _refund_signals(refund: Refund, event: WebhookEvent | None, *, created: bool) -> None:
+    if created:
+        _on_commit_send(
+            signals.refund_created, Refund, refund=refund, payment=refund.payment, event=event
+        )
+    signal = REFUND_SIGNALS.get(refund.status)
+    if signal is not None:
+        _on_commit_send(signal, Refund, refund=refund, payment=refund.payment, event=event)
+
+
+def apply_payment(
+    data: Mapping[str, Any], *, status: str | None = None, event: WebhookEvent | None = None
+) -> tuple[Payment, bool]:
+    """Apply a LedgePay payment object to the mirror; return the payment and whether it changed.
+
+    ``status`` overrides the object's own (a webhook's type says what happened). The row is
+    locked while it is compared, so concurrent callers apply each change once and its signal
+    fires once. A payment seen for the first time is created when ``data`` holds its amount
+    and currency; otherwise IncompleteDataError is raised (fetch it with :func:`sync_payment`).
+    """
+    ledgepay_id = data.get("id")
+    if not isinstance(ledgepay_id, str) or not ledgepay_id:
+        raise IncompleteDataError("LedgePay's payment has no id.")
+    values = payment_values(data)
+    if status is not None:
+        values["status"] = status
+    with transaction.atomic():
+        try:
+            payment = Payment.objects.select_for_update().get(ledgepay_id=ledgepay_id)
+        except Payment.DoesNotExist:
+            created = _create_payment(ledgepay_id, values, event)
+            if created is not None:
+                return created, True
+            payment = Payment.objects.select_for_update().get(ledgepay_id=ledgepay_id)
+        was_final = payment.is_final
+        changed = _merge(payment, values)
+        if changed:
+            payment.save(update_fields=[*changed, "updated_at"])
+            if not was_final and payment.is_final:
+                _payment_signal(payment, event)
+    return payment, bool(changed)
+
+
+def _create_payment(
+    ledgepay_id: str, values: dict[str, Any], event: WebhookEvent | None
+) -> Payment | None:
+    """Insert a payment seen for the first time; None when another caller inserted it first."""
+    if "amount" not in values or "currency" not in values:
+        raise IncompleteDataError(
+            f"LedgePay's data for the new payment {ledgepay_id} lacks its amount or currency."
+        )
+    if values.get("status", "pending") != "pending":
+        values.setdefault("completed_at", timezone.now())
+    try:
+        with transaction.atomic():
+            payment = Payment.objects.create(ledgepay_id=ledgepay_id, **values)
+    except IntegrityError:
+        if not Payment.objects.filter(ledgepay_id=ledgepay_id).exists():
+            raise
+        return None
+    _payment_signal(payment, event)
+    return payment
+
+
+def apply_refund(
+    data: Mapping[str, Any],
+    *,
+    status: str | None = None,
+    event: WebhookEvent | None = None,
+    payment: Payment | None = None,
+) -> tuple[Refund, bool]:
+    """Apply a LedgePay refund object to the mirror; return the refund and whether it changed.
+
+    A refund seen for the first time is created under the lock of its payment (fetched from
+    LedgePay first if the mirror lacks it) and sends ``refund_created``, then
+    ``refund_succeeded`` or ``refund_failed`` if it is already final.
+    """
+    ledgepay_id = data.get("id")
+    if not isinstance(ledgepay_id, str) or not ledgepay_id:
+        raise IncompleteDataError("LedgePay's refund has no id.")
+    values = refund_values(data)
+    if status is not None:
+        values["status"] = status
+    payment_id = payment.ledgepay_id if payment is not None else data.get("payment_id")
+    if payment is None and not Refund.objects.filter(ledgepay_id=ledgepay_id).exists():
+        if not isinstance(payment_id, str) or not payment_id:
+            raise IncompleteDataError(f"LedgePay's refund {ledgepay_id} names no payment.")
+        if not Payment.objects.filter(ledgepay_id=payment_id).exists():
+            sync_payment(payment_id)  # Outside the transaction: no lock held over HTTP.
+    with transaction.atomic():
+        refund = _locked_refund(ledgepay_id)
+        if refund is None:
+            # Lock the payment first, as refund_payment does, then look again.
+            locked_payment = Payment.objects.select_for_update().get(ledgepay_id=payment_id)
+            refund = _locked_refund(ledgepay_id)
+            if refund is None:
+                return _create_refund(locked_payment, ledgepay_id, values, event), True
+        was_final = refund.is_final
+        changed = _merge(refund, values)
+        if changed:
+            refund.save(update_fields=[*changed, "updated_at"])
+            if not was_final and refund.is_final:
+                _refund_signals(refund, event, created=False)
+    return refund, bool(changed)
+
+
+def _locked_refund(ledgepay_id: str) -> Refund | None:
+    return (
+        Refund.objects.select_for_update()
+        .select_related("payment")
+        .filter(ledgepay_id=ledgepay_id)
+        .first()
+    )
+
+
+def _create_refund(
+    payment: Payment, ledgepay_id: str, values: dict[str, Any], event: WebhookEvent | None
+) -> Refund:
+    if "amount" not in values:
+        raise IncompleteDataError(f"LedgePay's data for the refund {ledgepay_id} has no amount.")
+    values.setdefault("currency", payment.currency)
+    refund = Refund.objects.create(payment=payment, ledgepay_id=ledgepay_id, **values)
+    _refund_signals(refund, event, created=True)
+    return refund
+
+
+# Syncing
+
+
+def sync_payment(payment_or_ledgepay_id: Payment | str) -> Payment:
+    """Fetch one payment from LedgePay and apply it to the mirror."""
+    ledgepay_id = _ledgepay_id(payment_or_ledgepay_id)
+    data = get_client().retrieve_payment(ledgepay_id)
+    payment, _ = apply_payment({**data, "id": data.get("id") or ledgepay_id})
+    return payment
+
+
+@dataclass
+class SyncResult:
+    """What :func:`sync_payments` did: counts of payments by outcome, and pages read."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    pages: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.created + self.updated + self.unchanged + self.skipped
+
+    def __str__(self) -> str:
+        return (
+            f"{self.total} payments in {self.pages} pages: {self.created} created, "
+            f"{self.updated} updated, {self.unchanged} unchanged, {self.skipped} skipped"
+        )
+
+
+def sync_payments(
+    *,
+    status: str | None = None,
+    created_after: datetime.datetime | str | None = None,
+    created_before: datetime.datetime | str | None = None,
+    progress: Callable[[SyncResult], None] | None = None,
+) -> SyncResult:
+    """Mirror every payment that matches, newest first, a page of 100 at a time.
+
+    LedgePay names no cursor, so pages follow ``created_before``. Several payments can share
+    one second, and whether ``created_before`` includes its own instant is not documented:
+    each next page starts one second after the oldest ``created_at`` seen and the payments
+    already seen are dropped, so none is lost or repeated either way. ``progress`` is
+    called with the running result after each page.
+    """
+    if status is not None and status not in Payment.Status.values:
+        raise InvalidRequestError(
+            f"status must be one of {', '.join(Payment.Status.values)}.", param="status"
+        )
+    after = _api_time(created_after, "created_after")
+    before = _api_time(created_before, "created_before")
+    client = get_client()
+    result = SyncResult()
+    seen: set[str] = set()
+    while True:
+        items, has_more = client.list_payments(
+            limit=MAX_PAGE_SIZE, status=status, created_after=after, created_before=before
+        )
+        result.pages += 1
+        fresh = [item for item in items if _item_id(item) not in seen]
+        seen.update(_item_id(item) for item in items)
+        _apply_payment_page(fresh, result)
+        if progress is not None:
+            progress(result)
+        oldest = min(
+            (moment for item in items if (moment := _datetime(item.get("created_at")))),
+            default=None,
+        )
+        if not has_more or oldest is None:
+            return result
+        next_before = oldest.replace(microsecond=0) + datetime.timedelta(seconds=1)
+        current = _datetime(before) if before else None
+        if current is not None and next_before >= current:
+            if fresh:
+                continue  # Same window again: the items already seen are dropped.
+            # A full page of one second was all seen: step past it to make progress.
+            next_before = current - datetime.timedelta(seconds=1)
+            logger.warning(
+                "More than %d payments share one second before %s; some may be missed.",
+                MAX_PAGE_SIZE,
+                before,
+            )
+        before = _api_time(next_before, "created_before")
+
+
+def _item_id(item: Mapping[str, Any]) -> str:
+    value = item.get("id")
+    return value if isinstance(value, str) else ""
+
+
+def _api_time(value: datetime.datetime | str | None, param: str) -> str | None:
+    if value is None:
+        return None
+    moment = _datetime(value) if isinstance(value, str) else value
+    if not isinstance(moment, datetime.datetime):
+        raise InvalidRequestError(f"{param} must be a datetime or ISO 8601 string.", param=param)
+    if timezone.is_naive(moment):
+        moment = timezone.make_aware(moment, datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _apply_payment_page(items: Iterable[Mapping[str, Any]], result: SyncResult) -> None:
+    """Write one page in a constant number of queries: one locking read, one insert, one
+    update, whatever the page holds."""
+    values_by_id: dict[str, dict[str, Any]] = {}
+    for item in items:
+        ledgepay_id = _item_id(item)
+        if ledgepay_id:
+            values_by_id[ledgepay_id] = payment_values(item)
+        else:
+            result.skipped += 1
+    if not values_by_id:
+        return
+    for attempt in range(2):
+        try:
+            counts = _write_payment_page(values_by_id)
+        except IntegrityError:
+            # Another process inserted one of these payments meanwhile: read them again.
+            if attempt:
+                raise
+            continue
+        break
+    result.created += counts[0]
+    result.updated += counts[1]
+    result.unchanged += counts[2]
+    result.skipped += counts[3]
+
+
+def _write_payment_page(values_by_id: Mapping[str, dict[str, Any]]) -> tuple[int, int, int, int]:
+    with transaction.atomic():
+        existing = {
+            payment.ledgepay_id: payment
+            for payment in Payment.objects.select_for_update().filter(
+                ledgepay_id__in=list(values_by_id)
+            )
+        }
+        new: list[Payment] = []
+        changed: list[Payment] = []
+        fields: set[str] = set()
+        finished: list[Payment] = []
+        skipped = unchanged = 0
+        for ledgepay_id, values in values_by_id.items():
+            payment = existing.get(ledgepay_id)
+            if payment is None:
+                if "amount" not in values or "currency" not in values:
+                    logger.warning("Skipped payment %s: no amount or currency.", ledgepay_id)
+                    skipped += 1
+                    continue
+                if values.get("status", "pending") != "pending":
+                    values.setdefault("completed_at", timezone.now())
+                payment = Payment(ledgepay_id=ledgepay_id, **values)
+                new.append(payment)
+                if payment.is_final:
+                    finished.append(payment)
+                continue
+            was_final = payment.is_final
+            changed_fields = _merge(payment, values)
+            if not changed_fields:
+                unchanged += 1
+                continue
+            changed.append(payment)
+            fields.update(changed_fields)
+            if not was_final and payment.is_final:
+                finished.append(payment)
+        if new:
+            Payment.objects.bulk_create(new)
+        if changed:
+            now = timezone.now()
+            for payment in changed:
+                payment.updated_at = now
+            Payment.objects.bulk_update(changed, sorted(fields | {"updated_at"}))
+        for payment in finished:
+            _payment_signal(payment, None)
+    return len(new), len(changed), unchanged, skipped
+
+
+# Refunding
+
+
+def refund_payment(
+    payment_or_ledgepay_id: Payment | str,
+    *,
+    amount: int | None = None,
+    reason: str = Refund.Reason.CUSTOMER_REQUEST,
+) -> Refund:
+    """Refund ``amount`` minor units of a succeeded payment, or all that is left when None.
+
+    The payment's row is locked while the refundable amount is checked and LedgePay is
+    called, so two clicks cannot refund twice: the second waits, then sees less left. A
+    refund that cannot be made raises RefundError before any call. The idempotency key is
+    derived from the payment's refund history, so retrying after a lost answer reuses it.
+    """
+    if reason not in Refund.Reason.values:
+        raise RefundError(f"reason must be one of {', '.join(Refund.Reason.values)}.")
+    if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool)):
+        raise RefundError("amount must be an integer of minor units, or None for the rest.")
+    if isinstance(payment_or_ledgepay_id, str) and not (
+        Payment.objects.filter(ledgepay_id=payment_or_ledgepay_id).exists()
+    ):
+        sync_payment(payment_or_ledgepay_id)
+    with transaction.atomic():
+        payment = _locked_payment(payment_or_ledgepay_id)
+        if payment.status != Payment.Status.SUCCEEDED:
+            raise RefundError(f"Payment {payment.ledgepay_id} is {payment.status}, not succeeded.")
+        refunded = payment.amount_refunded
+        refundable = max(0, payment.amount - refunded)
+        if refundable == 0:
+            raise RefundError(f"Payment {payment.ledgepay_id} is already refunded in full.")
+        if amount is None:
+            amount = refundable
+        if not 1 <= amount <= refundable:
+            raise RefundError(
+                f"The refund must be between 1 and {refundable} (minor units), not {amount}."
+            )
+        attempts = payment.refunds.count()
+        key = f"refund-{payment.ledgepay_id}-{attempts}-{refunded}-{amount}"
+        data = get_client().create_refund(
+            {"payment_id": payment.ledgepay_id, "amount": amount, "reason": reason},
+            idempotency_key=key,
+        )
+        if not isinstance(data.get("id"), str) or not data["id"]:
+            raise APIError("LedgePay's answer to the refund has no id.")
+        sent = {"amount": amount, "currency": payment.currency, "reason": reason}
+        refund, _ = apply_refund({**sent, **_without_blanks(data)}, payment=payment)
+    return refund
+
+
+def _ledgepay_id(payment_or_ledgepay_id: Payment | str) -> str:
+    if isinstance(payment_or_ledgepay_id, Payment):
+        return payment_or_ledgepay_id.ledgepay_id
+    return payment_or_ledgepay_id
+
+
+def _locked_payment(payment_or_ledgepay_id: Payment | str) -> Payment:
+    payments = Payment.objects.select_for_update()
+    try:
+        if isinstance(payment_or_ledgepay_id, Payment):
+            return payments.get(pk=payment_or_ledgepay_id.pk)
+        return payments.get(ledgepay_id=payment_or_ledgepay_id)
+    except Payment.DoesNotExist as err:
+        raise RefundError(f"There is no payment {payment_or_ledgepay_id}.") from err
