@@ -27,13 +27,14 @@ def database_from_url(url: str) -> dict[str, object]:
             "PORT": str(parts.port or ""),
         }
     if parts.scheme == "sqlite":
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": parts.path.lstrip("/") or ":memory:"}
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": parts.path.lstrip("/") or ":memory:",
+        }
     raise ValueError(f"Unsupported DATABASE_URL scheme: {parts.scheme}")
 
 
-DATABASES = {
-    "default": database_from_url(os.environ.get("DATABASE_URL", "sqlite://"))
-}
+DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL", "sqlite://"))}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Writers take the lock when their transaction starts, as row locks do elsewhere.
     DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE"}

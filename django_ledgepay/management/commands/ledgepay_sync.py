@@ -11,6 +11,8 @@ from django_ledgepay.services import SyncResult, sync_payments
 
 
 class Command(BaseCommand):
+    verbosity = 1
+
     help = (
         "Mirror LedgePay's payments into the local database, page by page, and print what "
         "changed. Signals fire for payments that reach a final status."
@@ -28,6 +30,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        self.verbosity = int(options["verbosity"])
         bounds = {}
         for name in ("created_after", "created_before"):
             value = options[name]
