@@ -1,0 +1,610 @@
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+import requests
+import responses
+
+from django.db import connection
+
+from django_ledgepay import services, signals
+from django_ledgepay.exceptions import (
+    APIConnectionError,
+    InvalidRequestError,
+    NotFoundError,
+    RefundError,
+)
+from django_ledgepay.models import Payment, Refund
+from tests.conftest import API
+from tests.factories import make_payment, make_refund, next_id, payment_data, refund_data
+
+pytestmark = pytest.mark.django_db
+
+VALID: dict[str, Any] = {
+    "amount": 5000,
+    "currency": "EUR",
+    "success_url": "https://shop.example/ok",
+    "cancel_url": "https://shop.example/cancel",
+}
+
+
+# create_payment
+
+
+@pytest.mark.parametrize(
+    ("overrides", "param"),
+    [
+        ({"amount": 0}, "amount"),
+        ({"amount": -5}, "amount"),
+        ({"amount": 12.5}, "amount"),
+        ({"amount": "5000"}, "amount"),
+        ({"amount": True}, "amount"),
+        ({"currency": "EURO"}, "currency"),
+        ({"currency": "XYZ"}, "currency"),
+        ({"currency": 978}, "currency"),
+        ({"success_url": "/relative/ok"}, "success_url"),
+        ({"success_url": "ftp://shop.example/ok"}, "success_url"),
+        ({"cancel_url": "javascript:alert(1)"}, "cancel_url"),
+        ({"cancel_url": None}, "cancel_url"),
+        ({"description": 5}, "description"),
+        ({"customer": {"email": "not-an-email"}}, "customer.email"),
+        ({"customer": {"phone": "123"}}, "customer"),
+        ({"metadata": {"order": object()}}, "metadata"),
+        ({"metadata": ["a"]}, "metadata"),
+        ({"idempotency_key": ""}, "idempotency_key"),
+        ({"idempotency_key": "k" * 256}, "idempotency_key"),
+    ],
+)
+def test_create_payment_validates_before_any_call(api, overrides, param):
+    with pytest.raises(InvalidRequestError) as excinfo:
+        services.create_payment(**{**VALID, **overrides})
+    assert excinfo.value.param == param
+    assert excinfo.value.http_status is None
+    assert len(api.calls) == 0
+    assert not Payment.objects.exists()
+
+
+def test_create_payment_merges_what_was_sent_with_a_partial_answer(api):
+    answer = {
+        "id": "pay_new",
+        "status": "pending",
+        "amount": 5000,
+        "currency": "EUR",
+        "checkout_url": "https://checkout.ledgepay.com/pay_new",
+        "created_at": "2024-01-15T10:30:00Z",
+    }
+    api.post(f"{API}/payments", json=answer, status=201)
+
+    payment = services.create_payment(
+        **{**VALID, "currency": "eur"},
+        description="Order #1",
+        customer={"email": "ann@example.com", "name": "Ann"},
+        metadata={"order_id": "1"},
+        idempotency_key="order-1",
+    )
+
+    sent = json.loads(api.calls[0].request.body)
+    assert sent["currency"] == "EUR"
+    assert sent["customer"] == {"email": "ann@example.com", "name": "Ann"}
+    assert api.calls[0].request.headers["Idempotency-Key"] == "order-1"
+    payment.refresh_from_db()
+    assert payment.ledgepay_id == "pay_new"
+    assert payment.status == Payment.Status.PENDING
+    assert payment.checkout_url == "https://checkout.ledgepay.com/pay_new"
+    assert payment.description == "Order #1"
+    assert (payment.customer_email, payment.customer_name) == ("ann@example.com", "Ann")
+    assert payment.metadata == {"order_id": "1"}
+    assert payment.success_url == VALID["success_url"]
+    assert payment.cancel_url == VALID["cancel_url"]
+    assert payment.created_at is not None
+    assert payment.created_at.isoformat() == "2024-01-15T10:30:00+00:00"
+
+
+def test_create_payment_twice_with_one_key_keeps_one_payment(api):
+    api.post(f"{API}/payments", json=payment_data(id="pay_same"), status=201)
+    first = services.create_payment(**VALID, idempotency_key="order-7")
+    second = services.create_payment(**VALID, idempotency_key="order-7")
+    assert first.pk == second.pk
+    assert Payment.objects.count() == 1
+
+
+def test_create_payment_answer_without_id_is_an_api_error(api):
+    api.post(f"{API}/payments", json={"status": "pending"}, status=201)
+    with pytest.raises(services.IncompleteDataError):
+        services.create_payment(**VALID)
+    assert not Payment.objects.exists()
+
+
+def test_create_payment_failure_records_nothing(api):
+    api.post(f"{API}/payments", status=400, json={"error": {"message": "Bad", "param": "x"}})
+    with pytest.raises(InvalidRequestError, match="Bad"):
+        services.create_payment(**VALID)
+    assert not Payment.objects.exists()
+
+
+# apply_payment and the status rules
+
+
+def test_apply_payment_never_blanks_known_fields():
+    payment = make_payment(status="pending", checkout_url="https://checkout.example/p")
+    services.apply_payment(
+        {
+            "id": payment.ledgepay_id,
+            "status": "pending",
+            "description": "",
+            "customer": None,
+            "metadata": None,
+            "checkout_url": None,
+        }
+    )
+    payment.refresh_from_db()
+    assert payment.checkout_url == "https://checkout.example/p"
+    assert payment.description == "Order #12345"
+    assert payment.customer_email == "customer@example.com"
+    assert payment.metadata == {"order_id": "12345"}
+
+
+def test_apply_payment_skips_mistyped_fields():
+    payment = make_payment(status="pending")
+    _, changed = services.apply_payment(
+        {"id": payment.ledgepay_id, "amount": "lots", "currency": 5, "created_at": "yesterday"}
+    )
+    assert changed is False
+    payment.refresh_from_db()
+    assert (payment.amount, payment.currency) == (5000, "EUR")
+
+
+@pytest.mark.parametrize("final", ["succeeded", "failed", "canceled"])
+def test_pending_payment_moves_to_a_final_status_and_signals_once(
+    final, receive, django_capture_on_commit_callbacks
+):
+    payment = make_payment(status="pending")
+    receivers = {
+        "succeeded": receive(signals.payment_succeeded),
+        "failed": receive(signals.payment_failed),
+        "canceled": receive(signals.payment_canceled),
+    }
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        updated, changed = services.apply_payment(
+            {"id": payment.ledgepay_id, "status": final, "completed_at": "2024-01-15T10:32:15Z"}
+        )
+        assert receivers[final].calls == []  # Not before the commit.
+    assert changed is True
+    assert len(callbacks) == 1
+    assert receivers[final].calls == [{"sender": Payment, "payment": updated, "event": None}]
+    assert all(not r.calls for name, r in receivers.items() if name != final)
+    payment.refresh_from_db()
+    assert payment.status == final
+    assert payment.completed_at is not None
+    assert payment.completed_at.isoformat() == "2024-01-15T10:32:15+00:00"
+
+    # The same news again changes nothing and fires nothing.
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        _, changed = services.apply_payment({"id": payment.ledgepay_id, "status": final})
+    assert changed is False
+    assert callbacks == []
+    assert len(receivers[final].calls) == 1
+
+
+@pytest.mark.parametrize("later", ["pending", "failed", "canceled"])
+def test_final_status_never_changes(later, receive, django_capture_on_commit_callbacks):
+    payment = make_payment(status="succeeded")
+    failed = receive(signals.payment_failed)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        _, changed = services.apply_payment({"id": payment.ledgepay_id, "status": later})
+    assert changed is False
+    assert callbacks == []
+    assert failed.calls == []
+    payment.refresh_from_db()
+    assert payment.status == "succeeded"
+
+
+def test_status_change_without_completed_at_records_when_it_was_seen():
+    payment = make_payment(status="pending")
+    services.apply_payment({"id": payment.ledgepay_id, "status": "failed"})
+    payment.refresh_from_db()
+    assert payment.completed_at is not None
+
+
+def test_new_payment_needs_amount_and_currency():
+    with pytest.raises(services.IncompleteDataError):
+        services.apply_payment({"id": "pay_unknown", "status": "succeeded"})
+    assert not Payment.objects.exists()
+
+
+def test_new_payment_already_final_signals(receive, django_capture_on_commit_callbacks):
+    succeeded = receive(signals.payment_succeeded)
+    with django_capture_on_commit_callbacks(execute=True):
+        payment, created = services.apply_payment(payment_data(status="succeeded"))
+    assert created is True
+    assert [call["payment"] for call in succeeded.calls] == [payment]
+
+
+# sync_payment
+
+
+def test_sync_payment_fetches_and_applies(api, receive, django_capture_on_commit_callbacks):
+    payment = make_payment(status="pending", checkout_url="https://checkout.example/p")
+    succeeded = receive(signals.payment_succeeded)
+    data = payment_data(id=payment.ledgepay_id, status="succeeded")
+    del data["checkout_url"]  # Retrieve may leave it out.
+    api.get(f"{API}/payments/{payment.ledgepay_id}", json=data)
+    with django_capture_on_commit_callbacks(execute=True):
+        synced = services.sync_payment(payment)
+    assert synced.status == "succeeded"
+    assert synced.checkout_url == "https://checkout.example/p"
+    assert len(succeeded.calls) == 1
+    assert succeeded.calls[0]["event"] is None
+
+
+def test_sync_payment_of_an_unknown_id_creates_it(api):
+    api.get(f"{API}/payments/pay_remote", json=payment_data(id="pay_remote"))
+    payment = services.sync_payment("pay_remote")
+    assert payment.pk is not None
+    assert Payment.objects.get().ledgepay_id == "pay_remote"
+
+
+def test_sync_payment_not_found(api):
+    api.get(f"{API}/payments/pay_gone", status=404, json={"error": {"message": "No such"}})
+    with pytest.raises(NotFoundError):
+        services.sync_payment("pay_gone")
+
+
+# sync_payments: pagination by created_before
+
+
+class ListServer:
+    """A LedgePay list endpoint over a fixed set of payments, for ``responses``."""
+
+    def __init__(self, payments: list[dict[str, Any]], *, inclusive: bool) -> None:
+        self.payments = sorted(payments, key=lambda p: (p["created_at"], p["id"]), reverse=True)
+        self.inclusive = inclusive
+        self.queries: list[dict[str, str]] = []
+
+    def __call__(self, request):
+        from urllib.parse import parse_qsl, urlsplit
+
+        query = dict(parse_qsl(urlsplit(request.url).query))
+        self.queries.append(query)
+        items = self.payments
+        if "status" in query:
+            items = [p for p in items if p["status"] == query["status"]]
+        if "created_before" in query:
+            before = query["created_before"]
+            items = [
+                p
+                for p in items
+                if p["created_at"] < before or (self.inclusive and p["created_at"] == before)
+            ]
+        if "created_after" in query:
+            items = [p for p in items if p["created_at"] > query["created_after"]]
+        limit = int(query.get("limit", 10))
+        body = {"data": items[:limit], "has_more": len(items) > limit}
+        return 200, {}, json.dumps(body)
+
+
+def many_payments(count_by_second: dict[int, int]) -> list[dict[str, Any]]:
+    payments = []
+    for second, count in count_by_second.items():
+        for _ in range(count):
+            stamp = f"2024-01-15T10:{second // 60:02d}:{second % 60:02d}Z"
+            payments.append(payment_data(id=next_id("pay"), created_at=stamp))
+    return payments
+
+
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_sync_payments_neither_loses_nor_repeats_shared_timestamps(api, inclusive):
+    # 250 payments: page borders fall inside seconds that several payments share.
+    payments = many_payments({10: 30, 11: 95, 12: 40, 13: 1, 14: 84})
+    server = ListServer(payments, inclusive=inclusive)
+    api.add_callback(responses.GET, f"{API}/payments", callback=server)
+
+    result = services.sync_payments()
+
+    assert result.created == len(payments) == 250
+    assert result.updated == result.unchanged == result.skipped == 0
+    assert Payment.objects.count() == 250
+    assert set(Payment.objects.values_list("ledgepay_id", flat=True)) == {
+        p["id"] for p in payments
+    }
+    assert all(query["limit"] == "100" for query in server.queries)
+    assert result.pages == len(server.queries) < 10
+
+
+def test_sync_payments_steps_past_a_second_with_more_than_a_page(api):
+    payments = many_payments({20: 150, 19: 5})
+    server = ListServer(payments, inclusive=True)
+    api.add_callback(responses.GET, f"{API}/payments", callback=server)
+    result = services.sync_payments()
+    # The API cannot serve more than 100 payments of one second; the rest of the run goes on.
+    assert result.created == 105
+    assert Payment.objects.filter(created_at__second=19).count() == 5
+
+
+def test_sync_payments_updates_and_counts(api, receive, django_capture_on_commit_callbacks):
+    known = make_payment(status="pending", ledgepay_id="pay_known")
+    same = make_payment(status="succeeded", ledgepay_id="pay_same", amount=5000)
+    succeeded = receive(signals.payment_succeeded)
+    remote = [
+        payment_data(id="pay_known", status="succeeded", created_at="2024-01-15T10:30:02Z"),
+        payment_data(
+            id="pay_same",
+            status="succeeded",
+            description=same.description,
+            created_at="2024-01-15T10:30:01Z",
+        ),
+        payment_data(id="pay_new", status="failed", created_at="2024-01-15T10:30:00Z"),
+        {"id": "pay_broken", "created_at": "2024-01-15T10:29:00Z"},
+    ]
+    same.created_at = services._datetime("2024-01-15T10:30:01Z")
+    same.checkout_url = remote[1]["checkout_url"]
+    same.save()
+    api.get(f"{API}/payments", json={"data": remote, "has_more": False})
+
+    with django_capture_on_commit_callbacks(execute=True):
+        result = services.sync_payments(status=None)
+
+    assert (result.created, result.updated, result.unchanged, result.skipped) == (1, 1, 1, 1)
+    known.refresh_from_db()
+    assert known.status == "succeeded"
+    assert [call["payment"].ledgepay_id for call in succeeded.calls] == ["pay_known"]
+    assert Payment.objects.get(ledgepay_id="pay_new").status == "failed"
+
+
+def test_sync_payments_passes_filters(api):
+    api.get(f"{API}/payments", json=[])
+    services.sync_payments(
+        status="succeeded", created_after="2024-01-01T00:00:00+01:00", created_before=None
+    )
+    url = api.calls[0].request.url
+    assert "status=succeeded" in url
+    assert "created_after=2023-12-31T23%3A00%3A00Z" in url
+
+
+def test_sync_payments_refuses_a_bad_status(api):
+    with pytest.raises(InvalidRequestError):
+        services.sync_payments(status="paid")
+    assert len(api.calls) == 0
+
+
+@pytest.mark.parametrize("size", [3, 50])
+def test_sync_payments_writes_a_page_in_constant_queries(api, size, django_assert_num_queries):
+    # Half the page is known and changes, half is new: one read, one insert, one update.
+    payments = many_payments({1: size * 2})
+    for data in payments[:size]:
+        make_payment(ledgepay_id=data["id"], status="pending")
+        data["status"] = "succeeded"
+    api.get(f"{API}/payments", json={"data": payments, "has_more": False})
+    # SAVEPOINT and RELEASE of the page's atomic block, plus the three statements.
+    with django_assert_num_queries(5):
+        result = services.sync_payments()
+    assert (result.created, result.updated) == (size, size)
+
+
+# refund_payment
+
+
+def refund_answer(payment, **overrides):
+    return refund_data(payment.ledgepay_id, **{"amount": payment.amount, **overrides})
+
+
+@pytest.mark.parametrize("status", ["pending", "failed", "canceled"])
+def test_refund_refused_unless_succeeded(api, status):
+    payment = make_payment(status=status)
+    with pytest.raises(RefundError, match=status):
+        services.refund_payment(payment)
+    assert len(api.calls) == 0
+
+
+@pytest.mark.parametrize("amount", [0, -1, 5001, True, 10.0])
+def test_refund_refused_outside_the_refundable_amount(api, amount):
+    payment = make_payment(amount=5000)
+    with pytest.raises(RefundError):
+        services.refund_payment(payment, amount=amount)
+    assert len(api.calls) == 0
+
+
+def test_refund_refused_with_an_unknown_reason(api):
+    with pytest.raises(RefundError, match="reason"):
+        services.refund_payment(make_payment(), reason="because")
+    assert len(api.calls) == 0
+
+
+def test_refund_the_rest(api, receive, django_capture_on_commit_callbacks):
+    payment = make_payment(amount=5000)
+    make_refund(payment, amount=1000)
+    make_refund(payment, amount=700, status=Refund.Status.FAILED)  # Does not count.
+    created = receive(signals.refund_created)
+    api.post(f"{API}/refunds", json=refund_answer(payment, amount=4000), status=201)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        refund = services.refund_payment(payment.ledgepay_id, reason="duplicate")
+
+    sent = json.loads(api.calls[0].request.body)
+    assert sent == {"payment_id": payment.ledgepay_id, "amount": 4000, "reason": "duplicate"}
+    assert refund.amount == 4000
+    assert refund.payment == payment
+    assert payment.amount_refunded == 5000
+    assert payment.refundable_amount == 0
+    assert [call["refund"] for call in created.calls] == [refund]
+    assert created.calls[0]["payment"] == payment
+
+
+def test_refund_twice_refunds_once(api):
+    payment = make_payment(amount=5000)
+    api.post(f"{API}/refunds", json=refund_answer(payment), status=201)
+    services.refund_payment(payment)
+    with pytest.raises(RefundError, match="already refunded"):
+        services.refund_payment(payment)
+    assert len(api.calls) == 1
+
+
+def test_refund_idempotency_key_survives_a_lost_answer(api):
+    # The first call's answer is lost after LedgePay acted; calling again must reuse the key.
+    payment = make_payment(amount=5000)
+    api.post(f"{API}/refunds", body=requests.ConnectionError("reset"))
+    with pytest.raises(APIConnectionError):
+        services.refund_payment(payment, amount=1000)
+    api.replace(responses.POST, f"{API}/refunds", json=refund_answer(payment, amount=1000))
+    services.refund_payment(payment, amount=1000)
+    keys = {call.request.headers["Idempotency-Key"] for call in api.calls}
+    assert len(keys) == 1
+    assert payment.refunds.count() == 1
+
+
+def test_refund_keys_differ_for_two_real_refunds(api):
+    payment = make_payment(amount=5000)
+    api.post(f"{API}/refunds", json=refund_answer(payment, amount=1000))
+    services.refund_payment(payment, amount=1000)
+    api.replace(responses.POST, f"{API}/refunds", json=refund_answer(payment, amount=1000))
+    services.refund_payment(payment, amount=1000)
+    keys = [call.request.headers["Idempotency-Key"] for call in api.calls]
+    assert len(set(keys)) == 2
+
+
+def test_refund_of_a_payment_unknown_locally_syncs_it_first(api):
+    api.get(f"{API}/payments/pay_far", json=payment_data(id="pay_far", status="succeeded"))
+    api.post(f"{API}/refunds", json=refund_data("pay_far", amount=5000))
+    refund = services.refund_payment("pay_far")
+    assert refund.payment.ledgepay_id == "pay_far"
+
+
+# apply_refund
+
+
+def test_refund_succeeded_before_created_ends_with_one_refund(
+    receive, django_capture_on_commit_callbacks
+):
+    payment = make_payment()
+    created, succeeded = receive(signals.refund_created), receive(signals.refund_succeeded)
+    data = refund_data(payment.ledgepay_id)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.apply_refund(data, status="succeeded")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.apply_refund(data, status="pending")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.apply_refund(data, status="succeeded")
+    refund = Refund.objects.get()
+    assert refund.status == "succeeded"
+    order = [c["refund"].pk for c in created.calls] + [c["refund"].pk for c in succeeded.calls]
+    assert order == [refund.pk, refund.pk]
+
+
+def test_refund_signals_are_sent_in_order(django_capture_on_commit_callbacks):
+    payment = make_payment()
+    seen: list[str] = []
+
+    def on_created(sender, **kwargs):
+        seen.append("created")
+
+    def on_succeeded(sender, **kwargs):
+        seen.append("succeeded")
+
+    # Connected in the opposite order, to show the order comes from the sender.
+    signals.refund_succeeded.connect(on_succeeded)
+    signals.refund_created.connect(on_created)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            services.apply_refund(refund_data(payment.ledgepay_id, status="succeeded"))
+    finally:
+        signals.refund_succeeded.disconnect(on_succeeded)
+        signals.refund_created.disconnect(on_created)
+    assert seen == ["created", "succeeded"]
+
+
+def test_failed_refund_frees_the_amount(receive, django_capture_on_commit_callbacks):
+    payment = make_payment(amount=5000)
+    refund = make_refund(payment, amount=5000, status="pending")
+    failed = receive(signals.refund_failed)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.apply_refund({"id": refund.ledgepay_id}, status="failed")
+    assert payment.refundable_amount == 5000
+    assert len(failed.calls) == 1
+
+
+def test_refund_of_an_unknown_payment_fetches_it(api):
+    api.get(f"{API}/payments/pay_x", json=payment_data(id="pay_x", status="succeeded"))
+    refund, _ = services.apply_refund(refund_data("pay_x"))
+    assert refund.payment.ledgepay_id == "pay_x"
+
+
+def test_new_refund_without_amount_is_incomplete():
+    payment = make_payment()
+    with pytest.raises(services.IncompleteDataError):
+        services.apply_refund({"id": "re_x", "payment_id": payment.ledgepay_id})
+
+
+# Concurrency on PostgreSQL
+
+
+requires_postgres = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="row locks need PostgreSQL"
+)
+
+
+def run_in_threads(target, count):
+    errors: list[BaseException] = []
+    results: list[object] = []
+    barrier = threading.Barrier(count)
+
+    def run():
+        from django.db import connections
+
+        try:
+            barrier.wait()
+            results.append(target())
+        except BaseException as err:
+            errors.append(err)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return results, errors
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_clicks_refund_once_under_the_row_lock(api):
+    payment = make_payment(amount=5000)
+
+    def slow_refund(request):
+        time.sleep(0.3)  # The second click arrives while LedgePay is working.
+        return 201, {}, json.dumps(refund_answer(payment, id=next_id("re")))
+
+    api.add_callback(responses.POST, f"{API}/refunds", callback=slow_refund)
+    results, errors = run_in_threads(lambda: services.refund_payment(payment), 2)
+    assert len(api.calls) == 1
+    assert len(results) == 1
+    assert [type(err) for err in errors] == [RefundError]
+    assert Refund.objects.filter(payment=payment).count() == 1
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_updates_signal_once(receive):
+    payment = make_payment(status="pending")
+    succeeded = receive(signals.payment_succeeded)
+    data = {"id": payment.ledgepay_id, "status": "succeeded"}
+    results, errors = run_in_threads(lambda: services.apply_payment(data), 6)
+    assert errors == []
+    assert sum(changed for _, changed in results) == 1
+    assert len(succeeded.calls) == 1
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_first_sight_creates_one_row(receive):
+    succeeded = receive(signals.payment_succeeded)
+    data = payment_data(status="succeeded")
+    results, errors = run_in_threads(lambda: services.apply_payment(data), 6)
+    assert errors == []
+    assert Payment.objects.filter(ledgepay_id=data["id"]).count() == 1
+    assert len(succeeded.calls) == 1

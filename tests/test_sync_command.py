@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+
+from django.core.management import CommandError, call_command
+
+from django_ledgepay.models import Payment
+from tests.conftest import API
+from tests.factories import make_payment, payment_data
+
+pytestmark = pytest.mark.django_db
+
+
+def test_sync_command_prints_progress_and_summary(api):
+    make_payment(ledgepay_id="pay_a", status="pending")
+    page = [
+        payment_data(id="pay_a", status="succeeded", created_at="2024-01-15T10:30:01Z"),
+        payment_data(id="pay_b", created_at="2024-01-15T10:30:00Z"),
+    ]
+    api.get(f"{API}/payments", json={"data": page, "has_more": False})
+    out = StringIO()
+    call_command("ledgepay_sync", "--status", "succeeded", stdout=out)
+    output = out.getvalue()
+    assert "Page 1: 2 payments so far (1 created, 1 updated)." in output
+    assert "Synced 2 payments in 1 pages: 1 created, 1 updated, 0 unchanged" in output
+    assert "status=succeeded" in api.calls[0].request.url
+    assert "limit=100" in api.calls[0].request.url
+    assert Payment.objects.get(ledgepay_id="pay_a").status == "succeeded"
+
+
+def test_sync_command_passes_time_bounds(api):
+    api.get(f"{API}/payments", json={"data": [], "has_more": False})
+    call_command(
+        "ledgepay_sync",
+        "--created-after=2024-01-01T00:00:00Z",
+        "--created-before=2024-02-01T00:00:00Z",
+        stdout=StringIO(),
+    )
+    url = api.calls[0].request.url
+    assert "created_after=2024-01-01T00%3A00%3A00Z" in url
+    assert "created_before=2024-02-01T00%3A00%3A00Z" in url
+
+
+def test_sync_command_refuses_a_bad_time(api):
+    with pytest.raises(CommandError, match="--created-after"):
+        call_command("ledgepay_sync", "--created-after=last week")
+    assert len(api.calls) == 0
+
+
+def test_sync_command_reports_api_failure_without_the_key(api, settings):
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    api.get(f"{API}/payments", status=401, json={"error": {"message": "Invalid API key"}})
+    with pytest.raises(CommandError) as excinfo:
+        call_command("ledgepay_sync", stdout=StringIO())
+    assert "Invalid API key" in str(excinfo.value)
+    assert settings.LEDGEPAY_API_KEY not in str(excinfo.value)
