@@ -474,7 +474,10 @@ def sync_payments(
             (moment for item in items if (moment := _datetime(item.get("created_at")))),
             default=None,
         )
-        if not has_more or oldest is None:
+        if not has_more:
+            return result
+        if oldest is None:
+            logger.warning("LedgePay's page has no created_at to page by; sync stopped early.")
             return result
         next_before = oldest.replace(microsecond=0) + datetime.timedelta(seconds=1)
         current = _datetime(before) if before else None

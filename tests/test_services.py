@@ -608,3 +608,12 @@ def test_concurrent_first_sight_creates_one_row(receive):
     assert errors == []
     assert Payment.objects.filter(ledgepay_id=data["id"]).count() == 1
     assert len(succeeded.calls) == 1
+
+
+def test_sync_payments_stops_when_a_page_has_no_time_to_page_by(api, caplog):
+    page = [payment_data(created_at=None), payment_data(created_at=None)]
+    api.get(f"{API}/payments", json={"data": page, "has_more": True})
+    result = services.sync_payments()
+    assert result.created == 2
+    assert len(api.calls) == 1
+    assert "sync stopped early" in caplog.text
