@@ -5,80 +5,234 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Payment',
+            name="Payment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('ledgepay_id', models.CharField(max_length=255, unique=True, verbose_name='LedgePay id')),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('canceled', 'Canceled')], default='pending', max_length=16, verbose_name='status')),
-                ('amount', models.BigIntegerField(help_text="In the currency's minor unit.", verbose_name='amount')),
-                ('currency', models.CharField(max_length=3, verbose_name='currency')),
-                ('description', models.TextField(blank=True, verbose_name='description')),
-                ('customer_email', models.EmailField(blank=True, max_length=254, verbose_name='customer email')),
-                ('customer_name', models.CharField(blank=True, max_length=255, verbose_name='customer name')),
-                ('metadata', models.JSONField(blank=True, default=dict, verbose_name='metadata')),
-                ('checkout_url', models.URLField(blank=True, max_length=2048, verbose_name='checkout URL')),
-                ('success_url', models.URLField(blank=True, max_length=2048, verbose_name='success URL')),
-                ('cancel_url', models.URLField(blank=True, max_length=2048, verbose_name='cancel URL')),
-                ('created_at', models.DateTimeField(blank=True, null=True, verbose_name='created at')),
-                ('completed_at', models.DateTimeField(blank=True, null=True, verbose_name='completed at')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated locally')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "ledgepay_id",
+                    models.CharField(max_length=255, unique=True, verbose_name="LedgePay id"),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("canceled", "Canceled"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                        verbose_name="status",
+                    ),
+                ),
+                (
+                    "amount",
+                    models.BigIntegerField(
+                        help_text="In the currency's minor unit.", verbose_name="amount"
+                    ),
+                ),
+                ("currency", models.CharField(max_length=3, verbose_name="currency")),
+                ("description", models.TextField(blank=True, verbose_name="description")),
+                (
+                    "customer_email",
+                    models.EmailField(blank=True, max_length=254, verbose_name="customer email"),
+                ),
+                (
+                    "customer_name",
+                    models.CharField(blank=True, max_length=255, verbose_name="customer name"),
+                ),
+                ("metadata", models.JSONField(blank=True, default=dict, verbose_name="metadata")),
+                (
+                    "checkout_url",
+                    models.URLField(blank=True, max_length=2048, verbose_name="checkout URL"),
+                ),
+                (
+                    "success_url",
+                    models.URLField(blank=True, max_length=2048, verbose_name="success URL"),
+                ),
+                (
+                    "cancel_url",
+                    models.URLField(blank=True, max_length=2048, verbose_name="cancel URL"),
+                ),
+                (
+                    "created_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="created at"),
+                ),
+                (
+                    "completed_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="completed at"),
+                ),
+                (
+                    "updated_at",
+                    models.DateTimeField(auto_now=True, verbose_name="updated locally"),
+                ),
             ],
             options={
-                'verbose_name': 'payment',
-                'verbose_name_plural': 'payments',
-                'ordering': ['-created_at', '-id'],
-                'permissions': [('refund_payment', 'Can refund payments')],
-                'indexes': [models.Index(fields=['status', '-created_at'], name='ledgepay_pay_status_idx'), models.Index(fields=['-created_at'], name='ledgepay_pay_created_idx')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('amount__gt', 0)), name='ledgepay_payment_amount_gt_0')],
+                "verbose_name": "payment",
+                "verbose_name_plural": "payments",
+                "ordering": ["-created_at", "-id"],
+                "permissions": [("refund_payment", "Can refund payments")],
+                "indexes": [
+                    models.Index(fields=["status", "-created_at"], name="ledgepay_pay_status_idx"),
+                    models.Index(fields=["-created_at"], name="ledgepay_pay_created_idx"),
+                ],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("amount__gt", 0)), name="ledgepay_payment_amount_gt_0"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='WebhookEvent',
+            name="WebhookEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('event_type', models.CharField(max_length=100, verbose_name='event type')),
-                ('object_id', models.CharField(blank=True, db_index=True, help_text="The LedgePay id in the event's data.", max_length=255, verbose_name='object id')),
-                ('payload', models.JSONField(verbose_name='payload')),
-                ('body_sha256', models.CharField(help_text='Identifies redeliveries of the same event.', max_length=64, unique=True, verbose_name='body SHA-256')),
-                ('status', models.CharField(choices=[('received', 'Received'), ('processed', 'Processed'), ('ignored', 'Ignored'), ('failed', 'Failed')], default='received', max_length=16, verbose_name='status')),
-                ('error', models.TextField(blank=True, verbose_name='error')),
-                ('attempts', models.PositiveIntegerField(default=0, verbose_name='attempts')),
-                ('received_at', models.DateTimeField(auto_now_add=True, verbose_name='received at')),
-                ('processed_at', models.DateTimeField(blank=True, null=True, verbose_name='processed at')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("event_type", models.CharField(max_length=100, verbose_name="event type")),
+                (
+                    "object_id",
+                    models.CharField(
+                        blank=True,
+                        db_index=True,
+                        help_text="The LedgePay id in the event's data.",
+                        max_length=255,
+                        verbose_name="object id",
+                    ),
+                ),
+                ("payload", models.JSONField(verbose_name="payload")),
+                (
+                    "body_sha256",
+                    models.CharField(
+                        help_text="Identifies redeliveries of the same event.",
+                        max_length=64,
+                        unique=True,
+                        verbose_name="body SHA-256",
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("received", "Received"),
+                            ("processed", "Processed"),
+                            ("ignored", "Ignored"),
+                            ("failed", "Failed"),
+                        ],
+                        default="received",
+                        max_length=16,
+                        verbose_name="status",
+                    ),
+                ),
+                ("error", models.TextField(blank=True, verbose_name="error")),
+                ("attempts", models.PositiveIntegerField(default=0, verbose_name="attempts")),
+                (
+                    "received_at",
+                    models.DateTimeField(auto_now_add=True, verbose_name="received at"),
+                ),
+                (
+                    "processed_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="processed at"),
+                ),
             ],
             options={
-                'verbose_name': 'webhook event',
-                'verbose_name_plural': 'webhook events',
-                'ordering': ['-received_at', '-id'],
-                'indexes': [models.Index(fields=['status', '-received_at'], name='ledgepay_evt_status_idx')],
+                "verbose_name": "webhook event",
+                "verbose_name_plural": "webhook events",
+                "ordering": ["-received_at", "-id"],
+                "indexes": [
+                    models.Index(fields=["status", "-received_at"], name="ledgepay_evt_status_idx")
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Refund',
+            name="Refund",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('ledgepay_id', models.CharField(max_length=255, unique=True, verbose_name='LedgePay id')),
-                ('amount', models.BigIntegerField(help_text="In the currency's minor unit.", verbose_name='amount')),
-                ('currency', models.CharField(max_length=3, verbose_name='currency')),
-                ('reason', models.CharField(choices=[('customer_request', 'Customer Request'), ('duplicate', 'Duplicate'), ('fraudulent', 'Fraudulent'), ('other', 'Other')], default='customer_request', max_length=32, verbose_name='reason')),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], default='pending', max_length=16, verbose_name='status')),
-                ('created_at', models.DateTimeField(blank=True, null=True, verbose_name='created at')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated locally')),
-                ('payment', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='refunds', to='django_ledgepay.payment', verbose_name='payment')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "ledgepay_id",
+                    models.CharField(max_length=255, unique=True, verbose_name="LedgePay id"),
+                ),
+                (
+                    "amount",
+                    models.BigIntegerField(
+                        help_text="In the currency's minor unit.", verbose_name="amount"
+                    ),
+                ),
+                ("currency", models.CharField(max_length=3, verbose_name="currency")),
+                (
+                    "reason",
+                    models.CharField(
+                        choices=[
+                            ("customer_request", "Customer Request"),
+                            ("duplicate", "Duplicate"),
+                            ("fraudulent", "Fraudulent"),
+                            ("other", "Other"),
+                        ],
+                        default="customer_request",
+                        max_length=32,
+                        verbose_name="reason",
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                        verbose_name="status",
+                    ),
+                ),
+                (
+                    "created_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="created at"),
+                ),
+                (
+                    "updated_at",
+                    models.DateTimeField(auto_now=True, verbose_name="updated locally"),
+                ),
+                (
+                    "payment",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="refunds",
+                        to="django_ledgepay.payment",
+                        verbose_name="payment",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'refund',
-                'verbose_name_plural': 'refunds',
-                'ordering': ['-created_at', '-id'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('amount__gt', 0)), name='ledgepay_refund_amount_gt_0')],
+                "verbose_name": "refund",
+                "verbose_name_plural": "refunds",
+                "ordering": ["-created_at", "-id"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("amount__gt", 0)), name="ledgepay_refund_amount_gt_0"
+                    )
+                ],
             },
         ),
     ]
