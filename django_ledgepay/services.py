@@ -321,6 +321,41 @@ def apply_payment(
     return payment, bool(changed)
 
 
+def apply_payment_event(
+    data: Mapping[str, Any], *, status: str, event: WebhookEvent | None = None
+) -> tuple[Payment, bool]:
+    """Apply a webhook's news that a payment reached the final ``status``.
+
+    The common case, a known pending payment, costs one conditional UPDATE and one SELECT
+    and no transaction of its own: ``WHERE status = 'pending'`` lets exactly one of several
+    concurrent deliveries win, and only the winner sends the signal. A payment never seen
+    takes the general path of :func:`apply_payment`; when the event does not say enough to
+    record it, it is fetched from LedgePay first (which may raise LedgePayError).
+    """
+    ledgepay_id = data.get("id")
+    if not isinstance(ledgepay_id, str) or not ledgepay_id:
+        raise IncompleteDataError("LedgePay's payment has no id.")
+    if status in PAYMENT_SIGNALS:
+        now = timezone.now()
+        values = {**payment_values(data), "status": status, "updated_at": now}
+        values.setdefault("completed_at", now)
+        won = Payment.objects.filter(
+            ledgepay_id=ledgepay_id, status=Payment.Status.PENDING
+        ).update(**values)
+        payment = Payment.objects.filter(ledgepay_id=ledgepay_id).first()
+        if payment is not None and won:
+            _payment_signal(payment, event)
+            return payment, True
+        if payment is not None and payment.is_final:
+            return payment, False
+    try:
+        return apply_payment(data, status=status, event=event)
+    except IncompleteDataError:
+        pass
+    remote = get_client().retrieve_payment(ledgepay_id)
+    return apply_payment({**remote, **_without_blanks(data)}, status=status, event=event)
+
+
 def _create_payment(
     ledgepay_id: str, values: dict[str, Any], event: WebhookEvent | None
 ) -> Payment | None:

@@ -1,18 +1,64 @@
-"""The webhook endpoint (being built: see issue 4)."""
+"""The webhook endpoint LedgePay posts its events to."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import RequestDataTooBig
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
+from django_ledgepay import webhooks
+from django_ledgepay.conf import conf
+from django_ledgepay.exceptions import WebhookSignatureError
+from django_ledgepay.models import WebhookEvent
+
+logger = logging.getLogger(__name__)
+
 
 @method_decorator(csrf_exempt, name="dispatch")
+@method_decorator(transaction.non_atomic_requests, name="dispatch")
 class WebhookView(View):
+    """Verify, store, apply, answer.
+
+    200: applied, a redelivery, or a type this app does not know (kept, ignored).
+    400: a missing, bad or stale signature, or a body that is not a readable event.
+    503: a valid event that could not be applied for a passing reason; it stays in the log
+    with its error and LedgePay delivers it again.
+    """
+
     http_method_names = ["post"]
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        return HttpResponse(status=501)
+        try:
+            body = request.body
+        except RequestDataTooBig:
+            return _answer(400, "The body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE.")
+        try:
+            webhooks.verify_signature(
+                body,
+                request.headers.get(webhooks.SIGNATURE_HEADER),
+                conf.webhook_secrets,
+                tolerance=conf.LEDGEPAY_WEBHOOK_TOLERANCE,
+            )
+        except WebhookSignatureError as err:
+            logger.warning("Webhook refused: %s", err.message)
+            return _answer(400, err.message)
+
+        event, created, invalid = webhooks.record_event(body)
+        if invalid is not None:
+            return _answer(400, invalid.message)
+        if not created and event.is_processed:
+            return _answer(200, "duplicate")
+        webhooks.process_event(event)
+        if event.status == WebhookEvent.Status.FAILED:
+            return _answer(503, "The event could not be applied now; it is kept for redelivery.")
+        return _answer(200, event.status)
+
+
+def _answer(status: int, detail: str) -> JsonResponse:
+    return JsonResponse({"detail": detail}, status=status)

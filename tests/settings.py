@@ -35,10 +35,6 @@ def database_from_url(url: str) -> dict[str, object]:
 
 
 DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL", "sqlite://"))}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Writers take the lock when their transaction starts, as row locks do elsewhere.
-    DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE"}
-
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

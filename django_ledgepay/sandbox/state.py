@@ -1,0 +1,377 @@
+"""LedgePay's behaviour in memory: the API of LEDGEPAY_API.md without the HTTP.
+
+:class:`LedgePayState` validates requests, keeps payments and refunds, replays idempotent
+POSTs, pages lists and settles payments. The sandbox server and ``testing.FakeLedgePay``
+both serve it, so both behave alike.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import itertools
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from django_ledgepay.currencies import is_currency
+
+PAYMENT_STATUSES = ("pending", "succeeded", "failed", "canceled")
+REFUND_REASONS = ("customer_request", "duplicate", "fraudulent", "other")
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 100
+
+EventListener = Callable[[str, dict[str, Any]], None]
+
+
+class APIFailure(Exception):
+    """An error answer in LedgePay's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str = "invalid_request_error",
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"type": self.error_type, "message": self.message}
+        if self.param is not None:
+            error["param"] = self.param
+        return {"error": error}
+
+
+@dataclass
+class Answer:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> str:
+        return json.dumps(self.body)
+
+
+def iso(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(int(moment), datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+
+
+def _parse_time(value: str, param: str) -> str:
+    text = value.strip().replace("Z", "+00:00")
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError as err:
+        raise APIFailure(400, f"{param} is not an ISO 8601 time.", param=param) from err
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return iso(moment.timestamp())
+
+
+def _is_url(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in {"http", "https"} and bool(parts.netloc)
+
+
+class LedgePayState:
+    """Payments, refunds and idempotency records, safe to use from several threads."""
+
+    def __init__(
+        self,
+        *,
+        checkout_base: str = "https://checkout.ledgepay.test",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.checkout_base = checkout_base.rstrip("/")
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.payments: dict[str, dict[str, Any]] = {}
+        self.refunds: dict[str, dict[str, Any]] = {}
+        self.listeners: list[EventListener] = []
+        self._idempotency: dict[tuple[str, str], tuple[str, Answer]] = {}
+        self._order = itertools.count()
+        self._sequence: dict[str, int] = {}
+
+    # Requests
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> Answer:
+        """Answer one API request; ``path`` is relative to ``/v1``."""
+        api_key = _bearer(headers)
+        if not api_key:
+            return _failure(
+                APIFailure(
+                    401,
+                    "No API key provided: send Authorization: Bearer <key>.",
+                    error_type="authentication_error",
+                )
+            )
+        try:
+            if method == "POST":
+                params = _json_object(body)
+                key = headers.get("Idempotency-Key") or headers.get("idempotency-key")
+                return self._idempotent(api_key, key, method, path, body, params)
+            if method == "GET":
+                return self._get(path, query)
+            raise APIFailure(405, f"{method} is not allowed here.")
+        except APIFailure as failure:
+            return _failure(failure)
+
+    def _idempotent(
+        self,
+        api_key: str,
+        key: str | None,
+        method: str,
+        path: str,
+        body: bytes,
+        params: dict[str, Any],
+    ) -> Answer:
+        if key is not None and not 0 < len(key) <= 255:
+            raise APIFailure(400, "Idempotency-Key must be 1 to 255 characters.")
+        fingerprint = hashlib.sha256(f"{method} {path} ".encode() + body).hexdigest()
+        with self.lock:
+            if key is not None:
+                stored = self._idempotency.get((api_key, key))
+                if stored is not None:
+                    if stored[0] != fingerprint:
+                        raise APIFailure(
+                            400,
+                            "This Idempotency-Key was used with another request.",
+                            error_type="idempotency_error",
+                        )
+                    return stored[1]
+            try:
+                answer = self._post(path, params)
+            except APIFailure as failure:
+                answer = _failure(failure)
+            if key is not None and answer.status < 500:
+                self._idempotency[(api_key, key)] = (fingerprint, answer)
+            return answer
+
+    def _post(self, path: str, params: dict[str, Any]) -> Answer:
+        if path == "/payments":
+            return Answer(201, self.create_payment(params))
+        if path == "/refunds":
+            return Answer(201, self.create_refund(params))
+        raise APIFailure(404, f"No such endpoint: POST {path}.")
+
+    def _get(self, path: str, query: Mapping[str, str]) -> Answer:
+        if path == "/payments":
+            return Answer(200, self.list_payments(query))
+        if path.startswith("/payments/"):
+            return Answer(200, self.retrieve_payment(path.removeprefix("/payments/")))
+        raise APIFailure(404, f"No such endpoint: GET {path}.")
+
+    # Payments
+
+    def create_payment(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        amount = params.get("amount")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            raise APIFailure(400, "amount must be a positive integer.", param="amount")
+        if not is_currency(params.get("currency")):
+            raise APIFailure(400, "currency must be an ISO 4217 code.", param="currency")
+        for name in ("success_url", "cancel_url"):
+            if not _is_url(params.get(name)):
+                raise APIFailure(400, f"{name} must be an absolute http(s) URL.", param=name)
+        description = params.get("description", "")
+        if not isinstance(description, str):
+            raise APIFailure(400, "description must be a string.", param="description")
+        customer = params.get("customer") or {}
+        if not isinstance(customer, dict) or not all(
+            isinstance(customer.get(key, ""), str) for key in ("email", "name")
+        ):
+            raise APIFailure(400, "customer must hold an email and a name.", param="customer")
+        metadata = params.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise APIFailure(400, "metadata must be an object.", param="metadata")
+        payment_id = f"pay_{secrets.token_hex(8)}"
+        payment = {
+            "id": payment_id,
+            "status": "pending",
+            "amount": amount,
+            "currency": params["currency"],
+            "description": description,
+            "customer": {"email": customer.get("email", ""), "name": customer.get("name", "")},
+            "metadata": metadata,
+            "checkout_url": f"{self.checkout_base}/{payment_id}",
+            "success_url": params["success_url"],
+            "cancel_url": params["cancel_url"],
+            "created_at": iso(self.clock()),
+            "completed_at": None,
+        }
+        with self.lock:
+            self.payments[payment_id] = payment
+            self._sequence[payment_id] = next(self._order)
+        return dict(payment)
+
+    def retrieve_payment(self, payment_id: str) -> dict[str, Any]:
+        with self.lock:
+            payment = self.payments.get(payment_id)
+            if payment is None:
+                raise APIFailure(404, f"No such payment: {payment_id}.", param="id")
+            return dict(payment)
+
+    def list_payments(self, query: Mapping[str, str]) -> dict[str, Any]:
+        try:
+            limit = int(query.get("limit", DEFAULT_LIMIT))
+        except ValueError as err:
+            raise APIFailure(400, "limit must be an integer.", param="limit") from err
+        if limit < 1:
+            raise APIFailure(400, "limit must be at least 1.", param="limit")
+        limit = min(limit, MAX_LIMIT)
+        status = query.get("status")
+        if status is not None and status not in PAYMENT_STATUSES:
+            raise APIFailure(400, f"status must be one of {PAYMENT_STATUSES}.", param="status")
+        after = query.get("created_after")
+        before = query.get("created_before")
+        after = _parse_time(after, "created_after") if after else None
+        before = _parse_time(before, "created_before") if before else None
+        with self.lock:
+            items = sorted(
+                self.payments.values(),
+                key=lambda p: (p["created_at"], self._sequence[p["id"]]),
+                reverse=True,
+            )
+            items = [
+                dict(p)
+                for p in items
+                if (status is None or p["status"] == status)
+                and (after is None or p["created_at"] > after)
+                and (before is None or p["created_at"] < before)
+            ]
+        return {"data": items[:limit], "has_more": len(items) > limit}
+
+    def settle(self, payment_id: str, status: str) -> dict[str, Any]:
+        """Move a pending payment to ``status`` (a shopper pressed Pay, Fail or Cancel)."""
+        if status not in PAYMENT_STATUSES[1:]:
+            raise ValueError(f"Cannot settle a payment as {status!r}.")
+        with self.lock:
+            payment = self.payments.get(payment_id)
+            if payment is None:
+                raise APIFailure(404, f"No such payment: {payment_id}.")
+            if payment["status"] != "pending":
+                return dict(payment)
+            payment["status"] = status
+            payment["completed_at"] = iso(self.clock())
+            data = dict(payment)
+        self._emit(f"payment.{status}", data)
+        return data
+
+    # Refunds
+
+    def create_refund(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        payment_id = params.get("payment_id")
+        if not isinstance(payment_id, str):
+            raise APIFailure(400, "payment_id is required.", param="payment_id")
+        reason = params.get("reason", "customer_request")
+        if reason not in REFUND_REASONS:
+            raise APIFailure(400, f"reason must be one of {REFUND_REASONS}.", param="reason")
+        amount = params.get("amount")
+        with self.lock:
+            payment = self.payments.get(payment_id)
+            if payment is None:
+                raise APIFailure(404, f"No such payment: {payment_id}.", param="payment_id")
+            if payment["status"] != "succeeded":
+                raise APIFailure(
+                    400, "Only a succeeded payment can be refunded.", param="payment_id"
+                )
+            remaining = payment["amount"] - self.refunded(payment_id)
+            if amount is None:
+                amount = remaining
+            if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+                raise APIFailure(400, "amount must be a positive integer.", param="amount")
+            if amount > remaining:
+                raise APIFailure(
+                    400, f"amount exceeds what is left to refund ({remaining}).", param="amount"
+                )
+            refund = {
+                "id": f"re_{secrets.token_hex(8)}",
+                "payment_id": payment_id,
+                "amount": amount,
+                "currency": payment["currency"],
+                "reason": reason,
+                "status": "pending",
+                "created_at": iso(self.clock()),
+            }
+            self.refunds[refund["id"]] = refund
+            data = dict(refund)
+        self._emit("refund.created", data)
+        return data
+
+    def refunded(self, payment_id: str) -> int:
+        with self.lock:
+            return sum(
+                r["amount"]
+                for r in self.refunds.values()
+                if r["payment_id"] == payment_id and r["status"] != "failed"
+            )
+
+    def complete_refund(self, refund_id: str, status: str = "succeeded") -> dict[str, Any]:
+        """Move a pending refund to ``succeeded`` or ``failed``."""
+        if status not in ("succeeded", "failed"):
+            raise ValueError(f"Cannot complete a refund as {status!r}.")
+        with self.lock:
+            refund = self.refunds[refund_id]
+            if refund["status"] != "pending":
+                return dict(refund)
+            refund["status"] = status
+            data = dict(refund)
+        self._emit(f"refund.{status}", data)
+        return data
+
+    # Events
+
+    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            listener(event_type, data)
+
+
+def event_payload(
+    event_type: str, data: Mapping[str, Any], *, clock: float | None = None
+) -> dict[str, Any]:
+    """A webhook body as LedgePay sends it."""
+    return {
+        "event": event_type,
+        "timestamp": iso(time.time() if clock is None else clock),
+        "data": dict(data),
+    }
+
+
+def _bearer(headers: Mapping[str, str]) -> str:
+    value = headers.get("Authorization") or headers.get("authorization") or ""
+    scheme, _, key = value.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else ""
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        params = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise APIFailure(400, "The body is not valid JSON.") from err
+    if not isinstance(params, dict):
+        raise APIFailure(400, "The body must be a JSON object.")
+    return params
+
+
+def _failure(failure: APIFailure) -> Answer:
+    return Answer(failure.status, failure.body())
