@@ -1,0 +1,17 @@
+"""An offline LedgePay for development, demos and tests.
+
+:class:`Sandbox` serves the API of LEDGEPAY_API.md under ``/v1`` on 127.0.0.1 with state in
+memory, a hosted checkout page at each payment's ``checkout_url`` (Pay, Fail, Cancel), and
+signed webhook deliveries. ``manage.py ledgepay_sandbox`` runs one::
+
+    with Sandbox(webhook_url="http://127.0.0.1:8000/ledgepay/webhook/",
+                 webhook_secret="whsec_...") as sandbox:
+        settings.LEDGEPAY_API_BASE = sandbox.api_base
+        ...
+"""
+
+from __future__ import annotations
+
+from django_ledgepay.sandbox.server import Delivery, Sandbox
+
+__all__ = ["Delivery", "Sandbox"]

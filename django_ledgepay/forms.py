@@ -1,0 +1,92 @@
+"""Forms for the admin's refund pages. Amounts are typed in major units and checked here,
+before any call to LedgePay."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.utils.translation import gettext_lazy as _
+
+from django_ledgepay.currencies import exponent, format_amount, to_major, to_minor
+from django_ledgepay.models import Payment, Refund
+
+
+def unrefundable_reason(payment: Payment) -> str:
+    """Why ``payment`` cannot be refunded, or ``""`` when something is left to refund."""
+    if payment.status != Payment.Status.SUCCEEDED:
+        return str(_("it is %(status)s, not succeeded") % {"status": payment.status})
+    if payment.refundable_amount <= 0:
+        return str(_("it is already refunded in full"))
+    return ""
+
+
+class RefundReasonForm(forms.Form):
+    reason = forms.ChoiceField(
+        label=_("Reason"), choices=Refund.Reason.choices, initial=Refund.Reason.CUSTOMER_REQUEST
+    )
+
+
+class RefundForm(RefundReasonForm):
+    """One refund of ``payment``: ``cleaned_data["amount"]`` is an int of minor units.
+
+    ``refunded_before`` carries what was refunded when the page was drawn; the view compares
+    it under the payment's row lock, so a form submitted twice refunds once.
+    """
+
+    amount = forms.DecimalField(
+        label=_("Amount"),
+        widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
+    )
+    refunded_before = forms.IntegerField(min_value=0, widget=forms.HiddenInput)
+
+    field_order = ("amount", "reason")
+
+    def __init__(self, *args: Any, payment: Payment, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.payment = payment
+        currency = payment.currency
+        digits = exponent(currency)
+        self.fields["amount"].label = _("Amount (%(currency)s)") % {"currency": currency}
+        self.fields["amount"].help_text = _(
+            "In %(currency)s, with at most %(digits)s decimal places; at most %(left)s."
+        ) % {"currency": currency, "digits": digits, "left": format_amount(self.refundable, currency)}
+        self.fields["amount"].initial = to_major(self.refundable, currency)
+        self.fields["refunded_before"].initial = payment.amount_refunded
+
+    @property
+    def refundable(self) -> int:
+        return self.payment.refundable_amount
+
+    def clean_amount(self) -> int:
+        value: Decimal = self.cleaned_data["amount"]
+        currency = self.payment.currency
+        if value <= 0:
+            raise ValidationError(_("Enter an amount greater than zero."), code="min_value")
+        try:
+            minor = to_minor(value, currency)
+        except ValueError as err:
+            raise ValidationError(
+                _("%(currency)s amounts have at most %(digits)s decimal places.")
+                % {"currency": currency, "digits": exponent(currency)},
+                code="decimal_places",
+            ) from err
+        if self.refundable and minor > self.refundable:
+            raise ValidationError(
+                _("That is more than what is left to refund (%(left)s).")
+                % {"left": format_amount(self.refundable, currency)},
+                code="max_value",
+            )
+        return minor
+
+    def clean(self) -> dict[str, Any] | None:
+        cleaned = super().clean()
+        reason = unrefundable_reason(self.payment)
+        if reason:
+            raise ValidationError(
+                _("This payment cannot be refunded: %(reason)s.") % {"reason": reason},
+                code="not_refundable",
+            )
+        return cleaned

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from django_ledgepay.conf import conf
+from django_ledgepay.sandbox import Sandbox
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the LedgePay sandbox on 127.0.0.1: the API under /v1, a checkout page with Pay, "
+        "Fail and Cancel, and webhook deliveries signed with LEDGEPAY_WEBHOOK_SECRET."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=8765, help="Port (default 8765).")
+        parser.add_argument(
+            "--webhook-url",
+            help="Where to deliver events, e.g. http://127.0.0.1:8000/ledgepay/webhook/.",
+        )
+        parser.add_argument(
+            "--failure-rate",
+            type=float,
+            default=0.0,
+            metavar="F",
+            help="Share of API requests that fail with 500, 429 or a dropped connection.",
+        )
+        parser.add_argument(
+            "--rate-limit", type=int, metavar="N", help="Answer 429 past N requests a minute."
+        )
+        parser.add_argument(
+            "--refund-delay",
+            type=float,
+            default=1.0,
+            metavar="S",
+            help="Seconds before a refund succeeds (default 1).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not 0.0 <= options["failure_rate"] <= 1.0:
+            raise CommandError("--failure-rate must be between 0 and 1.")
+        if options["rate_limit"] is not None and options["rate_limit"] < 1:
+            raise CommandError("--rate-limit must be at least 1.")
+        secrets = conf.webhook_secrets
+        if options["webhook_url"] and not secrets:
+            raise CommandError(
+                "Set LEDGEPAY_WEBHOOK_SECRET: the sandbox signs deliveries with it."
+            )
+        self._show_logs()
+        sandbox = Sandbox(
+            port=options["port"],
+            webhook_url=options["webhook_url"],
+            webhook_secret=secrets[0] if secrets else "",
+            failure_rate=options["failure_rate"],
+            rate_limit=options["rate_limit"],
+            refund_delay=options["refund_delay"],
+        )
+        try:
+            sandbox.start()
+        except OSError as err:
+            raise CommandError(f"Cannot listen on 127.0.0.1:{options['port']}: {err}") from err
+        self.stdout.write(self.style.SUCCESS(f"LedgePay sandbox at {sandbox.api_base}"))
+        self.stdout.write(f"Set LEDGEPAY_API_BASE = {sandbox.api_base!r} (any API key works).")
+        if options["webhook_url"]:
+            self.stdout.write(f"Delivering webhooks to {options['webhook_url']}")
+        self.stdout.write("Quit with Ctrl-C.")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sandbox.stop()
+            self.stdout.write("Sandbox stopped.")
+
+    def _show_logs(self) -> None:
+        sandbox_logger = logging.getLogger("django_ledgepay.sandbox")
+        if not sandbox_logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+            sandbox_logger.addHandler(handler)
+            sandbox_logger.setLevel(logging.INFO)
