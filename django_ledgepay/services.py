@@ -409,7 +409,13 @@ def apply_refund(
             locked_payment = Payment.objects.select_for_update().get(ledgepay_id=payment_id)
             refund = _locked_refund(ledgepay_id)
             if refund is None:
-                return _create_refund(locked_payment, ledgepay_id, values, event), True
+                refund = _create_refund(locked_payment, ledgepay_id, values, event)
+            if refund is None:
+                # Inserted meanwhile by a caller the lock did not hold back (SQLite).
+                refund = _locked_refund(ledgepay_id)
+                assert refund is not None
+            else:
+                return refund, True
         was_final = refund.is_final
         changed = _merge(refund, values)
         if changed:
@@ -430,11 +436,18 @@ def _locked_refund(ledgepay_id: str) -> Refund | None:
 
 def _create_refund(
     payment: Payment, ledgepay_id: str, values: dict[str, Any], event: WebhookEvent | None
-) -> Refund:
+) -> Refund | None:
+    """Insert a refund seen for the first time; None when another caller inserted it first."""
     if "amount" not in values:
         raise IncompleteDataError(f"LedgePay's data for the refund {ledgepay_id} has no amount.")
     values.setdefault("currency", payment.currency)
-    refund = Refund.objects.create(payment=payment, ledgepay_id=ledgepay_id, **values)
+    try:
+        with transaction.atomic():
+            refund = Refund.objects.create(payment=payment, ledgepay_id=ledgepay_id, **values)
+    except IntegrityError:
+        if not Refund.objects.filter(ledgepay_id=ledgepay_id).exists():
+            raise
+        return None
     _refund_signals(refund, event, created=True)
     return refund
 
