@@ -40,7 +40,15 @@ class RefundForm(RefundReasonForm):
         label=_("Amount"),
         widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
     )
-    refunded_before = forms.IntegerField(min_value=0, widget=forms.HiddenInput)
+    refunded_before = forms.IntegerField(
+        min_value=0,
+        widget=forms.HiddenInput,
+        error_messages={
+            "required": _("The form was incomplete: load the refund page again."),
+            "invalid": _("The form was incomplete: load the refund page again."),
+            "min_value": _("The form was incomplete: load the refund page again."),
+        },
+    )
 
     field_order = ("amount", "reason")
 
@@ -52,7 +60,11 @@ class RefundForm(RefundReasonForm):
         self.fields["amount"].label = _("Amount (%(currency)s)") % {"currency": currency}
         self.fields["amount"].help_text = _(
             "In %(currency)s, with at most %(digits)s decimal places; at most %(left)s."
-        ) % {"currency": currency, "digits": digits, "left": format_amount(self.refundable, currency)}
+        ) % {
+            "currency": currency,
+            "digits": digits,
+            "left": format_amount(self.refundable, currency),
+        }
         self.fields["amount"].initial = to_major(self.refundable, currency)
         self.fields["refunded_before"].initial = payment.amount_refunded
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import requests
 
@@ -15,7 +13,7 @@ pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def sandbox(live_server, settings) -> Iterator[Sandbox]:
+def sandbox(live_server, settings):
     with Sandbox(
         webhook_url=f"{live_server.url}/ledgepay/webhook/",
         webhook_secret=settings.LEDGEPAY_WEBHOOK_SECRET,
@@ -27,7 +25,7 @@ def sandbox(live_server, settings) -> Iterator[Sandbox]:
         yield running
 
 
-def buy(live_server) -> Payment:
+def buy(live_server):
     return services.create_payment(
         amount=2599,
         currency="EUR",
@@ -44,7 +42,7 @@ def press(payment: Payment, action: str) -> requests.Response:
     )
 
 
-def status_becomes(sandbox: Sandbox, model: type[Payment] | type[Refund], pk: int, status: str):
+def status_becomes(sandbox, model, pk, status):
     return sandbox.wait_until(
         lambda: model.objects.filter(pk=pk, status=status).exists(), timeout=10
     )

@@ -1,0 +1,522 @@
+"""The admin: a read-only mirror of LedgePay, with refunds for staff who may issue them.
+
+Nothing here edits a payment, refund or event by hand: LedgePay is the source of truth.
+Refunds and syncs go through :mod:`django_ledgepay.services`, never the client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, cast
+
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import unquote
+from django.contrib.auth import get_permission_codename
+from django.core.exceptions import PermissionDenied
+from django.db import router, transaction
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.text import Truncator
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from django_ledgepay import services, webhooks
+from django_ledgepay.currencies import format_amount
+from django_ledgepay.exceptions import LedgePayError, RefundError
+from django_ledgepay.forms import RefundForm, RefundReasonForm, unrefundable_reason
+from django_ledgepay.models import Payment, PaymentQuerySet, Refund, WebhookEvent
+
+if TYPE_CHECKING:
+    # The admin's classes are generic only in django-stubs, not at run time.
+    PaymentAdminBase = admin.ModelAdmin[Payment]
+    RefundAdminBase = admin.ModelAdmin[Refund]
+    WebhookEventAdminBase = admin.ModelAdmin[WebhookEvent]
+    RefundInlineBase = admin.TabularInline[Refund, Payment]
+else:
+    PaymentAdminBase = RefundAdminBase = WebhookEventAdminBase = admin.ModelAdmin
+    RefundInlineBase = admin.TabularInline
+
+#: The most payments one action handles: each costs a call to LedgePay within the request.
+#: To mirror more, ``manage.py ledgepay_sync`` pages through LedgePay's list instead.
+ACTION_LIMIT = 100
+
+
+def pretty_json(value: Any) -> SafeString:
+    """``value`` as indented JSON in a ``<pre>``, escaped."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return format_html('<pre class="ledgepay-json">{}</pre>', text)
+
+
+class ReadOnlyMixin:
+    """The mirror is never edited, added to or deleted from by hand; viewing is as usual."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def _has_model_perm(request: HttpRequest, opts: Any, action: str) -> bool:
+    codename = get_permission_codename(action, opts)
+    return request.user.has_perm(f"{opts.app_label}.{codename}")
+
+
+class RefundInline(ReadOnlyMixin, RefundInlineBase):
+    model = Refund
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("ledgepay_id", "amount_display", "status", "reason", "created_at")
+    readonly_fields = fields
+    ordering = ("-created_at", "-id")
+
+    @admin.display(description=_("amount"))
+    def amount_display(self, refund: Refund) -> str:
+        return format_amount(refund.amount, refund.currency)
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyMixin, PaymentAdminBase):
+    list_display = (
+        "ledgepay_id",
+        "amount_display",
+        "refunded_display",
+        "status",
+        "customer",
+        "created_at",
+        "completed_at",
+    )
+    list_filter = ("status", "currency", "created_at")
+    search_fields = ("ledgepay_id", "customer_email", "customer_name", "description")
+    readonly_fields = (
+        "amount_display",
+        "refunded_display",
+        "refundable_display",
+        "metadata_display",
+    )
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "ledgepay_id",
+                    "status",
+                    "amount_display",
+                    "refunded_display",
+                    "refundable_display",
+                    "description",
+                )
+            },
+        ),
+        (_("Customer"), {"fields": ("customer_email", "customer_name")}),
+        (
+            _("Checkout"),
+            {"fields": ("checkout_url", "success_url", "cancel_url", "metadata_display")},
+        ),
+        (_("Dates"), {"fields": ("created_at", "completed_at", "updated_at")}),
+    )
+    inlines = (RefundInline,)
+    actions = ("refund_payments", "sync_payments")
+    refund_template = "admin/django_ledgepay/payment/refund.html"
+    refund_confirmation_template = (
+        "admin/django_ledgepay/payment/refund_selected_confirmation.html"
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Payment]:
+        # The refunded total comes with each row: no query per row in the list.
+        return cast(PaymentQuerySet, super().get_queryset(request)).with_amount_refunded()
+
+    # Columns and fields
+
+    @admin.display(description=_("amount"), ordering="amount")
+    def amount_display(self, payment: Payment) -> str:
+        return format_amount(payment.amount, payment.currency)
+
+    @admin.display(description=_("refunded"), ordering="annotated_amount_refunded")
+    def refunded_display(self, payment: Payment) -> str | None:
+        refunded = payment.amount_refunded
+        return format_amount(refunded, payment.currency) if refunded else None
+
+    @admin.display(description=_("refundable"))
+    def refundable_display(self, payment: Payment) -> str:
+        return format_amount(payment.refundable_amount, payment.currency)
+
+    @admin.display(description=_("customer"), ordering="customer_email")
+    def customer(self, payment: Payment) -> str:
+        if payment.customer_name and payment.customer_email:
+            return f"{payment.customer_name} <{payment.customer_email}>"
+        return payment.customer_name or payment.customer_email
+
+    @admin.display(description=_("metadata"))
+    def metadata_display(self, payment: Payment) -> SafeString:
+        return pretty_json(payment.metadata)
+
+    # Permissions
+
+    def has_refund_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """``django_ledgepay.refund_payment``: the action, the button and the page."""
+        return _has_model_perm(request, self.opts, "refund")
+
+    def has_sync_permission(self, request: HttpRequest, obj: Payment | None = None) -> bool:
+        """``django_ledgepay.change_payment``: a sync writes to the mirror and sends signals."""
+        return _has_model_perm(request, self.opts, "change")
+
+    # The change page's "Refund" button
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Payment | None = None,
+    ) -> HttpResponse:
+        context["can_refund"] = (
+            obj is not None
+            and obj.refundable_amount > 0
+            and self.has_refund_permission(request, obj)
+        )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # The refund page
+
+    def get_urls(self) -> list[URLPattern]:
+        info = (self.opts.app_label, self.opts.model_name)
+        urls = [
+            path(
+                "<path:object_id>/refund/",
+                self.admin_site.admin_view(self.refund_view),
+                name="{}_{}_refund".format(*info),
+            ),
+        ]
+        return urls + super().get_urls()
+
+    def refund_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Refund part or all of one payment; the form checks the amount before any call."""
+        if not self.has_refund_permission(request):
+            raise PermissionDenied
+        payment = self.get_object(request, unquote(object_id))
+        if payment is None:
+            raise Http404(_("There is no payment with this id."))
+        form = RefundForm(request.POST if request.method == "POST" else None, payment=payment)
+        if request.method == "POST" and form.is_valid():
+            try:
+                refund = self._refund_once(
+                    payment,
+                    amount=form.cleaned_data["amount"],
+                    reason=form.cleaned_data["reason"],
+                    refunded_before=form.cleaned_data["refunded_before"],
+                )
+            except LedgePayError as err:
+                error = (
+                    str(err)
+                    if isinstance(err, RefundError)
+                    else _("LedgePay refused the refund: %(error)s") % {"error": err}
+                )
+                # Show the payment as it is now, and check the amount against it.
+                payment = self.get_object(request, unquote(object_id)) or payment
+                form = RefundForm(request.POST, payment=payment)
+                form.full_clean()
+                form.add_error(None, error)
+            else:
+                self.message_user(
+                    request, self._refunded_message(payment, refund), messages.SUCCESS
+                )
+                change_url = f"{self.admin_site.name}:{self.opts.app_label}_payment_change"
+                return HttpResponseRedirect(reverse(change_url, args=(payment.pk,)))
+        if form.is_bound:
+            # Submitted again, the form stands for the refunds shown on this page.
+            data = request.POST.copy()
+            data["refunded_before"] = str(payment.amount_refunded)
+            form.data = data
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Refund %(payment)s") % {"payment": payment.ledgepay_id},
+            "subtitle": None,
+            "opts": self.opts,
+            "payment": payment,
+            "original": payment,
+            "form": form,
+            "unrefundable_reason": unrefundable_reason(payment),
+            "amount_display": self.amount_display(payment),
+            "refunded_display": format_amount(payment.amount_refunded, payment.currency),
+            "refundable_display": self.refundable_display(payment),
+            "has_view_permission": self.has_view_permission(request, payment),
+            "media": self.media + form.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.refund_template, context)
+
+    def _refund_once(
+        self, payment: Payment, *, amount: int, reason: str, refunded_before: int
+    ) -> Refund:
+        """Refund unless the payment's refunds changed since the form was drawn.
+
+        The check holds the payment's row lock through the refund, so of two submits of
+        the same form the second finds the first's refund and refunds nothing.
+        """
+        with transaction.atomic(using=router.db_for_write(Payment)):
+            locked = Payment.objects.select_for_update().get(pk=payment.pk)
+            if locked.amount_refunded != refunded_before:
+                raise RefundError(
+                    str(
+                        _(
+                            "The payment's refunds changed since this page was loaded "
+                            "(%(was)s refunded then, %(now)s now); check the amount and "
+                            "submit again."
+                        )
+                        % {
+                            "was": format_amount(refunded_before, payment.currency),
+                            "now": format_amount(locked.amount_refunded, payment.currency),
+                        }
+                    )
+                )
+            return services.refund_payment(locked, amount=amount, reason=reason)
+
+    @staticmethod
+    def _refunded_message(payment: Payment, refund: Refund) -> str:
+        return str(
+            _("Refunded %(amount)s of %(payment)s (refund %(refund)s, %(status)s).")
+            % {
+                "amount": format_amount(refund.amount, refund.currency),
+                "payment": payment.ledgepay_id,
+                "refund": refund.ledgepay_id,
+                "status": refund.status,
+            }
+        )
+
+    # Actions
+
+    @admin.action(description=_("Refund selected payments in full"), permissions=("refund",))
+    def refund_payments(
+        self, request: HttpRequest, queryset: QuerySet[Payment]
+    ) -> TemplateResponse | None:
+        """Show what will be refunded and what skipped; on ``post=yes``, refund the rest of
+        each eligible payment, with one message per payment."""
+        if queryset.count() > ACTION_LIMIT:
+            self.message_user(
+                request,
+                _("Select at most %(limit)s payments to refund at once.")
+                % {"limit": ACTION_LIMIT},
+                messages.ERROR,
+            )
+            return None
+        payments = list(queryset)
+        reason_form = RefundReasonForm(request.POST if request.POST.get("post") else None)
+        if request.POST.get("post") == "yes" and reason_form.is_valid():
+            reason = reason_form.cleaned_data["reason"]
+            for payment in payments:
+                self._refund_in_full(request, payment, reason)
+            return None
+        eligible = [
+            (payment, format_amount(payment.refundable_amount, payment.currency))
+            for payment in payments
+            if not unrefundable_reason(payment)
+        ]
+        skipped = [
+            (payment, unrefundable_reason(payment))
+            for payment in payments
+            if unrefundable_reason(payment)
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Refund selected payments in full"),
+            "subtitle": None,
+            "opts": self.opts,
+            "payments": payments,
+            "eligible": eligible,
+            "skipped": skipped,
+            "reason_form": reason_form,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, self.refund_confirmation_template, context)
+
+    def _refund_in_full(self, request: HttpRequest, payment: Payment, reason: str) -> None:
+        skip = unrefundable_reason(payment)
+        if skip:
+            self.message_user(
+                request,
+                _("Skipped %(payment)s: %(reason)s.")
+                % {"payment": payment.ledgepay_id, "reason": skip},
+                messages.WARNING,
+            )
+            return
+        try:
+            refund = services.refund_payment(payment, reason=reason)
+        except RefundError as err:
+            self.message_user(
+                request,
+                _("Skipped %(payment)s: %(error)s")
+                % {"payment": payment.ledgepay_id, "error": err},
+                messages.WARNING,
+            )
+        except LedgePayError as err:
+            self.message_user(
+                request,
+                _("Could not refund %(payment)s: %(error)s")
+                % {"payment": payment.ledgepay_id, "error": err},
+                messages.ERROR,
+            )
+        else:
+            self.message_user(request, self._refunded_message(payment, refund), messages.SUCCESS)
+
+    @admin.action(description=_("Sync from LedgePay"), permissions=("sync",))
+    def sync_payments(self, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
+        """Fetch each selected payment from LedgePay and apply it to the mirror.
+
+        Only the selection: mirroring everything is ``manage.py ledgepay_sync``'s job, which
+        pages through LedgePay's list rather than asking for payments one by one.
+        """
+        if queryset.count() > ACTION_LIMIT:
+            self.message_user(
+                request,
+                _(
+                    "Select at most %(limit)s payments to sync; for more, run "
+                    "“manage.py ledgepay_sync”."
+                )
+                % {"limit": ACTION_LIMIT},
+                messages.ERROR,
+            )
+            return
+        synced = 0
+        for payment in queryset:
+            before = payment.status
+            try:
+                fresh = services.sync_payment(payment)
+            except LedgePayError as err:
+                self.message_user(
+                    request,
+                    _("Could not sync %(payment)s: %(error)s")
+                    % {"payment": payment.ledgepay_id, "error": err},
+                    messages.ERROR,
+                )
+                continue
+            synced += 1
+            if fresh.status != before:
+                self.message_user(
+                    request,
+                    _("%(payment)s is now %(status)s (was %(before)s).")
+                    % {"payment": payment.ledgepay_id, "status": fresh.status, "before": before},
+                    messages.INFO,
+                )
+        if synced:
+            self.message_user(
+                request,
+                ngettext(
+                    "Synced %(count)d payment from LedgePay.",
+                    "Synced %(count)d payments from LedgePay.",
+                    synced,
+                )
+                % {"count": synced},
+                messages.SUCCESS,
+            )
+
+
+@admin.register(Refund)
+class RefundAdmin(ReadOnlyMixin, RefundAdminBase):
+    list_display = (
+        "ledgepay_id",
+        "payment_link",
+        "amount_display",
+        "status",
+        "reason",
+        "created_at",
+    )
+    list_filter = ("status", "reason", "currency", "created_at")
+    search_fields = ("ledgepay_id", "payment__ledgepay_id", "payment__customer_email")
+    list_select_related = ("payment",)
+    fields = (
+        "ledgepay_id",
+        "payment_link",
+        "amount_display",
+        "status",
+        "reason",
+        "created_at",
+        "updated_at",
+    )
+    readonly_fields = ("payment_link", "amount_display")
+
+    @admin.display(description=_("payment"), ordering="payment__ledgepay_id")
+    def payment_link(self, refund: Refund) -> SafeString:
+        url = reverse(
+            f"{self.admin_site.name}:{self.opts.app_label}_payment_change",
+            args=(refund.payment_id,),
+        )
+        return format_html('<a href="{}">{}</a>', url, refund.payment.ledgepay_id)
+
+    @admin.display(description=_("amount"), ordering="amount")
+    def amount_display(self, refund: Refund) -> str:
+        return format_amount(refund.amount, refund.currency)
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(ReadOnlyMixin, WebhookEventAdminBase):
+    list_display = (
+        "event_type",
+        "object_id",
+        "status",
+        "attempts",
+        "received_at",
+        "processed_at",
+        "error_excerpt",
+    )
+    list_filter = ("status", "event_type", "received_at")
+    search_fields = ("object_id", "event_type")
+    fields = (
+        "event_type",
+        "object_id",
+        "status",
+        "attempts",
+        "received_at",
+        "processed_at",
+        "error",
+        "payload_display",
+        "body_sha256",
+    )
+    readonly_fields = ("payload_display",)
+    actions = ("process_events",)
+
+    @admin.display(description=_("error"))
+    def error_excerpt(self, event: WebhookEvent) -> str:
+        return Truncator(event.error).chars(80)
+
+    @admin.display(description=_("payload"))
+    def payload_display(self, event: WebhookEvent) -> SafeString:
+        return pretty_json(event.payload)
+
+    def has_process_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """``django_ledgepay.change_webhookevent``: applying an event changes the mirror."""
+        return _has_model_perm(request, self.opts, "change")
+
+    @admin.action(description=_("Process selected events again"), permissions=("process",))
+    def process_events(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> None:
+        counts: dict[str, int] = {}
+        for event in queryset:
+            webhooks.process_event(event)
+            counts[event.status] = counts.get(event.status, 0) + 1
+            if event.status == WebhookEvent.Status.FAILED:
+                self.message_user(
+                    request,
+                    _("Event %(event)s (%(type)s) failed: %(error)s")
+                    % {"event": event.pk, "type": event.event_type, "error": event.error},
+                    messages.ERROR,
+                )
+        summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+        self.message_user(
+            request,
+            _("Processed %(count)d events again: %(summary)s.")
+            % {"count": sum(counts.values()), "summary": summary},
+            messages.SUCCESS if WebhookEvent.Status.FAILED not in counts else messages.WARNING,
+        )

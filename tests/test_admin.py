@@ -1,0 +1,994 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import responses
+from responses import matchers
+
+from django.contrib.auth.models import Permission
+from django.contrib.messages import get_messages
+from django.core import checks
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from django_ledgepay import admin as ledgepay_admin
+from django_ledgepay import services, webhooks
+from django_ledgepay.exceptions import RefundError
+from django_ledgepay.models import Payment, Refund, WebhookEvent
+from tests.conftest import API
+from tests.factories import make_payment, make_refund, payment_data, refund_data
+
+pytestmark = pytest.mark.django_db
+
+API_KEY = "sk_test_tests_secret_key_123"
+CHANGELIST = "/admin/django_ledgepay/payment/"
+VIEW_PERMS = ("view_payment", "view_refund", "view_webhookevent")
+
+
+def staff_client(django_user_model: Any, *codenames: str, username: str = "staff") -> Client:
+    user = django_user_model.objects.create_user(username, password="pw", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="django_ledgepay", codename__in=codenames
+        )
+    )
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    """Staff who may look at everything but not refund, sync or process."""
+    return staff_client(django_user_model, *VIEW_PERMS, username="viewer")
+
+
+@pytest.fixture
+def refunder(django_user_model):
+    """Staff who may look and refund."""
+    return staff_client(django_user_model, *VIEW_PERMS, "refund_payment", username="refunder")
+
+
+def change_url(obj: Any) -> str:
+    return reverse(f"admin:django_ledgepay_{obj._meta.model_name}_change", args=(obj.pk,))
+
+
+def refund_url(payment: Payment) -> str:
+    return reverse("admin:django_ledgepay_payment_refund", args=(payment.pk,))
+
+
+def messages_of(response: Any) -> list[tuple[str, str]]:
+    return [(m.level_tag, str(m)) for m in get_messages(response.wsgi_request)]
+
+
+def add_refund_response(api: Any, payment: Payment, amount: int, **extra: Any) -> Any:
+    return api.add(
+        responses.POST,
+        f"{API}/refunds",
+        json=refund_data(payment.ledgepay_id, amount=amount, currency=payment.currency, **extra),
+    )
+
+
+def refund_form(payment: Payment, amount: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "amount": amount,
+        "reason": "customer_request",
+        "refunded_before": payment.amount_refunded,
+        **extra,
+    }
+
+
+def action_post(action: str, *objects: Any, **extra: Any) -> dict[str, Any]:
+    return {"action": action, "_selected_action": [obj.pk for obj in objects], **extra}
+
+
+def test_admin_checks_pass():
+    assert [e for e in checks.run_checks(tags=["admin"]) if (e.id or "").startswith("admin")] == []
+
+
+# The payments list
+
+
+def test_changelist_columns_in_major_units(admin_client):
+    eur = make_payment(amount=5000, currency="EUR", customer_name="Ann Lee")
+    make_refund(eur, amount=1000)
+    make_refund(eur, amount=700, status=Refund.Status.FAILED)  # a failed refund is not counted
+    make_payment(amount=500, currency="JPY")
+    make_payment(amount=12345, currency="KWD", status=Payment.Status.PENDING)
+
+    response = admin_client.get(CHANGELIST)
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert eur.ledgepay_id in content
+    assert "50.00 EUR" in content
+    assert "10.00 EUR" in content
+    assert "17.00 EUR" not in content
+    assert "500 JPY" in content
+    assert "12.345 KWD" in content
+    assert "Ann Lee &lt;customer@example.com&gt;" in content
+    make_payment(customer_name="", customer_email="solo@example.org")
+    assert '<td class="field-customer">solo@example.org</td>' in (
+        admin_client.get(CHANGELIST).content.decode()
+    )
+    for column in ("status", "created_at", "completed_at", "refunded_display"):
+        assert f"column-{column}" in content
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("status__exact=failed", {"failed"}),
+        ("currency=JPY", {"jpy"}),
+        (
+            "created_at__gte=2024-03-01+00:00%2B00:00&created_at__lt=2024-04-01+00:00%2B00:00",
+            {"march"},
+        ),
+    ],
+)
+def test_changelist_filters(admin_client, query, expected):
+    make_payment(ledgepay_id="failed", status="failed", created_at="2024-01-02T00:00:00Z")
+    make_payment(ledgepay_id="jpy", currency="JPY", amount=500, created_at="2024-02-02T00:00Z")
+    make_payment(ledgepay_id="march", created_at="2024-03-15T12:00:00Z")
+
+    response = admin_client.get(f"{CHANGELIST}?{query}")
+
+    shown = {payment.ledgepay_id for payment in response.context["cl"].result_list}
+    assert shown == expected
+
+
+def test_changelist_offers_the_filters(admin_client):
+    make_payment(currency="JPY", amount=500)
+
+    response = admin_client.get(CHANGELIST)
+
+    titles = {str(spec.title) for spec in response.context["cl"].filter_specs}
+    assert titles == {"status", "currency", "created at"}
+
+
+@pytest.mark.parametrize("term", ["pay_findme", "ann@example.org", "Ann Lee", "Blue teapot"])
+def test_changelist_search(admin_client, term):
+    make_payment(
+        ledgepay_id="pay_findme",
+        customer_email="ann@example.org",
+        customer_name="Ann Lee",
+        description="Blue teapot",
+    )
+    make_payment(ledgepay_id="pay_other", customer_email="bob@example.org", customer_name="Bob")
+
+    response = admin_client.get(CHANGELIST, {"q": term})
+
+    assert [p.ledgepay_id for p in response.context["cl"].result_list] == ["pay_findme"]
+
+
+def build_payments(count: int) -> None:
+    for index in range(count):
+        payment = make_payment(
+            currency=("EUR", "JPY", "KWD")[index % 3], customer_name=f"Customer {index}"
+        )
+        make_refund(payment, amount=100)
+        if index % 2:
+            make_refund(payment, amount=50, status=Refund.Status.PENDING)
+
+
+def changelist_queries(client: Client) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(CHANGELIST)
+    assert response.status_code == 200
+    return len(queries)
+
+
+def test_changelist_query_count_does_not_grow_with_rows(admin_client):
+    build_payments(5)
+    few = changelist_queries(admin_client)
+    build_payments(195)
+    many = changelist_queries(admin_client)
+
+    assert few == many
+    response = admin_client.get(CHANGELIST)
+    rows = response.context["cl"].result_list
+    assert len(rows) == 100  # list_per_page
+    assert {row.amount_refunded for row in rows} == {100, 150}
+
+
+def test_changelist_query_count_is_the_same_for_a_staff_member(refunder):
+    build_payments(5)
+    few = changelist_queries(refunder)
+    build_payments(195)
+    assert changelist_queries(refunder) == few
+
+
+# Read-only mirror
+
+
+def test_payment_cannot_be_added_changed_or_deleted(admin_client):
+    payment = make_payment(description="Original")
+    add = admin_client.get(f"{CHANGELIST}add/")
+    change = admin_client.post(change_url(payment), {"description": "Edited", "amount": 1})
+    delete = admin_client.post(f"{CHANGELIST}{payment.pk}/delete/", {"post": "yes"})
+    page = admin_client.get(change_url(payment))
+
+    assert add.status_code == 403
+    assert change.status_code == 403
+    assert delete.status_code == 403
+    payment.refresh_from_db()
+    assert (payment.description, payment.amount) == ("Original", 5000)
+    assert page.status_code == 200
+    assert not page.context["has_change_permission"]
+    assert 'name="_save"' not in page.content.decode()
+    assert "delete_selected" not in admin_client.get(CHANGELIST).content.decode()
+
+
+def test_payment_page_shows_amounts_refunds_and_metadata(admin_client):
+    payment = make_payment(amount=5000, metadata={"order_id": "12345", "note": "<b>x</b>"})
+    refund = make_refund(payment, amount=1234, reason=Refund.Reason.DUPLICATE)
+
+    response = admin_client.get(change_url(payment))
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert refund.ledgepay_id in content
+    assert "12.34 EUR" in content  # refunded, and the refund in the inline
+    assert "37.66 EUR" in content  # left to refund
+    assert "&quot;order_id&quot;: &quot;12345&quot;" in content
+    assert "&lt;b&gt;x&lt;/b&gt;" in content
+    assert "<b>x</b>" not in content
+    inline = response.context["inline_admin_formsets"][0]
+    assert not inline.has_add_permission
+    assert not inline.has_change_permission
+    assert not inline.has_delete_permission
+
+
+def test_viewer_sees_the_mirror(viewer):
+    payment = make_payment()
+    assert viewer.get(CHANGELIST).status_code == 200
+    assert viewer.get(change_url(payment)).status_code == 200
+
+
+def test_staff_without_view_permission_sees_nothing(django_user_model):
+    client = staff_client(django_user_model)
+    payment = make_payment()
+    assert client.get(CHANGELIST).status_code == 403
+    assert client.get(change_url(payment)).status_code == 403
+
+
+# The "Refund" button
+
+
+def test_refund_button_shown_with_permission(admin_client, refunder):
+    payment = make_payment()
+    for client in (admin_client, refunder):
+        content = client.get(change_url(payment)).content.decode()
+        assert f'href="{refund_url(payment)}"' in content
+
+
+def test_refund_button_hidden_without_permission(viewer):
+    payment = make_payment()
+    response = viewer.get(change_url(payment))
+    assert response.status_code == 200
+    assert refund_url(payment) not in response.content.decode()
+    assert "historylink" in response.content.decode()
+
+
+@pytest.mark.parametrize("status", ["pending", "failed", "canceled"])
+def test_refund_button_hidden_when_not_succeeded(admin_client, status):
+    payment = make_payment(status=status)
+    assert refund_url(payment) not in admin_client.get(change_url(payment)).content.decode()
+
+
+def test_refund_button_hidden_when_refunded_in_full(admin_client):
+    payment = make_payment(amount=5000)
+    make_refund(payment, amount=5000)
+    assert refund_url(payment) not in admin_client.get(change_url(payment)).content.decode()
+
+
+# The refund page
+
+
+def test_refund_url_name():
+    payment = make_payment()
+    assert refund_url(payment) == f"{CHANGELIST}{payment.pk}/refund/"
+
+
+def test_refund_page_defaults_to_the_rest(refunder):
+    payment = make_payment(amount=5000)
+    make_refund(payment, amount=1000)
+
+    response = refunder.get(refund_url(payment))
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert response.templates[0].name == "admin/django_ledgepay/payment/refund.html"
+    assert 'name="amount" value="40.00"' in content
+    assert 'name="refunded_before" value="1000"' in content
+    assert 'name="csrfmiddlewaretoken"' in content
+    assert 'class="breadcrumbs"' in content
+    assert f'href="{change_url(payment)}"' in content  # breadcrumb back to the payment
+    assert "Amount (EUR)" in content
+    assert API_KEY not in content
+    assert response.context["site_header"]  # admin_site.each_context
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "initial"),
+    [(5000, "EUR", "50.00"), (500, "JPY", "500"), (12345, "KWD", "12.345")],
+)
+def test_refund_page_default_uses_the_currency_exponent(refunder, amount, currency, initial):
+    payment = make_payment(amount=amount, currency=currency)
+    content = refunder.get(refund_url(payment)).content.decode()
+    assert f'name="amount" value="{initial}"' in content
+
+
+def test_refund_page_needs_the_permission(viewer, api):
+    payment = make_payment()
+    get = viewer.get(refund_url(payment))
+    post = viewer.post(refund_url(payment), refund_form(payment, "10.00"))
+    assert get.status_code == 403
+    assert post.status_code == 403
+    assert len(api.calls) == 0
+    assert not payment.refunds.exists()
+
+
+def test_refund_page_needs_staff(client, django_user_model):
+    payment = make_payment()
+    user = django_user_model.objects.create_user("shopper", password="pw")
+    user.user_permissions.set(Permission.objects.filter(codename="refund_payment"))
+    client.force_login(user)
+    response = client.get(refund_url(payment))
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+def test_refund_page_unknown_payment_is_404(admin_client):
+    assert admin_client.get(f"{CHANGELIST}987654/refund/").status_code == 404
+    assert admin_client.get(f"{CHANGELIST}not-a-pk/refund/").status_code == 404
+
+
+def test_refund_page_is_csrf_protected(django_user_model, api):
+    payment = make_payment()
+    user = django_user_model.objects.create_superuser("root", password="pw")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    response = client.post(refund_url(payment), refund_form(payment, "10.00"))
+    assert response.status_code == 403
+    assert len(api.calls) == 0
+
+
+def test_partial_refund(refunder, api):
+    payment = make_payment(amount=5000)
+    call = api.add(
+        responses.POST,
+        f"{API}/refunds",
+        json=refund_data(payment.ledgepay_id, id="re_partial", amount=1234, reason="duplicate"),
+        match=[
+            matchers.json_params_matcher(
+                {"payment_id": payment.ledgepay_id, "amount": 1234, "reason": "duplicate"}
+            )
+        ],
+    )
+
+    response = refunder.post(
+        refund_url(payment), refund_form(payment, "12.34", reason="duplicate")
+    )
+
+    assert response.status_code == 302
+    assert response["Location"] == change_url(payment)
+    assert call.call_count == 1
+    refund = payment.refunds.get()
+    assert (refund.ledgepay_id, refund.amount, refund.reason) == ("re_partial", 1234, "duplicate")
+    assert messages_of(response) == [
+        ("success", f"Refunded 12.34 EUR of {payment.ledgepay_id} (refund re_partial, pending).")
+    ]
+    page = refunder.get(response["Location"]).content.decode()
+    assert "re_partial" in page
+
+
+def test_refund_of_the_default_rest(admin_client, api):
+    payment = make_payment(amount=5000)
+    make_refund(payment, amount=1000)
+    call = add_refund_response(api, payment, 4000)
+
+    response = admin_client.post(refund_url(payment), refund_form(payment, "40.00"))
+
+    assert response.status_code == 302
+    assert json.loads(call.calls[0].request.body)["amount"] == 4000
+    assert payment.refundable_amount == 0
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "typed", "minor"),
+    [("JPY", 5000, "1500", 1500), ("KWD", 12345, "1.234", 1234), ("EUR", 5000, "0.01", 1)],
+)
+def test_refund_converts_with_the_currency_exponent(
+    admin_client, api, currency, amount, typed, minor
+):
+    payment = make_payment(amount=amount, currency=currency)
+    call = add_refund_response(api, payment, minor)
+
+    response = admin_client.post(refund_url(payment), refund_form(payment, typed))
+
+    assert response.status_code == 302
+    assert json.loads(call.calls[0].request.body)["amount"] == minor
+
+
+@pytest.mark.parametrize(
+    ("currency", "typed", "error"),
+    [
+        ("EUR", "50.01", "That is more than what is left to refund (50.00 EUR)."),
+        ("EUR", "0", "Enter an amount greater than zero."),
+        ("EUR", "0.00", "Enter an amount greater than zero."),
+        ("EUR", "-5", "Enter an amount greater than zero."),
+        ("EUR", "12.345", "EUR amounts have at most 2 decimal places."),
+        ("JPY", "1.5", "JPY amounts have at most 0 decimal places."),
+        ("KWD", "1.2345", "KWD amounts have at most 3 decimal places."),
+        ("EUR", "abc", "Enter a number."),
+        ("EUR", "12,34", "Enter a number."),
+        ("EUR", "NaN", "Enter a number."),
+        ("EUR", "Infinity", "Enter a number."),
+        ("EUR", "", "This field is required."),
+    ],
+)
+def test_refund_form_errors_make_no_call(refunder, api, currency, typed, error):
+    payment = make_payment(amount=5000, currency=currency)
+
+    response = refunder.post(refund_url(payment), refund_form(payment, typed))
+
+    assert response.status_code == 200
+    assert response.context["form"].errors["amount"] == [error]
+    assert "errornote" in response.content.decode()
+    assert len(api.calls) == 0
+    assert not payment.refunds.exists()
+
+
+def test_refund_form_rejects_an_unknown_reason(refunder, api):
+    payment = make_payment()
+    response = refunder.post(refund_url(payment), refund_form(payment, "1.00", reason="greed"))
+    assert response.status_code == 200
+    assert "reason" in response.context["form"].errors
+    assert len(api.calls) == 0
+
+
+def test_refund_form_without_its_hidden_state_makes_no_call(refunder, api):
+    payment = make_payment()
+    data = refund_form(payment, "1.00")
+    del data["refunded_before"]
+    response = refunder.post(refund_url(payment), data)
+    assert response.status_code == 200
+    assert "load the refund page again" in response.content.decode()
+    assert len(api.calls) == 0
+
+
+@pytest.mark.parametrize("status", ["pending", "failed", "canceled"])
+def test_refund_page_for_an_unrefundable_payment(refunder, api, status):
+    payment = make_payment(status=status)
+
+    get = refunder.get(refund_url(payment))
+    post = refunder.post(refund_url(payment), refund_form(payment, "10.00"))
+
+    assert get.status_code == 200
+    assert f"This payment cannot be refunded: it is {status}, not succeeded." in (
+        get.content.decode()
+    )
+    assert 'name="_refund"' not in get.content.decode()
+    assert post.status_code == 200
+    assert post.context["form"].non_field_errors() == [
+        f"This payment cannot be refunded: it is {status}, not succeeded."
+    ]
+    assert len(api.calls) == 0
+
+
+def test_double_submit_of_the_rest_refunds_once(refunder, api):
+    payment = make_payment(amount=5000)
+    call = add_refund_response(api, payment, 5000)
+    data = refund_form(payment, "50.00")
+
+    first = refunder.post(refund_url(payment), data)
+    second = refunder.post(refund_url(payment), data)
+
+    assert first.status_code == 302
+    assert second.status_code == 200
+    assert second.context["form"].non_field_errors() == [
+        "This payment cannot be refunded: it is already refunded in full."
+    ]
+    assert call.call_count == 1
+    assert payment.refunds.count() == 1
+
+
+def test_double_submit_of_a_part_refunds_once(refunder, api):
+    payment = make_payment(amount=5000)
+    call = add_refund_response(api, payment, 1000)
+    data = refund_form(payment, "10.00")  # fits twice in what is left
+
+    first = refunder.post(refund_url(payment), data)
+    second = refunder.post(refund_url(payment), data)
+
+    assert first.status_code == 302
+    assert second.status_code == 200
+    assert "changed since this page was loaded" in second.content.decode()
+    assert "0.00 EUR refunded then, 10.00 EUR now" in second.content.decode()
+    assert call.call_count == 1
+    assert payment.refunds.count() == 1
+
+
+def test_refund_made_elsewhere_meanwhile_stops_the_form(refunder, api):
+    payment = make_payment(amount=5000)
+    page = refunder.get(refund_url(payment))
+    refunded_before = page.context["form"]["refunded_before"].value()
+    data = {"amount": "10.00", "reason": "other", "refunded_before": refunded_before}
+    make_refund(payment, amount=1000)  # a webhook, say, between drawing and submitting
+
+    response = refunder.post(refund_url(payment), data)
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert "changed since this page was loaded" in content
+    assert len(api.calls) == 0
+    # The page now shows the payment as it is, and submitting it again is deliberate.
+    assert "<td>40.00 EUR</td>" in content
+    assert 'name="refunded_before" value="1000"' in content
+    call = add_refund_response(api, payment, 1000)
+    again = {**data, "refunded_before": response.context["form"]["refunded_before"].value()}
+    assert refunder.post(refund_url(payment), again).status_code == 302
+    assert call.call_count == 1
+    assert payment.amount_refunded == 2000
+
+
+def test_refund_refused_by_the_service_is_a_form_error(refunder, api, monkeypatch):
+    payment = make_payment()
+
+    def refuse(*args, **kwargs):
+        raise RefundError(f"Payment {payment.ledgepay_id} is already refunded in full.")
+
+    monkeypatch.setattr(services, "refund_payment", refuse)
+    response = refunder.post(refund_url(payment), refund_form(payment, "10.00"))
+
+    assert response.status_code == 200
+    assert response.context["form"].non_field_errors() == [
+        f"Payment {payment.ledgepay_id} is already refunded in full."
+    ]
+    assert messages_of(response) == []
+
+
+def test_refund_refused_by_ledgepay_shows_its_message(refunder, api):
+    payment = make_payment()
+    api.add(
+        responses.POST,
+        f"{API}/refunds",
+        status=400,
+        json={
+            "error": {
+                "type": "invalid_request_error",
+                "message": f"Refunds are disabled for key {API_KEY}.",
+            }
+        },
+    )
+
+    response = refunder.post(refund_url(payment), refund_form(payment, "10.00"))
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert "LedgePay refused the refund: Refunds are disabled for key [redacted]." in content
+    assert API_KEY not in content
+    assert not payment.refunds.exists()
+
+
+# The refund_payments action
+
+
+def test_refund_action_not_offered_without_permission(viewer, api):
+    make_payment()
+    response = viewer.get(CHANGELIST)
+    assert "refund_payments" not in response.content.decode()
+    assert "sync_payments" not in response.content.decode()
+
+
+def test_refund_action_offered_with_permission(refunder, admin_client):
+    make_payment()
+    assert "refund_payments" in refunder.get(CHANGELIST).content.decode()
+    assert "refund_payments" in admin_client.get(CHANGELIST).content.decode()
+    assert "Refund selected payments in full" in admin_client.get(CHANGELIST).content.decode()
+
+
+def test_refund_action_post_without_permission_does_nothing(viewer, api):
+    payment = make_payment()
+    for extra in ({}, {"post": "yes"}):
+        response = viewer.post(CHANGELIST, action_post("refund_payments", payment, **extra))
+        assert response.status_code in (200, 302)
+    assert len(api.calls) == 0
+    assert not payment.refunds.exists()
+
+
+@pytest.fixture
+def selection():
+    """A mix: two payments with something left, one pending, one refunded in full."""
+    full = make_payment(ledgepay_id="pay_full", amount=5000, created_at="2024-01-04T00:00Z")
+    part = make_payment(ledgepay_id="pay_part", amount=5000, created_at="2024-01-03T00:00Z")
+    make_refund(part, amount=2000)
+    pending = make_payment(
+        ledgepay_id="pay_pending", status="pending", created_at="2024-01-02T00:00Z"
+    )
+    done = make_payment(ledgepay_id="pay_done", amount=5000, created_at="2024-01-01T00:00Z")
+    make_refund(done, amount=5000)
+    return full, part, pending, done
+
+
+def test_refund_action_asks_first(refunder, api, selection):
+    response = refunder.post(CHANGELIST, action_post("refund_payments", *selection, index=0))
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert [(p.ledgepay_id, amount) for p, amount in response.context["eligible"]] == [
+        ("pay_full", "50.00 EUR"),
+        ("pay_part", "30.00 EUR"),
+    ]
+    assert [(p.ledgepay_id, reason) for p, reason in response.context["skipped"]] == [
+        ("pay_pending", "it is pending, not succeeded"),
+        ("pay_done", "it is already refunded in full"),
+    ]
+    assert "refund 30.00 EUR" in content
+    assert "it is already refunded in full" in content
+    assert 'name="post" value="yes"' in content
+    assert 'name="action" value="refund_payments"' in content
+    for payment in selection:
+        assert f'name="_selected_action" value="{payment.pk}"' in content
+    assert len(api.calls) == 0
+
+
+def test_refund_action_with_nothing_to_refund_has_no_confirm_button(refunder, api, selection):
+    _, _, pending, done = selection
+    response = refunder.post(CHANGELIST, action_post("refund_payments", pending, done, index=0))
+    assert response.status_code == 200
+    assert "None of the selected payments can be refunded." in response.content.decode()
+    assert 'name="post"' not in response.content.decode()
+
+
+def test_refund_action_confirmed(refunder, api, selection):
+    full, part, pending, done = selection
+    add_refund_response(api, full, 5000, id="re_full")
+    add_refund_response(api, part, 3000, id="re_part")
+
+    response = refunder.post(
+        CHANGELIST, action_post("refund_payments", *selection, post="yes", reason="fraudulent")
+    )
+
+    assert response.status_code == 302
+    bodies = [json.loads(call.request.body) for call in api.calls]
+    assert bodies == [
+        {"payment_id": "pay_full", "amount": 5000, "reason": "fraudulent"},
+        {"payment_id": "pay_part", "amount": 3000, "reason": "fraudulent"},
+    ]
+    assert messages_of(response) == [
+        ("success", "Refunded 50.00 EUR of pay_full (refund re_full, pending)."),
+        ("success", "Refunded 30.00 EUR of pay_part (refund re_part, pending)."),
+        ("warning", "Skipped pay_pending: it is pending, not succeeded."),
+        ("warning", "Skipped pay_done: it is already refunded in full."),
+    ]
+    assert Payment.objects.get(pk=part.pk).refundable_amount == 0
+
+
+def test_refund_action_confirmed_twice_refunds_once(refunder, api, selection):
+    full, part, *_ = selection
+    add_refund_response(api, full, 5000)
+    add_refund_response(api, part, 3000)
+    data = action_post("refund_payments", full, part, post="yes", reason="customer_request")
+
+    first = refunder.post(CHANGELIST, data, follow=True)  # shows, so uses up, its messages
+    second = refunder.post(CHANGELIST, data)
+
+    assert "Refunded 50.00 EUR of pay_full" in first.content.decode()
+
+    assert len(api.calls) == 2
+    assert messages_of(second) == [
+        ("warning", "Skipped pay_full: it is already refunded in full."),
+        ("warning", "Skipped pay_part: it is already refunded in full."),
+    ]
+
+
+def test_refund_action_reports_a_failure_and_goes_on(refunder, api, selection):
+    full, part, *_ = selection
+    api.add(
+        responses.POST,
+        f"{API}/refunds",
+        status=400,
+        json={"error": {"message": f"Payment is disputed; key {API_KEY}."}},
+        match=[matchers.json_params_matcher({"payment_id": "pay_full"}, strict_match=False)],
+    )
+    add_refund_response(api, part, 3000, id="re_part")
+
+    response = refunder.post(
+        CHANGELIST, action_post("refund_payments", full, part, post="yes", reason="other")
+    )
+
+    assert messages_of(response) == [
+        ("error", "Could not refund pay_full: Payment is disputed; key [redacted]. (HTTP 400)"),
+        ("success", "Refunded 30.00 EUR of pay_part (refund re_part, pending)."),
+    ]
+    assert not full.refunds.exists()
+
+
+def test_refund_action_skips_what_the_service_refuses(refunder, api, selection, monkeypatch):
+    full = selection[0]
+
+    def refuse(*args, **kwargs):
+        raise RefundError("Payment pay_full is already refunded in full.")
+
+    monkeypatch.setattr(services, "refund_payment", refuse)
+    response = refunder.post(
+        CHANGELIST, action_post("refund_payments", full, post="yes", reason="other")
+    )
+    assert messages_of(response) == [
+        ("warning", "Skipped pay_full: Payment pay_full is already refunded in full.")
+    ]
+
+
+def test_refund_action_rejects_an_unknown_reason(refunder, api, selection):
+    response = refunder.post(
+        CHANGELIST, action_post("refund_payments", selection[0], post="yes", reason="greed")
+    )
+    assert response.status_code == 200  # the confirmation again, with the error
+    assert response.context["reason_form"].errors["reason"]
+    assert len(api.calls) == 0
+
+
+# The sync_payments action
+
+
+def test_sync_action_needs_change_permission(viewer, django_user_model):
+    make_payment()
+    syncer = staff_client(django_user_model, "view_payment", "change_payment", username="syncer")
+    assert "sync_payments" not in viewer.get(CHANGELIST).content.decode()
+    assert "Sync from LedgePay" in syncer.get(CHANGELIST).content.decode()
+
+
+def test_sync_action_post_without_permission_does_nothing(viewer, api):
+    payment = make_payment(status="pending")
+    viewer.post(CHANGELIST, action_post("sync_payments", payment, index=0))
+    assert len(api.calls) == 0
+
+
+def test_sync_action_syncs_the_selected_payments(admin_client, api):
+    moved = make_payment(ledgepay_id="pay_moved", status="pending")
+    same = make_payment(ledgepay_id="pay_same")
+    gone = make_payment(ledgepay_id="pay_gone", status="pending")
+    make_payment(ledgepay_id="pay_unselected", status="pending")
+    api.add(
+        responses.GET,
+        f"{API}/payments/pay_moved",
+        json=payment_data(id="pay_moved", status="succeeded"),
+    )
+    api.add(
+        responses.GET,
+        f"{API}/payments/pay_same",
+        json=payment_data(id="pay_same", status="succeeded"),
+    )
+    api.add(
+        responses.GET,
+        f"{API}/payments/pay_gone",
+        status=404,
+        json={"error": {"message": "No such payment: pay_gone"}},
+    )
+
+    response = admin_client.post(
+        CHANGELIST, action_post("sync_payments", moved, same, gone, index=0)
+    )
+
+    assert response.status_code == 302
+    assert sorted(call.request.url.rsplit("/", 1)[1] for call in api.calls) == [
+        "pay_gone",
+        "pay_moved",
+        "pay_same",
+    ]
+    assert Payment.objects.get(pk=moved.pk).status == "succeeded"
+    assert sorted(messages_of(response)) == [
+        ("error", "Could not sync pay_gone: No such payment: pay_gone (HTTP 404)"),
+        ("info", "pay_moved is now succeeded (was pending)."),
+        ("success", "Synced 2 payments from LedgePay."),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (
+            "sync_payments",
+            "Select at most 100 payments to sync; for more, run “manage.py ledgepay_sync”.",
+        ),
+        ("refund_payments", "Select at most 100 payments to refund at once."),
+    ],
+)
+def test_actions_have_a_limit(admin_client, api, action, message):
+    Payment.objects.bulk_create(
+        Payment(ledgepay_id=f"pay_{index}", amount=100, currency="EUR", status="succeeded")
+        for index in range(ledgepay_admin.ACTION_LIMIT + 1)
+    )
+    response = admin_client.post(
+        CHANGELIST,
+        {"action": action, "select_across": "1", "index": 0, "_selected_action": [1]},
+    )
+    assert response.status_code == 302
+    assert len(api.calls) == 0
+    assert messages_of(response) == [("error", message)]
+
+
+def test_sync_action_that_fetches_nothing_says_only_so(admin_client, api):
+    payment = make_payment(ledgepay_id="pay_down", status="pending")
+    api.add(responses.GET, f"{API}/payments/pay_down", status=401, json={})
+
+    response = admin_client.post(CHANGELIST, action_post("sync_payments", payment, index=0))
+
+    assert [level for level, _ in messages_of(response)] == ["error"]
+    assert API_KEY not in messages_of(response)[0][1]
+    assert Payment.objects.get(pk=payment.pk).status == "pending"
+
+
+# Refunds
+
+
+def test_refund_changelist(admin_client):
+    payment = make_payment(amount=100000, currency="JPY")
+    refund = make_refund(payment, amount=1500, currency="JPY", reason="duplicate")
+
+    response = admin_client.get("/admin/django_ledgepay/refund/")
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert refund.ledgepay_id in content
+    assert f'<a href="{change_url(payment)}">{payment.ledgepay_id}</a>' in content
+    assert "1500 JPY" in content
+    assert "Duplicate" in content
+    assert "delete_selected" not in content
+
+
+def test_refund_changelist_query_count(admin_client):
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            admin_client.get("/admin/django_ledgepay/refund/")
+        return len(captured)
+
+    build_payments(3)
+    few = queries()
+    build_payments(30)
+    assert queries() == few
+
+
+def test_refund_is_read_only(admin_client):
+    refund = make_refund(make_payment(), amount=1000)
+    assert admin_client.get("/admin/django_ledgepay/refund/add/").status_code == 403
+    assert admin_client.post(change_url(refund), {"amount": 1}).status_code == 403
+    assert admin_client.post(f"{change_url(refund)}delete/", {"post": "yes"}).status_code == 403
+    page = admin_client.get(change_url(refund))
+    assert page.status_code == 200
+    assert "10.00 EUR" in page.content.decode()
+    refund.refresh_from_db()
+    assert refund.amount == 1000
+
+
+# Webhook events
+
+
+EVENTS = "/admin/django_ledgepay/webhookevent/"
+
+
+def make_event(payload: dict[str, Any], **fields: Any) -> WebhookEvent:
+    data = payload.get("data", {})
+    defaults: dict[str, Any] = {
+        "event_type": payload.get("event", ""),
+        "object_id": data.get("id", ""),
+        "payload": payload,
+        "body_sha256": f"{WebhookEvent.objects.count():064d}",
+    }
+    return WebhookEvent.objects.create(**{**defaults, **fields})
+
+
+def test_event_changelist(admin_client):
+    make_event(
+        {"event": "payment.succeeded", "data": {"id": "pay_evt"}},
+        status="failed",
+        attempts=3,
+        error="Could not reach LedgePay. " * 10,
+    )
+
+    response = admin_client.get(EVENTS)
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert "payment.succeeded" in content
+    assert "pay_evt" in content
+    assert "Could not reach LedgePay. Could not" in content
+    assert "Could not reach LedgePay. " * 10 not in content  # an excerpt
+    for column in ("attempts", "received_at", "processed_at", "error_excerpt"):
+        assert f"column-{column}" in content
+
+
+def test_event_payload_shown_readably_and_escaped(admin_client):
+    event = make_event(
+        {"event": "payment.succeeded", "data": {"id": "pay_x", "description": "<script>x()"}}
+    )
+
+    response = admin_client.get(change_url(event))
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert '<pre class="ledgepay-json">{\n  &quot;data&quot;: {\n' in content
+    assert "&lt;script&gt;x()" in content
+    assert "<script>x()" not in content
+
+
+def test_event_is_read_only(admin_client):
+    event = make_event({"event": "payment.succeeded", "data": {"id": "pay_x"}})
+    assert admin_client.get(f"{EVENTS}add/").status_code == 403
+    assert admin_client.post(change_url(event), {"status": "processed"}).status_code == 403
+    assert admin_client.post(f"{change_url(event)}delete/", {"post": "yes"}).status_code == 403
+    event.refresh_from_db()
+    assert event.status == "received"
+
+
+def test_process_action_needs_permission(viewer, django_user_model):
+    event = make_event({"event": "payment.succeeded", "data": {"id": "pay_x"}})
+    processor = staff_client(
+        django_user_model, "view_webhookevent", "change_webhookevent", username="processor"
+    )
+    assert "process_events" not in viewer.get(EVENTS).content.decode()
+    assert "Process selected events again" in processor.get(EVENTS).content.decode()
+    viewer.post(EVENTS, action_post("process_events", event, index=0))
+    event.refresh_from_db()
+    assert event.attempts == 0
+
+
+def test_process_action_applies_the_events_again(admin_client, api):
+    payment = make_payment(ledgepay_id="pay_late", status="pending")
+    good = make_event(
+        {
+            "event": "payment.succeeded",
+            "data": {"id": "pay_late", "amount": 5000, "currency": "EUR"},
+        },
+        status="failed",
+        attempts=1,
+        error="boom",
+    )
+    bad = make_event(
+        {"event": "refund.created", "data": {"id": "re_orphan", "payment_id": "pay_unknown"}},
+        status="failed",
+        attempts=1,
+    )
+    api.add(
+        responses.GET,
+        f"{API}/payments/pay_unknown",
+        status=404,
+        json={"error": {"message": "No such payment: pay_unknown"}},
+    )
+
+    response = admin_client.post(EVENTS, action_post("process_events", good, bad, index=0))
+
+    good.refresh_from_db()
+    bad.refresh_from_db()
+    payment.refresh_from_db()
+    assert payment.status == "succeeded"
+    assert (good.status, good.attempts, good.error) == ("processed", 2, "")
+    assert (bad.status, bad.attempts) == ("failed", 2)
+    assert "No such payment: pay_unknown" in bad.error
+    assert sorted(messages_of(response)) == [
+        ("error", f"Event {bad.pk} (refund.created) failed: {bad.error}"),
+        ("warning", "Processed 2 events again: 1 failed, 1 processed."),
+    ]
+
+
+def test_process_action_calls_process_event_per_event(admin_client, monkeypatch):
+    events = [
+        make_event({"event": "payment.succeeded", "data": {"id": f"pay_{n}"}}) for n in range(3)
+    ]
+    seen: list[int] = []
+
+    def process(event: WebhookEvent) -> None:
+        seen.append(event.pk)
+        event.status = WebhookEvent.Status.PROCESSED
+
+    monkeypatch.setattr(webhooks, "process_event", process)
+    response = admin_client.post(EVENTS, action_post("process_events", *events, index=0))
+
+    assert sorted(seen) == sorted(event.pk for event in events)
+    assert messages_of(response) == [("success", "Processed 3 events again: 3 processed.")]

@@ -1,0 +1,134 @@
+"""The refund flow in a real browser: Debian's Chromium, driven by Playwright.
+
+Skipped when Chromium or Playwright is missing, unless ``LEDGEPAY_REQUIRE_BROWSER=1`` (as in
+CI), when that is a failure. Playwright is never asked to download a browser.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import responses
+from responses import matchers
+
+from django.contrib.auth.models import Permission
+
+from django_ledgepay.models import Payment
+from tests.conftest import API
+from tests.factories import make_payment, refund_data
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def missing_browser() -> str:
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is not installed"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    return ""
+
+
+@pytest.fixture
+def chromium(monkeypatch: pytest.MonkeyPatch) -> Callable[[], AbstractContextManager[Any]]:
+    """``with chromium() as page:`` a fresh page in Debian's Chromium.
+
+    While Playwright runs, this thread has an event loop: the ORM refuses to run (unless
+    ``DJANGO_ALLOW_ASYNC_UNSAFE``), and where allowed it opens a connection of its own that
+    is never closed (on PostgreSQL the test database then cannot be dropped). So the test
+    touches the database only before and after the ``with`` block.
+    """
+    reason = missing_browser()
+    if reason:
+        if os.environ.get("LEDGEPAY_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"LEDGEPAY_REQUIRE_BROWSER=1 but {reason}.")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+    @contextmanager
+    def open_page() -> Iterator[Any]:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(15_000)
+                yield page
+            finally:
+                browser.close()
+
+    return open_page
+
+
+def test_staff_issues_a_partial_refund(chromium, live_server, django_user_model):
+    payment = make_payment(amount=5000, currency="EUR")
+    user = django_user_model.objects.create_user("clerk", password="clerk-pw", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="django_ledgepay",
+            codename__in=["view_payment", "view_refund", "refund_payment"],
+        )
+    )
+    change_path = f"/admin/django_ledgepay/payment/{payment.pk}/change/"
+    refund_path = f"/admin/django_ledgepay/payment/{payment.pk}/refund/"
+
+    # The live server runs in a thread of this process, so this mock answers its calls.
+    with responses.RequestsMock() as api, chromium() as page:
+        api.add(
+            responses.POST,
+            f"{API}/refunds",
+            json=refund_data(
+                payment.ledgepay_id, id="re_browser", amount=1234, status="succeeded"
+            ),
+            match=[
+                matchers.json_params_matcher(
+                    {
+                        "payment_id": payment.ledgepay_id,
+                        "amount": 1234,
+                        "reason": "customer_request",
+                    }
+                )
+            ],
+        )
+
+        page.goto(f"{live_server.url}/admin/login/?next={change_path}")
+        page.fill("#id_username", "clerk")
+        page.fill("#id_password", "clerk-pw")
+        page.click("input[type=submit]")
+        page.wait_for_url(f"**{change_path}")
+        payment_page = page.text_content("#content") or ""
+
+        page.click("a.refundlink")
+        page.wait_for_url(f"**{refund_path}")
+        default_amount = page.input_value("#id_amount")
+        page.fill("#id_amount", "12.34")
+        page.click("input[name=_refund]")
+
+        page.wait_for_url(f"**{change_path}")
+        success = page.text_content(".messagelist .success") or ""
+        inline = page.text_content("#refunds-group") or ""
+        api_calls = len(api.calls)
+
+    assert payment.ledgepay_id in payment_page
+    assert default_amount == "50.00"
+    assert api_calls == 1
+    assert f"Refunded 12.34 EUR of {payment.ledgepay_id}" in success
+    assert "re_browser" in inline
+    assert "12.34 EUR" in inline
+    assert Payment.objects.get(pk=payment.pk).refundable_amount == 5000 - 1234
