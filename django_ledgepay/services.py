@@ -364,17 +364,23 @@ def _create_payment(
         raise IncompleteDataError(
             f"LedgePay's data for the new payment {ledgepay_id} lacks its amount or currency."
         )
-    if values.get("status", "pending") != "pending":
-        values.setdefault("completed_at", timezone.now())
     try:
         with transaction.atomic():
-            payment = Payment.objects.create(ledgepay_id=ledgepay_id, **values)
+            payment = Payment.objects.create(ledgepay_id=ledgepay_id, **_new_payment(values))
     except IntegrityError:
         if not Payment.objects.filter(ledgepay_id=ledgepay_id).exists():
             raise
         return None
     _payment_signal(payment, event)
     return payment
+
+
+def _new_payment(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a payment first seen: one already final was completed by now at the
+    latest. ``values`` is left as it is, for a retry that finds the row after all."""
+    if values.get("status", "pending") == "pending" or "completed_at" in values:
+        return dict(values)
+    return {**values, "completed_at": timezone.now()}
 
 
 def apply_refund(
@@ -605,9 +611,7 @@ def _write_payment_page(values_by_id: Mapping[str, dict[str, Any]]) -> tuple[int
                     logger.warning("Skipped payment %s: no amount or currency.", ledgepay_id)
                     skipped += 1
                     continue
-                if values.get("status", "pending") != "pending":
-                    values.setdefault("completed_at", timezone.now())
-                payment = Payment(ledgepay_id=ledgepay_id, **values)
+                payment = Payment(ledgepay_id=ledgepay_id, **_new_payment(values))
                 new.append(payment)
                 if payment.is_final:
                     finished.append(payment)

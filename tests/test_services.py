@@ -617,3 +617,104 @@ def test_sync_payments_stops_when_a_page_has_no_time_to_page_by(api, caplog):
     assert result.created == 2
     assert len(api.calls) == 1
     assert "sync stopped early" in caplog.text
+
+
+# Edges
+
+
+def test_times_without_a_zone_are_utc_and_bad_times_are_skipped():
+    payment, _ = services.apply_payment(payment_data(created_at="2024-01-15T10:30:00"))
+    assert payment.created_at is not None
+    assert payment.created_at.isoformat() == "2024-01-15T10:30:00+00:00"
+    payment, _ = services.apply_payment(payment_data(created_at="2024-13-45T99:00:00Z"))
+    assert payment.created_at is None
+
+
+@pytest.mark.parametrize("data", [{}, {"id": ""}, {"id": 7}])
+def test_objects_without_an_id_are_refused(data):
+    with pytest.raises(services.IncompleteDataError):
+        services.apply_payment(data)
+    with pytest.raises(services.IncompleteDataError):
+        services.apply_refund(data)
+    with pytest.raises(services.IncompleteDataError):
+        services.apply_payment_event(data, status="succeeded")
+
+
+def test_new_refund_naming_no_payment_is_refused():
+    with pytest.raises(services.IncompleteDataError, match="names no payment"):
+        services.apply_refund({"id": "re_lost", "amount": 100})
+
+
+def test_sync_payments_refuses_a_bad_time(api):
+    with pytest.raises(InvalidRequestError, match="created_before"):
+        services.sync_payments(created_before="last tuesday")
+    assert len(api.calls) == 0
+
+
+def test_sync_payments_skips_items_without_an_id(api):
+    page = [payment_data(), {"amount": 5, "created_at": "2024-01-15T10:30:00Z"}]
+    api.get(f"{API}/payments", json={"data": page, "has_more": False})
+    result = services.sync_payments()
+    assert (result.created, result.skipped) == (1, 1)
+
+
+def test_refund_answer_without_an_id_is_an_api_error(api):
+    payment = make_payment()
+    api.post(f"{API}/refunds", json={"status": "pending"}, status=201)
+    with pytest.raises(services.APIError, match="no id"):
+        services.refund_payment(payment)
+    assert not Refund.objects.exists()
+
+
+def test_refund_of_a_payment_that_vanished_is_refused(api):
+    payment = make_payment()
+    Payment.objects.filter(pk=payment.pk).delete()
+    with pytest.raises(RefundError, match="There is no payment"):
+        services.refund_payment(payment)
+    assert len(api.calls) == 0
+
+
+def insert_from_another_connection(data):
+    """Record ``data`` through a second connection, as another process would."""
+    results, errors = run_in_threads(lambda: services.apply_payment(data), 1)
+    assert errors == []
+    assert len(results) == 1
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_page_inserted_meanwhile_by_another_process_is_read_again(api, monkeypatch):
+    data = payment_data(status="succeeded")
+    api.get(f"{API}/payments", json={"data": [data], "has_more": False})
+    real_bulk_create = Payment.objects.bulk_create
+    raced: list[bool] = []
+
+    def racing_bulk_create(objs, *args, **kwargs):
+        if not raced:
+            raced.append(True)
+            insert_from_another_connection(data)
+        return real_bulk_create(objs, *args, **kwargs)
+
+    monkeypatch.setattr(Payment.objects, "bulk_create", racing_bulk_create)
+    result = services.sync_payments()
+    assert raced == [True]
+    assert Payment.objects.filter(ledgepay_id=data["id"]).count() == 1
+    assert (result.created, result.unchanged) == (0, 1)
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_payment_inserted_meanwhile_is_merged_not_duplicated(monkeypatch, receive):
+    paid = receive(signals.payment_succeeded)
+    data = payment_data(status="pending")
+    real_create = Payment.objects.create
+
+    def racing_create(**fields):
+        insert_from_another_connection(data)  # Another caller wins the insert.
+        return real_create(**fields)
+
+    monkeypatch.setattr(Payment.objects, "create", racing_create)
+    payment, changed = services.apply_payment({**data, "status": "succeeded"})
+    assert Payment.objects.count() == 1
+    assert (payment.status, changed) == ("succeeded", True)
+    assert len(paid.calls) == 1
