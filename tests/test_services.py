@@ -709,12 +709,17 @@ def test_a_payment_inserted_meanwhile_is_merged_not_duplicated(monkeypatch, rece
     data = payment_data(status="pending")
     real_create = Payment.objects.create
 
+    raced: list[bool] = []
+
     def racing_create(**fields):
-        insert_from_another_connection(data)  # Another caller wins the insert.
+        if not raced:  # Another caller wins the insert.
+            raced.append(True)
+            insert_from_another_connection(data)
         return real_create(**fields)
 
     monkeypatch.setattr(Payment.objects, "create", racing_create)
     payment, changed = services.apply_payment({**data, "status": "succeeded"})
+    assert raced == [True]
     assert Payment.objects.count() == 1
     assert (payment.status, changed) == ("succeeded", True)
     assert len(paid.calls) == 1
