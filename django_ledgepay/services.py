@@ -174,16 +174,9 @@ def payment_values(data: Mapping[str, Any]) -> dict[str, Any]:
     A field that is missing, null or blank is left out, so a partial answer never blanks
     what the mirror already knows.
     """
-    values: dict[str, Any] = {}
-    amount = data.get("amount")
-    if isinstance(amount, int) and not isinstance(amount, bool) and amount > 0:
-        values["amount"] = amount
-    currency = data.get("currency")
-    if isinstance(currency, str) and len(currency) == 3:
-        values["currency"] = currency.upper()
-    status = data.get("status")
-    if status in Payment.Status.values:
-        values["status"] = status
+    values = _money_values(data)
+    if data.get("status") in Payment.Status.values:
+        values["status"] = data["status"]
     for field in ("description", "checkout_url", "success_url", "cancel_url"):
         if isinstance(data.get(field), str) and data[field]:
             values[field] = data[field]
@@ -203,13 +196,7 @@ def payment_values(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def refund_values(data: Mapping[str, Any]) -> dict[str, Any]:
     """The model fields a LedgePay refund object carries, as :func:`payment_values` does."""
-    values: dict[str, Any] = {}
-    amount = data.get("amount")
-    if isinstance(amount, int) and not isinstance(amount, bool) and amount > 0:
-        values["amount"] = amount
-    currency = data.get("currency")
-    if isinstance(currency, str) and len(currency) == 3:
-        values["currency"] = currency.upper()
+    values = _money_values(data)
     if data.get("status") in Refund.Status.values:
         values["status"] = data["status"]
     if data.get("reason") in Refund.Reason.values:
@@ -217,6 +204,18 @@ def refund_values(data: Mapping[str, Any]) -> dict[str, Any]:
     moment = _datetime(data.get("created_at"))
     if moment is not None:
         values["created_at"] = moment
+    return values
+
+
+def _money_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``amount`` (a positive int of minor units) and ``currency``, where well-typed."""
+    values: dict[str, Any] = {}
+    amount = data.get("amount")
+    if isinstance(amount, int) and not isinstance(amount, bool) and amount > 0:
+        values["amount"] = amount
+    currency = data.get("currency")
+    if isinstance(currency, str) and len(currency) == 3:
+        values["currency"] = currency.upper()
     return values
 
 

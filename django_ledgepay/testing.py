@@ -32,7 +32,7 @@ from django.test import Client
 from django.urls import reverse
 
 from django_ledgepay.conf import conf
-from django_ledgepay.sandbox.state import LedgePayState, event_payload
+from django_ledgepay.sandbox.state import Driver, LedgePayState, event_payload
 from django_ledgepay.webhooks import SIGNATURE_HEADER, signature_header
 
 __all__ = ["FakeLedgePay", "post_webhook", "signed_webhook"]
@@ -78,7 +78,7 @@ def post_webhook(
     )
 
 
-class FakeLedgePay:
+class FakeLedgePay(Driver):
     """LedgePay in memory, answering this process's ``requests`` through ``responses``.
 
     It has the sandbox's behaviour (validation, idempotency keys, lists, refunds) and
@@ -110,31 +110,6 @@ class FakeLedgePay:
     def stop(self) -> None:
         self.mock.stop()
         self.mock.reset()
-
-    # What LedgePay holds
-
-    @property
-    def payments(self) -> dict[str, dict[str, Any]]:
-        return self.state.payments
-
-    @property
-    def refunds(self) -> dict[str, dict[str, Any]]:
-        return self.state.refunds
-
-    # Driving it
-
-    def pay(self, payment_id: str) -> dict[str, Any]:
-        """The shopper paid: the payment succeeds and ``payment.succeeded`` is queued."""
-        return self.state.settle(payment_id, "succeeded")
-
-    def fail(self, payment_id: str) -> dict[str, Any]:
-        return self.state.settle(payment_id, "failed")
-
-    def cancel(self, payment_id: str) -> dict[str, Any]:
-        return self.state.settle(payment_id, "canceled")
-
-    def complete_refund(self, refund_id: str, status: str = "succeeded") -> dict[str, Any]:
-        return self.state.complete_refund(refund_id, status)
 
     def deliver(self, client: Client, *, url: str | None = None) -> list[int]:
         """Post every queued event to the webhook view, in order; return the status codes."""

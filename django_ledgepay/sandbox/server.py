@@ -20,7 +20,13 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 
 from django_ledgepay.currencies import format_amount
-from django_ledgepay.sandbox.state import Answer, APIFailure, LedgePayState, event_payload
+from django_ledgepay.sandbox.state import (
+    Answer,
+    APIFailure,
+    Driver,
+    LedgePayState,
+    event_payload,
+)
 from django_ledgepay.webhooks import SIGNATURE_HEADER, signature_header
 
 logger = logging.getLogger(__name__)
@@ -48,7 +54,7 @@ class Delivery:
         return self.status is not None and 200 <= self.status < 300
 
 
-class Sandbox:
+class Sandbox(Driver):
     """LedgePay in memory, served on loopback. Start it, point LEDGEPAY_API_BASE at
     ``api_base``, and stop it (or use it as a context manager)."""
 
@@ -136,25 +142,6 @@ class Sandbox:
         return f"{self.url}/v1"
 
     # Driving it from tests
-
-    @property
-    def payments(self) -> dict[str, dict[str, Any]]:
-        with self.state.lock:
-            return {key: dict(value) for key, value in self.state.payments.items()}
-
-    @property
-    def refunds(self) -> dict[str, dict[str, Any]]:
-        with self.state.lock:
-            return {key: dict(value) for key, value in self.state.refunds.items()}
-
-    def pay(self, payment_id: str) -> dict[str, Any]:
-        return self.state.settle(payment_id, "succeeded")
-
-    def fail(self, payment_id: str) -> dict[str, Any]:
-        return self.state.settle(payment_id, "failed")
-
-    def cancel(self, payment_id: str) -> dict[str, Any]:
-        return self.state.settle(payment_id, "canceled")
 
     def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
         """Poll ``condition`` until it holds or ``timeout`` seconds pass."""

@@ -346,6 +346,41 @@ class LedgePayState:
             listener(event_type, data)
 
 
+class Driver:
+    """What a test or a person can do to LedgePay's state: settle payments, finish refunds.
+
+    Mixed into the sandbox and ``testing.FakeLedgePay``, which both hold a ``state``.
+    """
+
+    state: LedgePayState
+
+    @property
+    def payments(self) -> dict[str, dict[str, Any]]:
+        """A copy of every payment, by id."""
+        with self.state.lock:
+            return {key: dict(value) for key, value in self.state.payments.items()}
+
+    @property
+    def refunds(self) -> dict[str, dict[str, Any]]:
+        """A copy of every refund, by id."""
+        with self.state.lock:
+            return {key: dict(value) for key, value in self.state.refunds.items()}
+
+    def pay(self, payment_id: str) -> dict[str, Any]:
+        """The shopper paid: the payment succeeds and ``payment.succeeded`` is sent."""
+        return self.state.settle(payment_id, "succeeded")
+
+    def fail(self, payment_id: str) -> dict[str, Any]:
+        return self.state.settle(payment_id, "failed")
+
+    def cancel(self, payment_id: str) -> dict[str, Any]:
+        return self.state.settle(payment_id, "canceled")
+
+    def complete_refund(self, refund_id: str, status: str = "succeeded") -> dict[str, Any]:
+        """A pending refund becomes ``succeeded`` (or ``failed``) and its event is sent."""
+        return self.state.complete_refund(refund_id, status)
+
+
 def event_payload(
     event_type: str, data: Mapping[str, Any], *, clock: float | None = None
 ) -> dict[str, Any]:
