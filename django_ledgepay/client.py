@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote
 
 import requests
 
@@ -162,9 +163,10 @@ class LedgePayClient:
         )
 
     def retrieve_payment(self, ledgepay_id: str) -> dict[str, Any]:
-        if not ledgepay_id or "/" in ledgepay_id:
+        if not ledgepay_id or "/" in ledgepay_id or ledgepay_id in {".", ".."}:
             raise InvalidRequestError(f"{ledgepay_id!r} is not a LedgePay payment id.")
-        return self._object(self.request("GET", f"/payments/{ledgepay_id}"))
+        # Quoted, so "?", "#" or "%" cannot turn the id into another URL.
+        return self._object(self.request("GET", f"/payments/{quote(ledgepay_id, safe='')}"))
 
     def list_payments(
         self,
@@ -305,7 +307,7 @@ class LedgePayClient:
 def _decode(response: requests.Response, method: str, path: str) -> Any:
     try:
         return response.json()
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise APIError(
             f"LedgePay's answer to {method} {path} is not JSON.", http_status=response.status_code
         ) from err
@@ -318,7 +320,7 @@ def _error_from_response(response: requests.Response, api_key: str) -> LedgePayE
     error_type = param = None
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
@@ -328,9 +330,14 @@ def _error_from_response(response: requests.Response, api_key: str) -> LedgePayE
     elif isinstance(error, str):
         message = error
     if not message:
-        message = response.text.strip()[:RAW_ERROR_CHARS] or error_class.default_message
+        # Redacted before the cut, so no piece of the key is left at the end.
+        message = redact(response.text, api_key).strip()[:RAW_ERROR_CHARS]
+        message = message or error_class.default_message
     return error_class(
-        redact(message, api_key), http_status=status, error_type=error_type, param=param
+        redact(message, api_key),
+        http_status=status,
+        error_type=None if error_type is None else redact(error_type, api_key),
+        param=None if param is None else redact(param, api_key),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, Inexact, InvalidOperation, Overflow, localcontext
 
 #: Active ISO 4217 codes mapped to the number of digits after the decimal point.
 EXPONENTS: dict[str, int] = {
@@ -59,7 +59,16 @@ def to_minor(value: Decimal | str | int, currency: str) -> int:
     if not number.is_finite():
         raise ValueError(f"{value!r} is not a number.")
     digits = exponent(currency)
-    minor = number.scaleb(digits)
+    try:
+        with localcontext() as context:
+            # Exact: precision for every digit, and any rounding raises instead.
+            context.prec = len(number.as_tuple().digits) + digits
+            context.traps[Inexact] = True
+            minor = number.scaleb(digits)
+    except Overflow as err:
+        raise ValueError(f"{value!r} is too large.") from err
+    except Inexact as err:  # so small that it underflowed: decimals beyond the currency's
+        raise ValueError(f"{currency} amounts have at most {digits} decimal places.") from err
     if minor != minor.to_integral_value(rounding=ROUND_DOWN):
         raise ValueError(f"{currency} amounts have at most {digits} decimal places.")
     return int(minor)

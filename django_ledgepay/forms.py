@@ -77,21 +77,21 @@ class RefundForm(RefundReasonForm):
         currency = self.payment.currency
         if value <= 0:
             raise ValidationError(_("Enter an amount greater than zero."), code="min_value")
+        # Compared in major units first, so an absurdly large number gets this message.
+        if self.refundable and value > to_major(self.refundable, currency):
+            raise ValidationError(
+                _("That is more than what is left to refund (%(left)s).")
+                % {"left": format_amount(self.refundable, currency)},
+                code="max_value",
+            )
         try:
-            minor = to_minor(value, currency)
+            return to_minor(value, currency)
         except ValueError as err:
             raise ValidationError(
                 _("%(currency)s amounts have at most %(digits)s decimal places.")
                 % {"currency": currency, "digits": exponent(currency)},
                 code="decimal_places",
             ) from err
-        if self.refundable and minor > self.refundable:
-            raise ValidationError(
-                _("That is more than what is left to refund (%(left)s).")
-                % {"left": format_amount(self.refundable, currency)},
-                code="max_value",
-            )
-        return minor
 
     def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean()

@@ -425,6 +425,8 @@ def test_refund_converts_with_the_currency_exponent(
         ("EUR", "12.345", "EUR amounts have at most 2 decimal places."),
         ("JPY", "1.5", "JPY amounts have at most 0 decimal places."),
         ("KWD", "1.2345", "KWD amounts have at most 3 decimal places."),
+        ("EUR", "1e999999999", "That is more than what is left to refund (50.00 EUR)."),
+        ("EUR", "1e-999999999", "EUR amounts have at most 2 decimal places."),
         ("EUR", "abc", "Enter a number."),
         ("EUR", "12,34", "Enter a number."),
         ("EUR", "NaN", "Enter a number."),

@@ -14,6 +14,7 @@ from django.db import connection
 from django_ledgepay import services, signals
 from django_ledgepay.exceptions import (
     APIConnectionError,
+    APIError,
     InvalidRequestError,
     NotFoundError,
     RefundError,
@@ -661,7 +662,7 @@ def test_sync_payments_skips_items_without_an_id(api):
 def test_refund_answer_without_an_id_is_an_api_error(api):
     payment = make_payment()
     api.post(f"{API}/refunds", json={"status": "pending"}, status=201)
-    with pytest.raises(services.APIError, match="no id"):
+    with pytest.raises(APIError, match="no id"):
         services.refund_payment(payment)
     assert not Refund.objects.exists()
 
