@@ -12,7 +12,6 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Final
 
 from django.core.exceptions import ValidationError
@@ -267,8 +266,15 @@ def _merge(instance: Payment | Refund, values: Mapping[str, Any]) -> list[str]:
 
 
 def _on_commit_send(signal: Signal, sender: type[Any], **kwargs: Any) -> None:
-    """Send ``signal`` once the current transaction commits; a failing receiver is logged."""
-    transaction.on_commit(partial(signal.send, sender=sender, **kwargs), robust=True)
+    """Send ``signal`` once the current transaction commits. A receiver that raises is
+    logged (by Django, on ``django.dispatch``) and does not stop the others."""
+
+    # A named function, not a partial: Django's robust on_commit logs the callback's
+    # __qualname__, which a partial lacks.
+    def send() -> None:
+        signal.send_robust(sender=sender, **kwargs)
+
+    transaction.on_commit(send, robust=True)
 
 
 def _payment_signal(payment: Payment, event: WebhookEvent | None) -> None:
@@ -414,13 +420,13 @@ def apply_refund(
             locked_payment = Payment.objects.select_for_update().get(ledgepay_id=payment_id)
             refund = _locked_refund(ledgepay_id)
             if refund is None:
-                refund = _create_refund(locked_payment, ledgepay_id, values, event)
-            if refund is None:
+                created = _create_refund(locked_payment, ledgepay_id, values, event)
+                if created is not None:
+                    return created, True
                 # Inserted meanwhile by a caller the lock did not hold back (SQLite).
                 refund = _locked_refund(ledgepay_id)
                 assert refund is not None
-            else:
-                return refund, True
+            # Otherwise inserted by a caller that held the lock first: merge into it below.
         was_final = refund.is_final
         changed = _merge(refund, values)
         if changed:
@@ -431,8 +437,10 @@ def apply_refund(
 
 
 def _locked_refund(ledgepay_id: str) -> Refund | None:
+    # Locks the refund's row only: locking its payment's row too (the join) would take the
+    # two locks in the opposite order to the callers that lock the payment first.
     return (
-        Refund.objects.select_for_update()
+        Refund.objects.select_for_update(of=("self",))
         .select_related("payment")
         .filter(ledgepay_id=ledgepay_id)
         .first()

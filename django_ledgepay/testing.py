@@ -14,6 +14,7 @@ Or run a fake LedgePay with state, served through ``responses``, and drive it::
         payment = services.create_payment(amount=5000, currency="EUR", ...)
         fake.pay(payment.ledgepay_id)                  # the shopper pressed Pay
         fake.deliver(client)                           # webhooks reach your endpoint
+        post_webhook(client, fake.webhook("payment.succeeded", payment.ledgepay_id))  # again
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 import responses
 
+from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 from django.urls import reverse
 
@@ -46,7 +48,10 @@ def signed_webhook(
 ) -> tuple[bytes, dict[str, str]]:
     """The body and headers of a webhook delivery signed like LedgePay signs it.
 
-    ``secret`` defaults to the first of ``LEDGEPAY_WEBHOOK_SECRET``; ``timestamp`` to now.
+    ``payload`` is serialized as JSON when it is a mapping, and sent as it is (UTF-8) when it
+    is ``bytes`` or ``str``. ``secret`` defaults to the first of ``LEDGEPAY_WEBHOOK_SECRET``;
+    ``timestamp`` (Unix seconds) to now. Post the body with ``content_type="application/json"``
+    and ``headers=headers``.
     """
     if isinstance(payload, Mapping):
         body = json.dumps(payload).encode()
@@ -55,6 +60,10 @@ def signed_webhook(
     else:
         body = payload
     if secret is None:
+        if not conf.webhook_secrets:
+            raise ImproperlyConfigured(
+                "Set LEDGEPAY_WEBHOOK_SECRET, or pass secret=, to sign a webhook."
+            )
         secret = conf.webhook_secrets[0]
     header = signature_header(body, secret, int(time.time()) if timestamp is None else timestamp)
     return body, {SIGNATURE_HEADER: header}
@@ -68,7 +77,8 @@ def post_webhook(
     timestamp: int | None = None,
     url: str | None = None,
 ) -> Any:
-    """Post a signed delivery to the webhook view with Django's test client."""
+    """Post a signed delivery to the webhook view (``ledgepay:webhook`` unless ``url`` says
+    otherwise) with Django's test client; return the response."""
     body, headers = signed_webhook(payload, secret=secret, timestamp=timestamp)
     return client.post(
         url or reverse("ledgepay:webhook"),
@@ -81,16 +91,27 @@ def post_webhook(
 class FakeLedgePay(Driver):
     """LedgePay in memory, answering this process's ``requests`` through ``responses``.
 
-    It has the sandbox's behaviour (validation, idempotency keys, lists, refunds) and
-    records the webhook events it would send in ``events``. Use it as a context manager,
-    or call ``start()`` and ``stop()``.
+    It serves ``POST /payments``, ``GET /payments/{id}``, ``GET /payments`` (filters and
+    ``created_before`` paging) and ``POST /refunds`` at ``LEDGEPAY_API_BASE``, with the
+    sandbox's behaviour: validation, LedgePay's error bodies, the Bearer key check and
+    ``Idempotency-Key`` replays. Drive it with :meth:`pay`, :meth:`fail`, :meth:`cancel`
+    and :meth:`complete_refund`; each queues the webhook event LedgePay would send in
+    ``events``, which :meth:`deliver` posts to your endpoint. :meth:`webhook` builds an
+    event for any object, to redeliver or reorder; :meth:`fail_next` makes requests fail.
+
+    Use it as a context manager, or call ``start()`` and ``stop()``. Any other URL
+    requested meanwhile raises ``requests.ConnectionError``; register it on ``mock`` (a
+    ``responses.RequestsMock``) to serve it.
     """
 
     def __init__(self, *, api_base: str | None = None) -> None:
         self.api_base = (api_base or conf.LEDGEPAY_API_BASE).rstrip("/")
         self.state = LedgePayState()
+        #: Webhook bodies LedgePay would have sent, oldest first, not yet delivered.
         self.events: list[dict[str, Any]] = []
+        #: Every API request received, in order.
         self.requests: list[requests.PreparedRequest] = []
+        self._failures: list[int | None] = []
         self.state.listeners.append(self._record)
         self.mock = responses.RequestsMock(assert_all_requests_are_fired=False)
         pattern = re.compile(re.escape(self.api_base) + r"/.*")
@@ -119,11 +140,45 @@ class FakeLedgePay(Driver):
             codes.append(post_webhook(client, payload, url=url).status_code)
         return codes
 
+    def webhook(self, event_type: str, object_id: str) -> dict[str, Any]:
+        """The body LedgePay sends for ``event_type`` about a payment or refund as it is now.
+
+        Post it with :func:`post_webhook` to redeliver an event, or to send one out of order
+        (``refund.succeeded`` before ``refund.created``, a late ``payment.failed``).
+        """
+        refund = event_type.startswith("refund.")
+        objects = self.refunds if refund else self.payments
+        if object_id not in objects:
+            kind = "refund" if refund else "payment"
+            raise KeyError(f"FakeLedgePay has no {kind} {object_id!r}.")
+        return event_payload(event_type, objects[object_id])
+
+    def fail_next(self, status: int | None = 500, *, times: int = 1) -> None:
+        """Make the next ``times`` API requests fail without effect: with ``status`` and
+        LedgePay's error body, or with a dropped connection when ``status`` is None.
+
+        The client retries such failures ``LEDGEPAY_MAX_RETRIES`` times, with backoff, and
+        each retry is a request: set ``LEDGEPAY_MAX_RETRIES = 0`` to see the error at once.
+        """
+        self._failures.extend([status] * times)
+
     def _record(self, event_type: str, data: dict[str, Any]) -> None:
         self.events.append(event_payload(event_type, data))
 
-    def _callback(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+    def _callback(
+        self, request: requests.PreparedRequest
+    ) -> Exception | tuple[int, dict[str, str], str]:
         self.requests.append(request)
+        with self.state.lock:
+            failing = bool(self._failures)
+            status = self._failures.pop(0) if failing else None
+        if failing:
+            if status is None:
+                return requests.ConnectionError("FakeLedgePay dropped the connection.")
+            error_type = "rate_limit_error" if status == 429 else "api_error"
+            error = {"type": error_type, "message": "FakeLedgePay failed on purpose."}
+            headers = {"Content-Type": "application/json", "Retry-After": "0"}
+            return status, headers, json.dumps({"error": error})
         parts = urlsplit(request.url or "")
         path = parts.path.removeprefix(urlsplit(self.api_base).path)
         body = request.body or b""

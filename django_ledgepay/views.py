@@ -26,9 +26,14 @@ class WebhookView(View):
     """Verify, store, apply, answer.
 
     200: applied, a redelivery, or a type this app does not know (kept, ignored).
-    400: a missing, bad or stale signature, or a body that is not a readable event.
+    400: a missing, bad or stale signature (nothing stored); a body over
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (nothing stored); a signed body that is not a readable
+    event (stored as ignored, with the reason).
     503: a valid event that could not be applied for a passing reason; it stays in the log
-    with its error and LedgePay delivers it again.
+    as failed, with its error, and LedgePay delivers it again.
+
+    Not atomic under ``ATOMIC_REQUESTS``: the event is stored even when applying it fails,
+    and signals go out as soon as each change commits.
     """
 
     http_method_names = ["post"]
@@ -51,6 +56,7 @@ class WebhookView(View):
 
         event, created, invalid = webhooks.record_event(body)
         if invalid is not None:
+            logger.warning("Webhook event %s kept as ignored: %s", event.pk, invalid.message)
             return _answer(400, invalid.message)
         if not created and event.is_processed:
             return _answer(200, "duplicate")

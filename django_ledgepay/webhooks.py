@@ -10,6 +10,8 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -21,11 +23,12 @@ from django.utils.crypto import constant_time_compare
 
 from django_ledgepay import services
 from django_ledgepay.exceptions import LedgePayError, WebhookPayloadError, WebhookSignatureError
-from django_ledgepay.models import WebhookEvent
+from django_ledgepay.models import Payment, Refund, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "LedgePay-Signature"
+MAX_TIMESTAMP_DIGITS: Final = 15
 
 
 def compute_signature(body: bytes, secret: str, timestamp: int) -> str:
@@ -56,7 +59,8 @@ def parse_signature_header(header: str) -> tuple[int, list[str]]:
         if not sep:
             continue
         if key == "t":
-            if not value.isascii() or not value.isdigit():
+            # Bounded, so neither int() nor the tolerance check can overflow.
+            if not value.isascii() or not value.isdigit() or len(value) > MAX_TIMESTAMP_DIGITS:
                 raise WebhookSignatureError("The signature's timestamp is not a number.")
             timestamp = int(value)
         elif key == "v1" and value:
@@ -103,18 +107,19 @@ def verify_signature(
 
 # Reading, recording and applying deliveries
 
-#: What each known event does: the model and the status it announces (None: from the data).
+#: The payment events this app applies, and the status each announces.
 PAYMENT_EVENTS: Final[Mapping[str, str]] = {
     "payment.succeeded": "succeeded",
     "payment.failed": "failed",
     "payment.canceled": "canceled",
 }
+#: The refund events this app applies, and the status each announces (None: the data's own).
 REFUND_EVENTS: Final[Mapping[str, str | None]] = {
     "refund.created": None,
     "refund.succeeded": "succeeded",
     "refund.failed": "failed",
 }
-#: Fields of a known event's ``data`` and the JSON types they must have when present.
+#: Fields of a known event's ``data`` and the JSON types they must have when not null.
 FIELD_TYPES: Final[Mapping[str, tuple[type, ...]]] = {
     "id": (str,),
     "payment_id": (str,),
@@ -126,21 +131,59 @@ FIELD_TYPES: Final[Mapping[str, tuple[type, ...]]] = {
     "customer": (dict,),
     "reason": (str,),
     "created_at": (str,),
+    "completed_at": (str,),
     "checkout_url": (str,),
+    "success_url": (str,),
+    "cancel_url": (str,),
 }
+#: The longest strings the mirror's columns hold (``max_length`` of the model fields).
+MAX_LENGTHS: Final[Mapping[str, int]] = {
+    "id": 255,
+    "payment_id": 255,
+    "checkout_url": 2048,
+    "success_url": 2048,
+    "cancel_url": 2048,
+    "customer.email": 254,
+    "customer.name": 255,
+}
+#: The largest amount a ``BigIntegerField`` holds.
+MAX_AMOUNT: Final = 2**63 - 1
+#: How much of an unreadable body is kept in the log.
 RAW_BODY_CHARS: Final = 10_000
+#: What no database column can hold: NUL (PostgreSQL) and unpaired surrogates (not UTF-8).
+_UNSTORABLE: Final = re.compile(r"[\x00\ud800-\udfff]")
 
 
 def parse_event(body: bytes) -> dict[str, Any]:
     """The event in ``body``, or WebhookPayloadError saying what is wrong with it."""
+    return validate_event(decode_body(body))
+
+
+def decode_body(body: bytes) -> Any:
+    """The JSON value in ``body``; WebhookPayloadError unless it is UTF-8 JSON a database
+    can store (finite numbers, no NUL character, no unpaired surrogate)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
         raise WebhookPayloadError("The body is not UTF-8.") from err
     try:
-        payload = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as err:
         raise WebhookPayloadError("The body is not JSON.") from err
+    # Only an escape sequence can put NUL or a surrogate in a decoded string.
+    if "\\u" in text and not _storable(value):
+        raise WebhookPayloadError("The body holds a NUL character or an unpaired surrogate.")
+    return value
+
+
+def validate_event(payload: Any) -> dict[str, Any]:
+    """``payload`` if it is an event this app can apply (or ignore, for an unknown type).
+
+    An event is a JSON object with a string ``event`` and an object ``data``. For the known
+    types, ``data`` has a string ``id`` (and ``payment_id`` for refunds), and each field this
+    app reads has its JSON type and fits its column when present. Otherwise this raises
+    WebhookPayloadError.
+    """
     if not isinstance(payload, dict):
         raise WebhookPayloadError("The body is not a JSON object.")
     event_type, data = payload.get("event"), payload.get("data")
@@ -148,49 +191,96 @@ def parse_event(body: bytes) -> dict[str, Any]:
         raise WebhookPayloadError("The body has no string 'event'.")
     if not isinstance(data, dict):
         raise WebhookPayloadError("The body has no object 'data'.")
-    if "\\u0000" in text:
-        # PostgreSQL cannot store NUL in JSON text.
-        raise WebhookPayloadError("The body holds a NUL character.")
     if event_type in PAYMENT_EVENTS or event_type in REFUND_EVENTS:
-        if not isinstance(data.get("id"), str) or not data["id"]:
-            raise WebhookPayloadError("The event's data has no string 'id'.")
-        if event_type in REFUND_EVENTS and not isinstance(data.get("payment_id"), str):
-            raise WebhookPayloadError("The refund event's data has no string 'payment_id'.")
-        for name, types in FIELD_TYPES.items():
-            value = data.get(name)
-            if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
-                raise WebhookPayloadError(f"The event's data has a mistyped {name!r}.")
+        _check_data(data, refund=event_type in REFUND_EVENTS)
     return payload
+
+
+def _check_data(data: Mapping[str, Any], *, refund: bool) -> None:
+    for name in ("id", "payment_id") if refund else ("id",):
+        if not isinstance(data.get(name), str) or not data[name]:
+            raise WebhookPayloadError(f"The event's data has no string {name!r}.")
+    fields: dict[str, Any] = {name: data.get(name) for name in FIELD_TYPES}
+    for name, value in fields.items():
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, FIELD_TYPES[name])
+        ):
+            raise WebhookPayloadError(f"The event's data has a mistyped {name!r}.")
+    customer = fields["customer"] or {}
+    for key in ("email", "name"):
+        value = customer.get(key)
+        if value is not None and not isinstance(value, str):
+            raise WebhookPayloadError(f"The event's data has a mistyped 'customer.{key}'.")
+        fields[f"customer.{key}"] = value
+    for name, limit in MAX_LENGTHS.items():
+        if isinstance(fields[name], str) and len(fields[name]) > limit:
+            raise WebhookPayloadError(f"The event's data has a {name!r} over {limit} characters.")
+    for name in ("id", "payment_id"):
+        if fields[name] in {".", ".."} or "/" in (fields[name] or ""):
+            raise WebhookPayloadError(f"The event's data has an invalid {name!r}.")
+    amount = fields["amount"]
+    if amount is not None and not 0 < amount <= MAX_AMOUNT:
+        raise WebhookPayloadError(
+            "The event's data has an 'amount' that is not a positive 64-bit integer."
+        )
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON.")
 
 
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"{text} is out of range.")
+    return number
+
+
+def _storable(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
 def record_event(body: bytes) -> tuple[WebhookEvent, bool, WebhookPayloadError | None]:
     """Store a delivery whose signature passed, before anything is applied.
 
-    Returns the event, whether it is new (False for a redelivery of the same body), and
-    the reason the body cannot be applied, if any. A body that cannot be read is kept too,
-    as ``ignored`` with its error, so nothing signed is lost.
+    Returns the event, whether it is new (False for a redelivery of the same body: the
+    stored event is returned), and why the body cannot be applied, if it cannot. Such a
+    body is stored too, as ``ignored`` with that reason: its JSON object when it is one,
+    else ``{"raw": <the text, cut at 10,000 characters>}``.
     """
     digest = hashlib.sha256(body).hexdigest()
     invalid: WebhookPayloadError | None = None
+    decoded: Any = None
     try:
-        payload = parse_event(body)
+        decoded = decode_body(body)
+        validate_event(decoded)
     except WebhookPayloadError as err:
         invalid = err
-        raw = body.decode("utf-8", "replace").replace("\x00", "\ufffd")[:RAW_BODY_CHARS]
-        payload = {"raw": raw}
-    data = payload.get("data")
+    if isinstance(decoded, dict):
+        payload: dict[str, Any] = decoded
+    else:
+        raw = body.decode("utf-8", "replace").replace("\x00", "\ufffd")
+        payload = {"raw": raw[:RAW_BODY_CHARS]}
+    event_type, data = payload.get("event"), payload.get("data")
     object_id = data.get("id") if isinstance(data, dict) else None
     event = WebhookEvent(
-        event_type=str(payload.get("event", ""))[:100],
+        event_type=event_type[:100] if isinstance(event_type, str) else "",
         object_id=object_id[:255] if isinstance(object_id, str) else "",
         payload=payload,
         body_sha256=digest,
         status=WebhookEvent.Status.IGNORED if invalid else WebhookEvent.Status.RECEIVED,
-        error=str(invalid or ""),
+        error=invalid.message if invalid else "",
     )
     try:
         if connection.in_atomic_block:
@@ -201,19 +291,30 @@ def record_event(body: bytes) -> tuple[WebhookEvent, bool, WebhookPayloadError |
         else:
             event.save(force_insert=True)
     except IntegrityError:
-        return WebhookEvent.objects.get(body_sha256=digest), False, invalid
+        stored = WebhookEvent.objects.filter(body_sha256=digest).first()
+        if stored is None:
+            raise
+        return stored, False, invalid
     return event, True, invalid
 
 
 def process_event(event: WebhookEvent) -> None:
     """Apply a stored event and record the outcome on it; never raises for the event's sake.
 
-    Afterwards ``event.status`` is ``processed``, ``ignored`` (an unknown type, or news that
-    contradicts a final status) or ``failed`` (with ``error``: LedgePay could not be reached
-    to fetch an unknown object, say). A failed event can be processed again.
+    Afterwards ``event.status`` is ``processed``; ``ignored`` (an unknown type, a body that
+    is not an event, or news that contradicts a final status), with the reason in
+    ``error``; or ``failed``, with the error (LedgePay could not be reached to fetch an
+    object never seen, say). Safe to call again, and from several processes at once: a
+    change is applied and signalled once. A failure does not overwrite the outcome of a
+    concurrent call that succeeded.
     """
     try:
-        status, note = _apply(event)
+        if connection.in_atomic_block:
+            # A savepoint, so a failure leaves the caller's transaction usable.
+            with transaction.atomic():
+                status, note = _apply(event)
+        else:
+            status, note = _apply(event)
     except LedgePayError as err:
         status, note = WebhookEvent.Status.FAILED, str(err)
         logger.warning("Webhook event %s (%s) failed: %s", event.pk, event.event_type, note)
@@ -221,29 +322,48 @@ def process_event(event: WebhookEvent) -> None:
         status, note = WebhookEvent.Status.FAILED, f"{type(err).__name__}: {err}"
         logger.exception("Webhook event %s (%s) failed", event.pk, event.event_type)
     processed_at = None if status == WebhookEvent.Status.FAILED else timezone.now()
-    WebhookEvent.objects.filter(pk=event.pk).update(
+    rows = WebhookEvent.objects.filter(pk=event.pk)
+    if status == WebhookEvent.Status.FAILED:
+        rows = rows.exclude(
+            status__in=[WebhookEvent.Status.PROCESSED, WebhookEvent.Status.IGNORED]
+        )
+    if rows.update(
         status=status, error=note, processed_at=processed_at, attempts=F("attempts") + 1
-    )
-    event.status, event.error, event.processed_at = status, note, processed_at
-    event.attempts += 1
+    ):
+        event.status, event.error, event.processed_at = status, note, processed_at
+        event.attempts += 1
+    else:
+        event.refresh_from_db()
 
 
 def _apply(event: WebhookEvent) -> tuple[str, str]:
+    """Apply ``event``; return its outcome (a status) and a note. Raises what services raise."""
     payload = event.payload
-    event_type = event.event_type
-    if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
-        return WebhookEvent.Status.IGNORED, "The body is not an event."
-    data = payload["data"]
+    if isinstance(payload, dict) and set(payload) == {"raw"}:
+        return WebhookEvent.Status.IGNORED, event.error or "The body is not an event."
+    try:
+        payload = validate_event(payload)
+    except WebhookPayloadError as err:
+        return WebhookEvent.Status.IGNORED, err.message
+    event_type: str = payload["event"]
+    data: dict[str, Any] = payload["data"]
     if event_type in PAYMENT_EVENTS:
         announced = PAYMENT_EVENTS[event_type]
         payment, _ = services.apply_payment_event(data, status=announced, event=event)
-        if payment.status != announced:
-            return WebhookEvent.Status.IGNORED, f"The payment is already {payment.status}."
-        return WebhookEvent.Status.PROCESSED, ""
+        return _outcome(payment, announced)
     if event_type in REFUND_EVENTS:
         announced_refund = REFUND_EVENTS[event_type]
         refund, _ = services.apply_refund(data, status=announced_refund, event=event)
-        if announced_refund is not None and refund.status != announced_refund:
-            return WebhookEvent.Status.IGNORED, f"The refund is already {refund.status}."
+        return _outcome(refund, announced_refund)
+    return WebhookEvent.Status.IGNORED, f"Unknown event type {event_type[:100]!r}: kept, ignored."
+
+
+def _outcome(instance: Payment | Refund, announced: str | None) -> tuple[str, str]:
+    """``processed`` when the mirror now says what the event announced; ``ignored`` when a
+    final status contradicts it (the status rules keep it); else ``failed``, to try again."""
+    if announced is None or instance.status == announced:
         return WebhookEvent.Status.PROCESSED, ""
-    return WebhookEvent.Status.IGNORED, f"Unknown event type {event_type!r}: kept, not applied."
+    kind = type(instance).__name__.lower()
+    if instance.is_final:
+        return WebhookEvent.Status.IGNORED, f"The {kind} is already {instance.status}."
+    return WebhookEvent.Status.FAILED, f"The {kind} is still {instance.status}; not applied."

@@ -5,12 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import requests
+
+from django.core.exceptions import ImproperlyConfigured
 
 from django_ledgepay import services, signals
-from django_ledgepay.exceptions import InvalidRequestError
+from django_ledgepay.exceptions import (
+    APIConnectionError,
+    APIError,
+    InvalidRequestError,
+    RateLimitError,
+    WebhookSignatureError,
+)
 from django_ledgepay.models import Payment, Refund
-from django_ledgepay.testing import FakeLedgePay, signed_webhook
-from django_ledgepay.webhooks import verify_signature
+from django_ledgepay.testing import FakeLedgePay, post_webhook, signed_webhook
+from django_ledgepay.webhooks import compute_signature, verify_signature
+from tests.factories import make_payment
 
 pytestmark = pytest.mark.django_db
 
@@ -78,3 +88,162 @@ def test_fake_ledgepay_lists_for_sync():
     assert result.created == 3
     assert sorted(Payment.objects.values_list("amount", flat=True)) == [100, 200, 300]
     assert fake.requests[0].url is not None and "limit=100" in fake.requests[0].url
+
+
+# signed_webhook and post_webhook
+
+
+def test_signed_webhook_sends_bytes_and_str_as_they_are():
+    for payload, body in ((b"\xff raw", b"\xff raw"), ('{"a": "é"}', '{"a": "é"}'.encode())):
+        signed, headers = signed_webhook(payload, secret="s", timestamp=1705314735)
+        assert signed == body
+        expected = compute_signature(body, "s", 1705314735)
+        assert headers == {"LedgePay-Signature": f"t=1705314735,v1={expected}"}
+
+
+def test_signed_webhook_uses_the_first_secret_of_a_rotation(settings):
+    settings.LEDGEPAY_WEBHOOK_SECRET = ["whsec_new", "whsec_old"]
+    body, headers = signed_webhook({"event": "x", "data": {}})
+    verify_signature(body, headers["LedgePay-Signature"], ["whsec_new"])
+    with pytest.raises(WebhookSignatureError):
+        verify_signature(body, headers["LedgePay-Signature"], ["whsec_old"])
+
+
+def test_signed_webhook_without_a_secret_says_what_to_set(settings):
+    settings.LEDGEPAY_WEBHOOK_SECRET = ""
+    with pytest.raises(ImproperlyConfigured, match="LEDGEPAY_WEBHOOK_SECRET"):
+        signed_webhook({"event": "x", "data": {}})
+
+
+def test_post_webhook_posts_to_the_endpoint(client):
+    payment = make_payment(status="pending")
+    data = {"id": payment.ledgepay_id, "amount": 5000, "currency": "EUR"}
+    response = post_webhook(client, {"event": "payment.failed", "data": data})
+    assert response.status_code == 200
+    payment.refresh_from_db()
+    assert payment.status == "failed"
+    assert post_webhook(client, b"{}", url="/elsewhere/").status_code == 404
+
+
+def test_post_webhook_with_a_stale_timestamp_is_refused(client):
+    response = post_webhook(client, {"event": "x", "data": {}}, timestamp=1)
+    assert response.status_code == 400
+
+
+# FakeLedgePay, driven
+
+
+def test_fake_webhook_builds_events_to_redeliver_or_reorder(
+    client, receive, django_capture_on_commit_callbacks
+):
+    created, done = receive(signals.refund_created), receive(signals.refund_succeeded)
+    with FakeLedgePay() as fake:
+        payment = services.create_payment(amount=1000, currency="EUR", **URLS)
+        fake.pay(payment.ledgepay_id)
+        refund_id = fake.state.create_refund({"payment_id": payment.ledgepay_id})["id"]
+        fake.complete_refund(refund_id)
+        fake.events.clear()  # Deliver them by hand, out of order and twice.
+
+        succeeded = fake.webhook("refund.succeeded", refund_id)
+        assert succeeded["event"] == "refund.succeeded"
+        assert succeeded["data"]["payment_id"] == payment.ledgepay_id
+        with django_capture_on_commit_callbacks(execute=True):
+            for payload in (
+                fake.webhook("payment.succeeded", payment.ledgepay_id),
+                succeeded,
+                fake.webhook("refund.created", refund_id),
+                succeeded,
+            ):
+                assert post_webhook(client, payload).status_code == 200
+    refund = Refund.objects.get(ledgepay_id=refund_id)
+    assert (refund.status, refund.amount) == ("succeeded", 1000)
+    assert (len(created.calls), len(done.calls)) == (1, 1)
+
+
+def test_fake_webhook_for_an_unknown_object():
+    with FakeLedgePay() as fake, pytest.raises(KeyError, match="no refund 're_x'"):
+        fake.webhook("refund.created", "re_x")
+
+
+def test_fake_fail_next_with_a_status(settings):
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    with FakeLedgePay() as fake:
+        fake.fail_next(503)
+        with pytest.raises(APIError) as excinfo:
+            services.create_payment(amount=500, currency="EUR", **URLS)
+        assert excinfo.value.http_status == 503
+        assert fake.payments == {}
+        fake.fail_next(429)
+        with pytest.raises(RateLimitError):
+            services.create_payment(amount=500, currency="EUR", **URLS)
+        payment = services.create_payment(amount=500, currency="EUR", **URLS)
+    assert list(fake.payments) == [payment.ledgepay_id]
+    assert len(fake.requests) == 3
+
+
+def test_fake_fail_next_dropped_connections_are_retried(settings):
+    settings.LEDGEPAY_MAX_RETRIES = 2
+    with FakeLedgePay() as fake:
+        fake.fail_next(None, times=2)
+        payment = services.create_payment(amount=500, currency="EUR", **URLS)
+        assert len(fake.requests) == 3
+        assert list(fake.payments) == [payment.ledgepay_id]
+        settings.LEDGEPAY_MAX_RETRIES = 0
+        fake.fail_next(None)
+        with pytest.raises(APIConnectionError):
+            services.sync_payment(payment.ledgepay_id)
+
+
+def test_fake_unknown_payment_while_down_then_redelivered(
+    client, settings, receive, django_capture_on_commit_callbacks
+):
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    paid = receive(signals.payment_succeeded)
+    with FakeLedgePay() as fake:
+        payment_id = fake.state.create_payment({"amount": 700, "currency": "EUR", **URLS})["id"]
+        fake.pay(payment_id)
+        payload = {"event": "payment.succeeded", "data": {"id": payment_id}}  # Says little.
+        fake.fail_next(None)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert post_webhook(client, payload).status_code == 503
+            assert post_webhook(client, payload).status_code == 200
+    assert Payment.objects.get(ledgepay_id=payment_id).amount == 700
+    assert len(paid.calls) == 1
+
+
+def test_fake_refund_idempotency_and_one_event():
+    with FakeLedgePay() as fake:
+        payment = fake.state.create_payment({"amount": 900, "currency": "EUR", **URLS})
+        fake.pay(payment["id"])
+        fake.events.clear()
+        api = services.get_client()
+        params = {"payment_id": payment["id"], "amount": 400}
+        first = api.create_refund(params, idempotency_key="refund-1")
+        again = api.create_refund(params, idempotency_key="refund-1")
+        assert first == again
+        assert len(fake.refunds) == 1
+        assert [e["event"] for e in fake.events] == ["refund.created"]
+        other = api.create_refund(params, idempotency_key="refund-2")
+        assert other["id"] != first["id"]
+        assert len(fake.refunds) == 2
+
+
+def test_fake_lists_filter_and_page():
+    with FakeLedgePay() as fake:
+        ids = [
+            fake.state.create_payment({"amount": n, "currency": "EUR", **URLS})["id"]
+            for n in (100, 200, 300)
+        ]
+        fake.cancel(ids[1])
+        api = services.get_client()
+        canceled, more = api.list_payments(status="canceled")
+        assert ([p["id"] for p in canceled], more) == ([ids[1]], False)
+        page, more = api.list_payments(limit=2)
+        assert (len(page), more) == (2, True)
+
+
+def test_fake_requires_the_api_key_header(settings):
+    with FakeLedgePay() as fake:
+        answer = requests.get(f"{fake.api_base}/payments", timeout=5)
+    assert answer.status_code == 401
+    assert answer.json()["error"]["type"] == "authentication_error"
