@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 MAX_URL_LENGTH: Final = 2048
 MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
+#: The largest amount a BigIntegerField holds.
+MAX_AMOUNT: Final = 2**63 - 1
 
 PAYMENT_SIGNALS: Final[Mapping[str, Signal]] = {
     Payment.Status.SUCCEEDED: signals.payment_succeeded,
@@ -190,7 +192,7 @@ def payment_values(data: Mapping[str, Any]) -> dict[str, Any]:
         moment = _datetime(data.get(field))
         if moment is not None:
             values[field] = moment
-    return values
+    return _fitting(Payment, values)
 
 
 def refund_values(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -203,6 +205,17 @@ def refund_values(data: Mapping[str, Any]) -> dict[str, Any]:
     moment = _datetime(data.get("created_at"))
     if moment is not None:
         values["created_at"] = moment
+    return _fitting(Refund, values)
+
+
+def _fitting(model: type[Payment] | type[Refund], values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the strings longer than their column: a database error would
+    otherwise turn one odd answer into a sync that fails or a webhook retried forever."""
+    for field, value in list(values.items()):
+        limit = getattr(model._meta.get_field(field), "max_length", None)
+        if isinstance(value, str) and limit is not None and len(value) > limit:
+            logger.warning("Skipped LedgePay's %s: longer than %d characters.", field, limit)
+            del values[field]
     return values
 
 
@@ -210,7 +223,7 @@ def _money_values(data: Mapping[str, Any]) -> dict[str, Any]:
     """``amount`` (a positive int of minor units) and ``currency``, where well-typed."""
     values: dict[str, Any] = {}
     amount = data.get("amount")
-    if isinstance(amount, int) and not isinstance(amount, bool) and amount > 0:
+    if isinstance(amount, int) and not isinstance(amount, bool) and 0 < amount <= MAX_AMOUNT:
         values["amount"] = amount
     currency = data.get("currency")
     if isinstance(currency, str) and len(currency) == 3:

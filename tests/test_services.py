@@ -724,3 +724,18 @@ def test_a_payment_inserted_meanwhile_is_merged_not_duplicated(monkeypatch, rece
     assert Payment.objects.count() == 1
     assert (payment.status, changed) == ("succeeded", True)
     assert len(paid.calls) == 1
+
+
+def test_values_that_do_not_fit_their_column_are_skipped(api):
+    data = payment_data(
+        amount=2**63,
+        checkout_url="https://checkout.example/" + "x" * 3000,
+        customer={"email": "a" * 300 + "@example.com", "name": "Ann"},
+    )
+    api.get(f"{API}/payments", json={"data": [data], "has_more": False})
+    result = services.sync_payments()
+    assert result.skipped == 1  # No amount it can hold: not recorded.
+    data["amount"] = 5000
+    payment, _ = services.apply_payment(data)
+    assert (payment.checkout_url, payment.customer_email) == ("", "")
+    assert payment.customer_name == "Ann"
