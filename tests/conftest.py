@@ -1,6 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,3 +68,74 @@ def receive() -> Iterator[Any]:
     yield connect
     for signal, receiver in connected:
         signal.disconnect(receiver)
+
+
+# Browser tests: Debian's Chromium driven by Playwright, never a downloaded browser.
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def missing_browser() -> str:
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is not installed"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    return ""
+
+
+@pytest.fixture
+def chromium(monkeypatch: pytest.MonkeyPatch) -> Callable[[], AbstractContextManager[Any]]:
+    """``with chromium() as page:`` a fresh page in Debian's Chromium.
+
+    While Playwright runs, this thread has an event loop: the ORM refuses to run (unless
+    ``DJANGO_ALLOW_ASYNC_UNSAFE``), and where allowed it opens a connection of its own that
+    is never closed (on PostgreSQL the test database then cannot be dropped). So the test
+    touches the database only before and after the ``with`` block.
+    """
+    reason = missing_browser()
+    if reason:
+        if os.environ.get("LEDGEPAY_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"LEDGEPAY_REQUIRE_BROWSER=1 but {reason}.")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+    @contextmanager
+    def open_page() -> Iterator[Any]:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(15_000)
+                yield page
+            finally:
+                browser.close()
+
+    return open_page
+
+
+@pytest.fixture
+def without_shop_receivers() -> Iterator[None]:
+    """The example shop's order receivers disconnected, so a query count is the app's own."""
+    from django_ledgepay import signals
+    from shop import receivers
+
+    pairs = [
+        (signals.payment_succeeded, receivers.mark_paid),
+        (signals.payment_failed, receivers.mark_failed),
+        (signals.payment_canceled, receivers.mark_canceled),
+    ]
+    for signal, receiver in pairs:
+        signal.disconnect(receiver)
+    yield
+    for signal, receiver in pairs:
+        signal.connect(receiver)

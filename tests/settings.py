@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+# The example shop runs in the end-to-end and browser tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "example_project"))
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -43,6 +48,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_ledgepay",
+    "shop",
 ]
 
 MIDDLEWARE = [

@@ -6,13 +6,6 @@ CI), when that is a failure. Playwright is never asked to download a browser.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
-from typing import Any
-
 import pytest
 import responses
 from responses import matchers
@@ -23,57 +16,7 @@ from django_ledgepay.models import Payment
 from tests.conftest import API
 from tests.factories import make_payment, refund_data
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def missing_browser() -> str:
-    if importlib.util.find_spec("playwright") is None:
-        return "the playwright package is not installed"
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-    return ""
-
-
-@pytest.fixture
-def chromium(monkeypatch: pytest.MonkeyPatch) -> Callable[[], AbstractContextManager[Any]]:
-    """``with chromium() as page:`` a fresh page in Debian's Chromium.
-
-    While Playwright runs, this thread has an event loop: the ORM refuses to run (unless
-    ``DJANGO_ALLOW_ASYNC_UNSAFE``), and where allowed it opens a connection of its own that
-    is never closed (on PostgreSQL the test database then cannot be dropped). So the test
-    touches the database only before and after the ``with`` block.
-    """
-    reason = missing_browser()
-    if reason:
-        if os.environ.get("LEDGEPAY_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"LEDGEPAY_REQUIRE_BROWSER=1 but {reason}.")
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
-    @contextmanager
-    def open_page() -> Iterator[Any]:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page()
-                page.set_default_timeout(15_000)
-                yield page
-            finally:
-                browser.close()
-
-    return open_page
 
 
 def test_staff_issues_a_partial_refund(chromium, live_server, django_user_model):

@@ -51,6 +51,9 @@ VALID: dict[str, Any] = {
         ({"success_url": "ftp://shop.example/ok"}, "success_url"),
         ({"cancel_url": "javascript:alert(1)"}, "cancel_url"),
         ({"cancel_url": None}, "cancel_url"),
+        ({"cancel_url": "https://shop.example/a b"}, "cancel_url"),
+        ({"cancel_url": "https:///no-host"}, "cancel_url"),
+        ({"cancel_url": "https://shop.example:port/"}, "cancel_url"),
         ({"description": 5}, "description"),
         ({"customer": {"email": "not-an-email"}}, "customer.email"),
         ({"customer": {"phone": "123"}}, "customer"),
@@ -103,6 +106,15 @@ def test_create_payment_merges_what_was_sent_with_a_partial_answer(api):
     assert payment.cancel_url == VALID["cancel_url"]
     assert payment.created_at is not None
     assert payment.created_at.isoformat() == "2024-01-15T10:30:00+00:00"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://testserver/ok", "http://web:8000/ok", "http://127.0.0.1:8000/ok?x=1"]
+)
+def test_create_payment_accepts_any_host(api, url):
+    api.post(f"{API}/payments", json=payment_data(), status=201)
+    payment = services.create_payment(**{**VALID, "success_url": url})
+    assert payment.success_url == url
 
 
 def test_create_payment_twice_with_one_key_keeps_one_payment(api):

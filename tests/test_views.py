@@ -533,6 +533,7 @@ def test_refund_for_a_known_refund_made_from_the_admin(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("without_shop_receivers")
 def test_known_pending_payment_costs_4_queries(client, django_assert_num_queries, receive):
     payment = make_payment(status="pending")
     paid = receive(signals.payment_succeeded)
@@ -547,6 +548,7 @@ def test_known_pending_payment_costs_4_queries(client, django_assert_num_queries
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("without_shop_receivers")
 def test_duplicate_costs_2_queries(client, django_assert_num_queries, receive):
     payment = make_payment(status="pending")
     paid = receive(signals.payment_succeeded)

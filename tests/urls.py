@@ -6,4 +6,5 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("ledgepay/", include("django_ledgepay.urls")),
+    path("shop/", include("shop.urls")),
 ]
