@@ -70,7 +70,15 @@ def _has_model_perm(request: HttpRequest, opts: Any, action: str) -> bool:
     return request.user.has_perm(f"{opts.app_label}.{codename}")
 
 
-class RefundInline(ReadOnlyMixin, RefundInlineBase):
+class AmountMixin:
+    """An ``amount_display`` column: the amount in major units with its currency."""
+
+    @admin.display(description=_("amount"), ordering="amount")
+    def amount_display(self, obj: Payment | Refund) -> str:
+        return format_amount(obj.amount, obj.currency)
+
+
+class RefundInline(AmountMixin, ReadOnlyMixin, RefundInlineBase):
     model = Refund
     extra = 0
     can_delete = False
@@ -79,13 +87,9 @@ class RefundInline(ReadOnlyMixin, RefundInlineBase):
     readonly_fields = fields
     ordering = ("-created_at", "-id")
 
-    @admin.display(description=_("amount"))
-    def amount_display(self, refund: Refund) -> str:
-        return format_amount(refund.amount, refund.currency)
-
 
 @admin.register(Payment)
-class PaymentAdmin(ReadOnlyMixin, PaymentAdminBase):
+class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
     list_display = (
         "ledgepay_id",
         "amount_display",
@@ -136,10 +140,6 @@ class PaymentAdmin(ReadOnlyMixin, PaymentAdminBase):
         return cast(PaymentQuerySet, super().get_queryset(request)).with_amount_refunded()
 
     # Columns and fields
-
-    @admin.display(description=_("amount"), ordering="amount")
-    def amount_display(self, payment: Payment) -> str:
-        return format_amount(payment.amount, payment.currency)
 
     @admin.display(description=_("refunded"), ordering="annotated_amount_refunded")
     def refunded_display(self, payment: Payment) -> str | None:
@@ -425,7 +425,7 @@ class PaymentAdmin(ReadOnlyMixin, PaymentAdminBase):
 
 
 @admin.register(Refund)
-class RefundAdmin(ReadOnlyMixin, RefundAdminBase):
+class RefundAdmin(AmountMixin, ReadOnlyMixin, RefundAdminBase):
     list_display = (
         "ledgepay_id",
         "payment_link",
@@ -455,10 +455,6 @@ class RefundAdmin(ReadOnlyMixin, RefundAdminBase):
             args=(refund.payment_id,),
         )
         return format_html('<a href="{}">{}</a>', url, refund.payment.ledgepay_id)
-
-    @admin.display(description=_("amount"), ordering="amount")
-    def amount_display(self, refund: Refund) -> str:
-        return format_amount(refund.amount, refund.currency)
 
 
 @admin.register(WebhookEvent)
