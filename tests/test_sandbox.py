@@ -255,3 +255,66 @@ def test_sandbox_command_validates_its_options(settings):
     settings.LEDGEPAY_WEBHOOK_SECRET = ""
     with pytest.raises(CommandError, match="LEDGEPAY_WEBHOOK_SECRET"):
         call_command("ledgepay_sandbox", "--webhook-url", "http://127.0.0.1:1/hook/")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_sandbox_command_serves_until_ctrl_c():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    port = free_port()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "django",
+        "ledgepay_sandbox",
+        "--port",
+        str(port),
+        "--webhook-url",
+        "http://127.0.0.1:9/hook/",
+        "--rate-limit",
+        "50",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = requests.get(
+                    f"http://127.0.0.1:{port}/v1/payments", headers=AUTH, timeout=1
+                )
+                break
+            except requests.ConnectionError:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "the sandbox did not start"
+                time.sleep(0.1)
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Limit"] == "50"
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert f"LedgePay sandbox at http://127.0.0.1:{port}/v1" in output
+    assert "Delivering webhooks to http://127.0.0.1:9/hook/" in output
+    assert "Sandbox stopped." in output

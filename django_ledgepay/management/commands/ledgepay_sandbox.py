@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
 from typing import Any
@@ -69,8 +70,13 @@ class Command(BaseCommand):
         if options["webhook_url"]:
             self.stdout.write(f"Delivering webhooks to {options['webhook_url']}")
         self.stdout.write("Quit with Ctrl-C.")
+        stopping = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            # Set, not inherited: a shell may start the command with SIGINT ignored.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *args: stopping.set())
         try:
-            threading.Event().wait()
+            stopping.wait()
         except KeyboardInterrupt:
             pass
         finally:
