@@ -299,6 +299,12 @@ def _on_commit_send(signal: Signal, sender: type[Any], **kwargs: Any) -> None:
     transaction.on_commit(send, robust=True)
 
 
+def announce_payment(payment: Payment, event: WebhookEvent | None) -> None:
+    """Send the signal of ``payment``'s final status after commit (at once outside a
+    transaction). For a caller that moved the payment itself, under the status rules."""
+    _payment_signal(payment, event)
+
+
 def _payment_signal(payment: Payment, event: WebhookEvent | None) -> None:
     signal = PAYMENT_SIGNALS.get(payment.status)
     if signal is not None:

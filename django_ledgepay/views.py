@@ -54,6 +54,12 @@ class WebhookView(View):
             logger.warning("Webhook refused: %s", err.message)
             return _answer(400, err.message)
 
+        fast = webhooks.settle_in_one_statement(body)
+        if fast is not None and fast.settled is not None:
+            return _answer(200, WebhookEvent.Status.PROCESSED)
+        if fast is not None and fast.stored is not None and fast.stored.is_processed:
+            return _answer(200, "duplicate")
+
         event, created, invalid = webhooks.record_event(body)
         if invalid is not None:
             logger.warning("Webhook event %s kept as ignored: %s", event.pk, invalid.message)
