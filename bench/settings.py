@@ -7,27 +7,10 @@ The database comes from ``BENCH_DATABASE_URL``
 from __future__ import annotations
 
 import os
-from urllib.parse import unquote, urlsplit
+
+import environ
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/ledgepay_bench"
-
-
-def database_from_url(url: str) -> dict[str, object]:
-    """A DATABASES entry for ``postgres://user:password@host:port/name``."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"postgres", "postgresql", "pgsql"}:
-        raise ValueError(f"BENCH_DATABASE_URL must be a postgres:// URL, not {parts.scheme}://")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parts.path.lstrip("/")) or "ledgepay_bench",
-        "USER": unquote(parts.username or ""),
-        "PASSWORD": unquote(parts.password or ""),
-        "HOST": parts.hostname or "",
-        "PORT": str(parts.port or ""),
-        # Persistent connections, as a production deployment has them.
-        "CONN_MAX_AGE": 60,
-    }
-
 
 SECRET_KEY = "bench-only-not-secret"
 DEBUG = False
@@ -39,7 +22,11 @@ WSGI_APPLICATION = "bench.wsgi.application"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 DATABASES = {
-    "default": database_from_url(os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL))
+    "default": {
+        **environ.Env.db_url_config(os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)),
+        # Persistent connections, as a production deployment has them.
+        "CONN_MAX_AGE": 60,
+    }
 }
 
 INSTALLED_APPS = [

@@ -228,6 +228,13 @@ def _fitting(model: type[Payment] | type[Refund], values: dict[str, Any]) -> dic
     return values
 
 
+def _object_id(data: Mapping[str, Any], kind: str) -> str:
+    ledgepay_id = data.get("id")
+    if not isinstance(ledgepay_id, str) or not ledgepay_id:
+        raise IncompleteDataError(f"LedgePay's {kind} has no id.")
+    return ledgepay_id
+
+
 def _money_values(data: Mapping[str, Any]) -> dict[str, Any]:
     """``amount`` (a positive int of minor units) and ``currency``, where well-typed."""
     values: dict[str, Any] = {}
@@ -331,9 +338,7 @@ def apply_payment(
     fires once. A payment seen for the first time is created when ``data`` holds its amount
     and currency; otherwise IncompleteDataError is raised (fetch it with :func:`sync_payment`).
     """
-    ledgepay_id = data.get("id")
-    if not isinstance(ledgepay_id, str) or not ledgepay_id:
-        raise IncompleteDataError("LedgePay's payment has no id.")
+    ledgepay_id = _object_id(data, "payment")
     values = payment_values(data)
     if status is not None:
         values["status"] = status
@@ -365,9 +370,7 @@ def apply_payment_event(
     takes the general path of :func:`apply_payment`; when the event does not say enough to
     record it, it is fetched from LedgePay first (which may raise LedgePayError).
     """
-    ledgepay_id = data.get("id")
-    if not isinstance(ledgepay_id, str) or not ledgepay_id:
-        raise IncompleteDataError("LedgePay's payment has no id.")
+    ledgepay_id = _object_id(data, "payment")
     if status in PAYMENT_SIGNALS:
         now = timezone.now()
         values = {**payment_values(data), "status": status, "updated_at": now}
@@ -429,9 +432,7 @@ def apply_refund(
     LedgePay first if the mirror lacks it) and sends ``refund_created``, then
     ``refund_succeeded`` or ``refund_failed`` if it is already final.
     """
-    ledgepay_id = data.get("id")
-    if not isinstance(ledgepay_id, str) or not ledgepay_id:
-        raise IncompleteDataError("LedgePay's refund has no id.")
+    ledgepay_id = _object_id(data, "refund")
     values = refund_values(data)
     if status is not None:
         values["status"] = status

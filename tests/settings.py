@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+
+import environ
 
 # The example shop runs in the end-to-end and browser tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "example_project"))
@@ -19,27 +20,9 @@ ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
-def database_from_url(url: str) -> dict[str, object]:
-    """A DATABASES entry for ``postgres://user:password@host:port/name`` or ``sqlite://``."""
-    parts = urlsplit(url)
-    if parts.scheme in {"postgres", "postgresql", "pgsql"}:
-        return {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": unquote(parts.path.lstrip("/")) or "test",
-            "USER": unquote(parts.username or ""),
-            "PASSWORD": unquote(parts.password or ""),
-            "HOST": parts.hostname or "",
-            "PORT": str(parts.port or ""),
-        }
-    if parts.scheme == "sqlite":
-        return {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": parts.path.lstrip("/") or ":memory:",
-        }
-    raise ValueError(f"Unsupported DATABASE_URL scheme: {parts.scheme}")
-
-
-DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL", "sqlite://"))}
+DATABASES = {
+    "default": environ.Env.db_url_config(os.environ.get("DATABASE_URL", "sqlite://:memory:"))
+}
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
