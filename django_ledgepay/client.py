@@ -9,6 +9,7 @@ import email.utils
 import logging
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -18,8 +19,10 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import requests
+import urllib3
 
 from django.core.exceptions import ImproperlyConfigured
+from django.views.decorators.debug import sensitive_variables
 
 from django_ledgepay import __name__ as package_name
 from django_ledgepay.conf import conf
@@ -45,6 +48,23 @@ BACKOFF_CAP: Final = 8.0
 RATE_LIMIT_WAIT_CAP: Final = 60.0
 #: How much of an unreadable error body goes into an exception's message.
 RAW_ERROR_CHARS: Final = 200
+
+#: What an API key may hold: printable ASCII without spaces, as an HTTP header carries it.
+API_KEY_PATTERN: Final = re.compile(r"[!-~]+")
+
+#: Transport failures after which the request may be sent again: no answer came, or it was
+#: cut off. A POST is retried under the same ``Idempotency-Key``, so it cannot act twice.
+RETRYABLE_FAILURES: Final = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.ProtocolError,
+)
+#: Transport failures where an answer came but could not be read or followed.
+UNREADABLE_ANSWERS: Final = (
+    requests.exceptions.ContentDecodingError,
+    requests.TooManyRedirects,
+)
 
 ERRORS_BY_STATUS: Final[Mapping[int, type[LedgePayError]]] = {
     400: InvalidRequestError,
@@ -205,6 +225,9 @@ class LedgePayClient:
 
     # Transport
 
+    # Every variable of this method and of the requests, urllib3 and http.client frames it
+    # calls is hidden from Django's error reports: they hold the API key.
+    @sensitive_variables()
     def request(
         self,
         method: str,
@@ -217,11 +240,18 @@ class LedgePayClient:
         """Send one logical request, retrying what may be retried; return the decoded JSON.
 
         A POST carries one ``Idempotency-Key`` across all its attempts, so a retry after an
-        answer was lost cannot act twice.
+        answer was lost cannot act twice. A failed call raises a :class:`LedgePayError`;
+        a missing or malformed key raises ``ImproperlyConfigured`` before any call.
         """
         api_key = conf.LEDGEPAY_API_KEY
         if not api_key:
             raise ImproperlyConfigured("LEDGEPAY_API_KEY is not set; LedgePay cannot be called.")
+        if not API_KEY_PATTERN.fullmatch(api_key):
+            # requests or http.client would refuse the header with the key in the message.
+            raise ImproperlyConfigured(
+                "LEDGEPAY_API_KEY holds whitespace or characters other than printable ASCII; "
+                "check how it is set (a trailing newline from a file, for example)."
+            )
         url = f"{conf.LEDGEPAY_API_BASE}{path}"
         headers = {"Authorization": f"Bearer {api_key}"}
         if method == "POST":
@@ -238,13 +268,14 @@ class LedgePayClient:
                 response = session.request(
                     method, url, params=params, json=json, headers=headers, timeout=timeout
                 )
-            except (requests.ConnectionError, requests.Timeout) as err:
-                error: LedgePayError = APIConnectionError(
-                    f"Could not reach LedgePay for {method} {path}: {type(err).__name__}."
-                )
-                wait = _backoff(attempt)
-                if attempt >= max_retries:
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
+                error: LedgePayError = _error_from_failure(err, method, path)
+                if attempt >= max_retries or not isinstance(err, RETRYABLE_FAILURES):
+                    if _shows_key(err, api_key):
+                        # Left out of the chain, so no traceback or error report shows it.
+                        raise error from None
                     raise error from err
+                wait = _backoff(attempt)
                 logger.warning(
                     "LedgePay %s %s: %s; retry %d of %d in %.2fs",
                     method,
@@ -339,6 +370,29 @@ def _error_from_response(response: requests.Response, api_key: str) -> LedgePayE
         error_type=None if error_type is None else redact(error_type, api_key),
         param=None if param is None else redact(param, api_key),
     )
+
+
+def _error_from_failure(failure: Exception, method: str, path: str) -> LedgePayError:
+    """The error for a request that got no usable answer; its message names only the type."""
+    name = type(failure).__name__
+    if isinstance(failure, RETRYABLE_FAILURES):
+        return APIConnectionError(f"Could not reach LedgePay for {method} {path}: {name}.")
+    if isinstance(failure, UNREADABLE_ANSWERS):
+        return APIError(f"LedgePay's answer to {method} {path} could not be read: {name}.")
+    return APIConnectionError(f"Could not send {method} {path} to LedgePay: {name}.")
+
+
+def _shows_key(failure: BaseException, api_key: str) -> bool:
+    """Whether the key is in the text of ``failure`` or of an exception in its chain."""
+    seen: set[int] = set()
+    current: BaseException | None = failure
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if api_key in str(current) or api_key in repr(current):
+            return True
+        cause = current.__cause__
+        current = cause if cause or current.__suppress_context__ else current.__context__
+    return False
 
 
 def redact(text: str, api_key: str | None = None) -> str:

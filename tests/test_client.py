@@ -4,15 +4,19 @@ import email.utils
 import json
 import logging
 import random
+import sys
 import threading
+from types import TracebackType
 from typing import Any
 
 import pytest
 import requests
 import responses
+import urllib3
 
 from django.core.exceptions import ImproperlyConfigured
-from django.test import override_settings
+from django.test import RequestFactory, override_settings
+from django.views.debug import ExceptionReporter
 
 from django_ledgepay import client
 from django_ledgepay.client import (
@@ -302,6 +306,79 @@ def test_max_retries_defaults_to_three_without_the_setting(api, settings, sleeps
         LedgePayClient().retrieve_payment("pay_1")
 
     assert len(api.calls) == 4
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        requests.exceptions.ChunkedEncodingError(
+            "Connection broken: IncompleteRead(7 bytes read)"
+        ),
+        urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104)),
+    ],
+)
+def test_an_answer_cut_off_is_retried_with_the_same_key_then_a_connection_error(
+    api, settings, sleeps, failure
+):
+    settings.LEDGEPAY_MAX_RETRIES = 2
+    api.post(f"{API}/payments", body=failure)
+
+    with pytest.raises(APIConnectionError) as excinfo:
+        LedgePayClient().create_payment(PARAMS)
+
+    assert excinfo.value.http_status is None
+    assert excinfo.value.__cause__ is failure
+    assert type(failure).__name__ in excinfo.value.message
+    assert len(api.calls) == 3
+    assert len(sleeps) == 2
+    keys = [call.request.headers["Idempotency-Key"] for call in api.calls]
+    assert len(set(keys)) == 1
+
+
+def test_an_answer_cut_off_then_a_good_one_returns_it(api, sleeps):
+    api.get(f"{API}/payments/pay_1", body=requests.exceptions.ChunkedEncodingError("cut"))
+    api.get(f"{API}/payments/pay_1", json=PAYMENT)
+
+    assert LedgePayClient().retrieve_payment("pay_1") == PAYMENT
+    assert len(api.calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("failure", "error_class"),
+    [
+        (
+            requests.exceptions.InvalidHeader("Invalid return character in header"),
+            APIConnectionError,
+        ),
+        (requests.exceptions.InvalidJSONError("Out of range float values"), APIConnectionError),
+        (requests.exceptions.InvalidURL("Invalid URL: No host supplied"), APIConnectionError),
+        (requests.exceptions.MissingSchema("No scheme supplied"), APIConnectionError),
+        (requests.exceptions.InvalidSchema("No connection adapters"), APIConnectionError),
+        (requests.exceptions.RetryError("too many retries"), APIConnectionError),
+        (requests.RequestException("something else"), APIConnectionError),
+        (urllib3.exceptions.LocationValueError("No host specified."), APIConnectionError),
+        (requests.exceptions.ContentDecodingError("failed to decode gzip"), APIError),
+        (requests.TooManyRedirects("Exceeded 30 redirects."), APIError),
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_other_transport_failures_are_wrapped_and_not_retried(
+    api, sleeps, method, failure, error_class
+):
+    api.add(method, f"{API}/payments/pay_1", body=failure)
+    api.add(method, f"{API}/payments/pay_1", json=PAYMENT)
+
+    with pytest.raises(LedgePayError) as excinfo:
+        LedgePayClient().request(method, "/payments/pay_1")
+
+    error = excinfo.value
+    assert type(error) is error_class
+    assert error.http_status is None
+    assert type(failure).__name__ in error.message
+    assert f"{method} /payments/pay_1" in error.message
+    assert error.__cause__ is failure
+    assert len(api.calls) == 1
+    assert sleeps == []
 
 
 @override_settings(LEDGEPAY_MAX_RETRIES=1)
@@ -716,11 +793,13 @@ class IdempotentServer:
                 raise requests.ConnectionError("connection closed after the server acted")
             if self.lost_as == "timeout":
                 raise requests.ReadTimeout("the answer did not come in time")
+            if self.lost_as == "cut":
+                raise requests.exceptions.ChunkedEncodingError("connection broken mid-answer")
             return 500, {}, json.dumps(error_body("Internal error", "api_error"))
         return 201, {}, json.dumps(self.created[key])
 
 
-@pytest.mark.parametrize("lost_as", ["drop", "timeout", "500"])
+@pytest.mark.parametrize("lost_as", ["drop", "timeout", "cut", "500"])
 def test_a_lost_answer_is_retried_without_acting_twice(api, sleeps, lost_as):
     server = IdempotentServer(lose=1, lost_as=lost_as)
     api.add_callback(responses.POST, f"{API}/payments", callback=server)
@@ -1113,15 +1192,115 @@ def test_a_key_echoed_in_raw_text_is_redacted_even_where_the_text_is_cut(api, pa
     assert KEY not in str(excinfo.value)
 
 
-def test_a_connection_error_naming_the_key_does_not_carry_it(api, settings):
-    settings.LEDGEPAY_MAX_RETRIES = 0
-    api.get(f"{API}/payments/pay_1", body=requests.ConnectionError(f"failed with {KEY}"))
+def naming_the_key_in_its_cause() -> Exception:
+    failure = requests.ConnectionError("connection reset")
+    failure.__cause__ = ValueError(f"header Bearer {KEY}")
+    return failure
 
-    with pytest.raises(APIConnectionError) as excinfo:
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        requests.ConnectionError(f"failed with {KEY}"),
+        requests.exceptions.ChunkedEncodingError(f"cut, Bearer {KEY}"),
+        requests.exceptions.InvalidHeader(f"Invalid header value b'Bearer {KEY}\\n'"),
+        requests.exceptions.ContentDecodingError(("undecodable", KEY)),
+        naming_the_key_in_its_cause(),
+    ],
+    ids=["connection", "cut-off", "invalid-header", "in-args", "in-cause"],
+)
+def test_a_transport_failure_naming_the_key_does_not_carry_it(api, settings, failure):
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    api.get(f"{API}/payments/pay_1", body=failure)
+
+    with pytest.raises(LedgePayError) as excinfo:
         LedgePayClient().retrieve_payment("pay_1")
 
-    assert KEY not in str(excinfo.value)
-    assert KEY not in repr(excinfo.value)
+    error = excinfo.value
+    assert KEY not in str(error)
+    assert KEY not in repr(error)
+    # The failure is left out of the chain, so no traceback or error report shows it.
+    assert error.__cause__ is None
+    assert error.__suppress_context__ is True
+
+
+@pytest.mark.parametrize(
+    "api_key",
+    [
+        "sk_test_from_a_file\n",
+        "sk_test_abc\r\nX-Injected: 1",
+        " sk_test_abc",
+        "sk_test_abc def",
+        "sk_test_abc\tdef",
+        "sk_test_abc\u2013def",
+        "sk_test_caf\u00e9",
+        "sk_test_\x00",
+    ],
+)
+def test_a_key_that_cannot_go_in_a_header_is_improperly_configured(api, settings, api_key):
+    settings.LEDGEPAY_API_KEY = api_key
+    api.get(f"{API}/payments/pay_1", json=PAYMENT)
+
+    with pytest.raises(ImproperlyConfigured, match="LEDGEPAY_API_KEY") as excinfo:
+        LedgePayClient().retrieve_payment("pay_1")
+
+    assert "sk_test" not in str(excinfo.value)
+    assert "sk_test" not in repr(excinfo.value)
+    assert len(api.calls) == 0
+
+
+SECRET_KEY = "sk_live_DistinctiveKey_4f9a2c71"
+
+
+def failed_call() -> tuple[type[BaseException], BaseException, TracebackType]:
+    """Call the client and return the ``sys.exc_info()`` of its failure.
+
+    Its own frame holds no key, so only the client's frames could show one.
+    """
+    try:
+        LedgePayClient().retrieve_payment("pay_1")
+    except LedgePayError:
+        exc_type, exc_value, tb = sys.exc_info()
+        assert exc_type is not None and exc_value is not None and tb is not None
+        return exc_type, exc_value, tb
+    raise AssertionError("the call did not fail")
+
+
+@pytest.mark.parametrize(
+    ("failure", "error_class"),
+    [
+        ({"body": requests.ConnectionError("connection reset by peer")}, APIConnectionError),
+        ({"body": requests.exceptions.ChunkedEncodingError("cut off")}, APIConnectionError),
+        ({"status": 500, "json": error_body("Internal error", "api_error")}, APIError),
+    ],
+)
+@pytest.mark.parametrize("with_request", [True, False])
+def test_django_error_reports_do_not_show_the_key(
+    api, settings, sleeps, failure, error_class, with_request
+):
+    settings.LEDGEPAY_API_KEY = SECRET_KEY
+    settings.LEDGEPAY_MAX_RETRIES = 1
+    api.get(f"{API}/payments/pay_1", **failure)
+
+    exc_type, exc_value, tb = failed_call()
+    request = RequestFactory().get("/") if with_request else None
+    reporter = ExceptionReporter(request, exc_type, exc_value, tb, is_email=False)
+    html = reporter.get_traceback_html()
+    text = reporter.get_traceback_text()
+
+    assert exc_type is error_class
+    assert len(api.calls) == 2
+    assert SECRET_KEY not in html
+    assert SECRET_KEY not in text
+    assert SECRET_KEY not in repr(exc_value.__cause__)
+    # The report does list the client's frame and its variables, cleansed...
+    assert "django_ledgepay/client.py" in text
+    assert "api_key" in html
+    assert "********************" in html
+    if error_class is APIConnectionError:
+        # ...and the frames of requests below it, where the headers travel.
+        assert "requests/sessions.py" in text
+    assert SECRET_KEY not in str(exc_value.__cause__)
 
 
 def test_the_client_repr_shows_no_key():

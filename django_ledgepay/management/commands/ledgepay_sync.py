@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_datetime
 
@@ -12,6 +13,8 @@ from django_ledgepay.services import SyncResult, sync_payments
 
 class Command(BaseCommand):
     verbosity = 1
+    #: The running result the sync last reported, so a failure can say what was done.
+    done: SyncResult | None = None
 
     help = (
         "Mirror LedgePay's payments into the local database, page by page, and print what "
@@ -44,15 +47,34 @@ class Command(BaseCommand):
                 flag = "--" + name.replace("_", "-")
                 raise CommandError(f"{flag} must be an ISO 8601 time like 2024-01-15T10:30:00Z.")
             bounds[name] = moment
+        self.done = None
         try:
             result = sync_payments(status=options["status"], progress=self._progress, **bounds)
-        except LedgePayError as err:
-            raise CommandError(f"Sync stopped: {err}") from err
+        except (LedgePayError, ImproperlyConfigured) as err:
+            # ImproperlyConfigured names the setting to fix (LEDGEPAY_API_KEY), never its value.
+            raise CommandError(self._stopped(err)) from err
         self.stdout.write(self.style.SUCCESS(f"Synced {result}."))
 
+    def _stopped(self, err: Exception) -> str:
+        """What a failed sync says: the error, after what the pages read so far changed."""
+        done = self.done
+        if done is None or not done.pages:
+            return f"Sync stopped: {err}"
+        pages = _counted(done.pages, "page")
+        payments = _counted(done.total, "payment")
+        return (
+            f"Sync stopped after {pages} ({payments}: {done.created} created, "
+            f"{done.updated} updated): {err}"
+        )
+
     def _progress(self, result: SyncResult) -> None:
+        self.done = result
         if self.verbosity >= 1:
             self.stdout.write(
                 f"Page {result.pages}: {result.total} payments so far "
                 f"({result.created} created, {result.updated} updated)."
             )
+
+
+def _counted(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
