@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +22,12 @@ import requests
 
 from django.core.management import CommandError, call_command
 
+from django_ledgepay.management.commands.ledgepay_sandbox import Command as SandboxCommand
 from django_ledgepay.sandbox import Sandbox
+from django_ledgepay.sandbox.state import LedgePayState
 from django_ledgepay.webhooks import verify_signature
+
+ROOT = Path(__file__).resolve().parent.parent
 
 AUTH = {"Authorization": "Bearer sk_test_anything"}
 NEW = {
@@ -40,11 +53,18 @@ def create(sandbox: Sandbox, **overrides: Any) -> requests.Response:
 
 
 class Receiver:
-    """A shop's webhook endpoint on loopback that records signed deliveries."""
+    """A shop's webhook endpoint on loopback that records signed deliveries.
 
-    def __init__(self, failures: int = 0) -> None:
+    It answers 500 to the first ``failures`` deliveries, and to every delivery whose body
+    ``refuse`` returns True for.
+    """
+
+    def __init__(
+        self, failures: int = 0, refuse: Callable[[dict[str, Any]], bool] | None = None
+    ) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.failures = failures
+        self.refuse = refuse
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,6 +76,8 @@ class Receiver:
                 verify_signature(body, self.headers["LedgePay-Signature"], [SECRET])
                 if receiver.failures > 0:
                     receiver.failures -= 1
+                    self.send_response(500)
+                elif receiver.refuse is not None and receiver.refuse(json.loads(body)):
                     self.send_response(500)
                 else:
                     receiver.bodies.append(json.loads(body))
@@ -241,6 +263,8 @@ def test_failures_some_after_the_request_took_effect():
         )
     assert set(outcomes) <= {500, 429, "dropped"}
     assert 200 not in outcomes and 201 not in outcomes
+    # Injected drops still drop the connection rather than answer a 500.
+    assert outcomes.count("dropped") == injected.count("drop") + injected.count("drop-after") > 0
     lost = injected.count("500-after") + injected.count("drop-after")
     assert lost > 0
     assert acted == lost  # State changed although the client saw a failure.
@@ -258,21 +282,12 @@ def test_sandbox_command_validates_its_options(settings):
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 def test_sandbox_command_serves_until_ctrl_c():
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     port = free_port()
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONUNBUFFERED": "1"}
     command = [
@@ -289,7 +304,7 @@ def test_sandbox_command_serves_until_ctrl_c():
     ]
     process = subprocess.Popen(
         command,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -318,3 +333,349 @@ def test_sandbox_command_serves_until_ctrl_c():
     assert f"LedgePay sandbox at http://127.0.0.1:{port}/v1" in output
     assert "Delivering webhooks to http://127.0.0.1:9/hook/" in output
     assert "Sandbox stopped." in output
+
+
+# Header names in any case
+
+
+def test_header_names_match_in_any_case(sandbox):
+    upper = {"AUTHORIZATION": "Bearer sk_test_anything", "IDEMPOTENCY-KEY": "same"}
+    lower = {"authorization": "Bearer sk_test_anything", "idempotency-key": "same"}
+    first = requests.post(f"{sandbox.api_base}/payments", json=NEW, headers=upper, timeout=5)
+    again = requests.post(f"{sandbox.api_base}/payments", json=NEW, headers=lower, timeout=5)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert len(sandbox.payments) == 1
+    listed = requests.get(
+        f"{sandbox.api_base}/payments", headers={"aUtHoRiZaTiOn": "bearer k"}, timeout=5
+    )
+    assert listed.status_code == 200
+
+
+def test_the_state_matches_header_names_in_any_case():
+    # FakeLedgePay hands the state the headers as the client spelled them.
+    state = LedgePayState()
+    body = json.dumps(NEW).encode()
+    answers = [
+        state.handle("POST", "/payments", {}, body, headers)
+        for headers in (
+            {"AUTHORIZATION": "Bearer k", "IDEMPOTENCY-KEY": "same"},
+            {"Authorization": "Bearer k", "Idempotency-Key": "same"},
+        )
+    ]
+    assert [answer.status for answer in answers] == [201, 201]
+    assert answers[0].body == answers[1].body
+    assert len(state.payments) == 1
+
+
+# Times out of range, and unexpected errors
+
+
+@pytest.mark.parametrize("param", ["created_before", "created_after"])
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+def test_times_beyond_the_calendar_in_utc_are_a_400(sandbox, param, stamp):
+    response = requests.get(
+        f"{sandbox.api_base}/payments", params={param: stamp}, headers=AUTH, timeout=5
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert error["message"]
+
+
+def test_times_before_the_year_1000_compare_as_times(sandbox):
+    payment = create(sandbox).json()
+
+    def listed(**params: str) -> list[str]:
+        answer = requests.get(
+            f"{sandbox.api_base}/payments", params=params, headers=AUTH, timeout=5
+        )
+        assert answer.status_code == 200
+        return [p["id"] for p in answer.json()["data"]]
+
+    assert listed(created_before="0999-01-01T00:00:00Z") == []
+    assert listed(created_after="0999-01-01T00:00:00Z") == [payment["id"]]
+    assert listed(created_before="0001-01-01T00:00:00Z") == []
+
+
+def test_an_unexpected_error_is_a_logged_json_500(sandbox, monkeypatch, caplog):
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("the state broke")
+
+    monkeypatch.setattr(sandbox.state, "handle", broken)
+    with caplog.at_level(logging.ERROR, logger="django_ledgepay.sandbox"):
+        response = requests.get(f"{sandbox.api_base}/payments", headers=AUTH, timeout=5)
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "api_error"
+    assert response.json()["error"]["message"]
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "GET /v1/payments" in record.getMessage()
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], RuntimeError)
+    monkeypatch.undo()
+    assert requests.get(f"{sandbox.api_base}/payments", headers=AUTH, timeout=5).ok
+
+
+def test_an_unexpected_error_on_the_checkout_page_is_a_json_500(sandbox, monkeypatch):
+    payment = create(sandbox).json()
+
+    def broken(*args: Any) -> Any:
+        raise KeyError("status")
+
+    monkeypatch.setattr(sandbox.state, "retrieve_payment", broken)
+    response = requests.get(payment["checkout_url"], timeout=5)
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "api_error"
+
+
+# The checkout page
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "status", "back_to"),
+    [
+        ("pay", "cancel", "succeeded", "success_url"),
+        ("pay", "fail", "succeeded", "success_url"),
+        ("cancel", "pay", "canceled", "cancel_url"),
+        ("fail", "cancel", "failed", "success_url"),
+    ],
+)
+def test_a_second_press_sends_the_shopper_back_as_the_payment_stands(
+    sandbox, first, then, status, back_to
+):
+    payment = create(sandbox).json()
+    for action in (first, then):
+        answer = requests.post(
+            payment["checkout_url"], data={"action": action}, allow_redirects=False, timeout=5
+        )
+    assert sandbox.payments[payment["id"]]["status"] == status
+    assert answer.status_code == 303
+    assert answer.headers["Location"] == NEW[back_to]
+    page = requests.get(payment["checkout_url"], timeout=5).text
+    assert f'href="{NEW[back_to]}"' in page
+
+
+# Webhook deliveries
+
+
+def test_a_failing_event_holds_up_only_its_own_payment():
+    stuck: set[str] = set()
+    receiver = Receiver(refuse=lambda body: body["data"]["id"] in stuck)
+    try:
+        with Sandbox(
+            webhook_url=receiver.url, webhook_secret=SECRET, delivery_backoff=30.0
+        ) as sandbox:
+            blocked, other = create(sandbox).json(), create(sandbox).json()
+            stuck.add(blocked["id"])
+            sandbox.pay(blocked["id"])
+            assert sandbox.wait_until(lambda: len(sandbox.deliveries) == 1, timeout=5)
+            sandbox.pay(other["id"])
+            # Long before the failing event's next attempt, 30 seconds on.
+            assert sandbox.wait_until(lambda: len(receiver.bodies) == 1, timeout=5)
+            assert not sandbox.wait_for_deliveries(timeout=0.1)
+            stopping = time.monotonic()
+        stopped_in = time.monotonic() - stopping
+    finally:
+        receiver.close()
+    assert receiver.bodies[0]["data"]["id"] == other["id"]
+    assert [(d.object_id, d.status) for d in sandbox.deliveries] == [
+        (blocked["id"], 500),
+        (other["id"], 200),
+    ]
+    assert stopped_in < 2  # The scheduled retry does not keep the sandbox running.
+
+
+def test_events_of_one_payment_keep_their_order_through_retries():
+    refusals = {"refund.created": 3}
+
+    def refuse(body: dict[str, Any]) -> bool:
+        left = refusals.get(body["event"], 0)
+        refusals[body["event"]] = left - 1
+        return left > 0
+
+    receiver = Receiver(refuse=refuse)
+    try:
+        with Sandbox(
+            webhook_url=receiver.url,
+            webhook_secret=SECRET,
+            refund_delay=0.0,
+            delivery_backoff=0.05,
+        ) as sandbox:
+            payment = create(sandbox).json()
+            sandbox.pay(payment["id"])
+            refund = requests.post(
+                f"{sandbox.api_base}/refunds",
+                json={"payment_id": payment["id"]},
+                headers=AUTH,
+                timeout=5,
+            )
+            assert refund.status_code == 201
+            assert sandbox.wait_until(lambda: len(receiver.bodies) == 3)
+            assert sandbox.wait_for_deliveries()
+    finally:
+        receiver.close()
+    assert receiver.events == ["payment.succeeded", "refund.created", "refund.succeeded"]
+    assert [d.attempt for d in sandbox.deliveries if d.event == "refund.created"] == [1, 2, 3, 4]
+
+
+def test_an_event_is_given_up_after_its_attempts_and_the_next_one_goes(caplog):
+    receiver = Receiver(refuse=lambda body: body["event"] == "payment.succeeded")
+    try:
+        with (
+            caplog.at_level(logging.INFO, logger="django_ledgepay.sandbox"),
+            Sandbox(
+                webhook_url=receiver.url,
+                webhook_secret=SECRET,
+                refund_delay=-1,
+                delivery_attempts=3,
+                delivery_backoff=0.01,
+            ) as sandbox,
+        ):
+            payment = create(sandbox).json()
+            sandbox.pay(payment["id"])
+            refund = requests.post(
+                f"{sandbox.api_base}/refunds",
+                json={"payment_id": payment["id"]},
+                headers=AUTH,
+                timeout=5,
+            )
+            assert refund.status_code == 201
+            assert sandbox.wait_for_deliveries()
+    finally:
+        receiver.close()
+    attempts = [(d.event, d.attempt, d.status) for d in sandbox.deliveries]
+    assert attempts == [
+        ("payment.succeeded", 1, 500),
+        ("payment.succeeded", 2, 500),
+        ("payment.succeeded", 3, 500),
+        ("refund.created", 1, 200),
+    ]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("django_ledgepay")]
+    assert len([line for line in lines if ", attempt " in line]) == 4
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage() == (
+        f"Webhook payment.succeeded {payment['id']} to {receiver.url} given up after "
+        "3 attempts: it will not be sent again."
+    )
+
+
+def test_the_default_retries_back_off_to_a_minute_and_last_hours():
+    sandbox = Sandbox()
+    delays = [sandbox.retry_delay(attempts) for attempts in range(1, sandbox.delivery_attempts)]
+    assert delays[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert max(delays) == 60.0
+    assert sum(delays) > 3 * 60 * 60
+    assert Sandbox(delivery_max_backoff=5).retry_delay(10_000) == 5
+
+
+@pytest.mark.parametrize("options", [{"port": 70000}, {"port": -1}, {"delivery_attempts": 0}])
+def test_the_sandbox_refuses_impossible_options(options):
+    with pytest.raises(ValueError):
+        Sandbox(**options)
+
+
+# The command
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_sandbox_command_refuses_an_impossible_port(port):
+    with pytest.raises(CommandError, match="--port must be between 0 and 65535"):
+        call_command("ledgepay_sandbox", "--port", port)
+
+
+def test_sandbox_command_says_when_the_port_is_taken():
+    handlers = [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(CommandError, match=f"Cannot listen on 127.0.0.1:{port}"):
+            call_command("ledgepay_sandbox", "--port", str(port))
+    # The command's Ctrl-C handlers are gone with it.
+    assert [signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)] == handlers
+
+
+@pytest.fixture
+def ledgepay_loggers() -> Iterator[tuple[logging.Logger, logging.Logger]]:
+    """The package's and the sandbox's loggers, restored afterwards."""
+    package = logging.getLogger("django_ledgepay")
+    sandbox = logging.getLogger("django_ledgepay.sandbox")
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in (package, sandbox)]
+    yield package, sandbox
+    for lg, handlers, level, propagate in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
+def test_sandbox_command_leaves_logs_to_a_project_that_handles_them(ledgepay_loggers):
+    package, sandbox_logger = ledgepay_loggers
+    # As example_project's LOGGING does: a handler on the package's logger.
+    stream = io.StringIO()
+    package.addHandler(logging.StreamHandler(stream))
+    package.setLevel(logging.INFO)
+    SandboxCommand()._show_logs()
+    assert sandbox_logger.handlers == []
+    logging.getLogger("django_ledgepay.sandbox.server").info("Webhook attempt 1")
+    assert stream.getvalue() == "Webhook attempt 1\n"
+
+
+def test_sandbox_command_shows_logs_when_nothing_handles_them(ledgepay_loggers, capsys):
+    _, sandbox_logger = ledgepay_loggers
+    sandbox_logger.propagate = False  # Nothing above it handles its records.
+    SandboxCommand()._show_logs()
+    assert len(sandbox_logger.handlers) == 1
+    logging.getLogger("django_ledgepay.sandbox.server").info("Webhook attempt 1")
+    assert capsys.readouterr().err.count("Webhook attempt 1") == 1
+
+
+@pytest.mark.parametrize(
+    ("settings_module", "path"),
+    [
+        ("tests.settings", ROOT),  # No LOGGING: the command prints the lines itself.
+        ("example_project.settings", ROOT / "example_project"),  # LOGGING prints them.
+    ],
+)
+def test_sandbox_command_logs_each_webhook_attempt_once(settings_module, path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": settings_module,
+        "PYTHONPATH": os.pathsep.join([str(path), str(ROOT)]),
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "django",
+        "ledgepay_sandbox",
+        "--port",
+        str(port),
+        "--webhook-url",
+        "http://127.0.0.1:9/hook/",
+    ]
+    process = subprocess.Popen(
+        command, cwd=path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        api = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                payment = requests.post(f"{api}/payments", json=NEW, headers=AUTH, timeout=1)
+                break
+            except requests.ConnectionError:
+                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert time.monotonic() < deadline, "the sandbox did not start"
+                time.sleep(0.1)
+        checkout = payment.json()["checkout_url"]
+        requests.post(checkout, data={"action": "pay"}, allow_redirects=False, timeout=5)
+        time.sleep(1.0)  # Attempts 1 (at once) and 2 (half a second later) fail.
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert output.count("attempt 1: failed") == 1, output
+    assert output.count("attempt 2: failed") == 1, output

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
 import html
+import itertools
 import json
 import logging
-import queue
 import random
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -36,6 +38,8 @@ UNENFORCED_LIMIT = 10_000
 WINDOW_SECONDS = 60
 FAILURES = ("500", "429", "drop")
 LOST_ANSWERS = ("500-after", "drop-after")
+#: Threads that deliver webhooks, so that a slow endpoint holds up few events.
+DELIVERY_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,36 @@ class Delivery:
         return self.status is not None and 200 <= self.status < 300
 
 
+@dataclass(eq=False)
+class _Outgoing:
+    """A webhook event on its way: the same body on every attempt."""
+
+    event: str
+    object_id: str
+    #: Events with one key (the payment's id) go out one at a time, in order.
+    key: str
+    body: bytes
+    attempts: int = 0
+
+
+@dataclass(order=True)
+class _Due:
+    """An entry of the retry schedule: the next attempt at ``when`` (monotonic seconds)."""
+
+    when: float
+    sequence: int
+    outgoing: _Outgoing = field(compare=False)
+
+
 class Sandbox(Driver):
     """LedgePay in memory, served on loopback. Start it, point LEDGEPAY_API_BASE at
-    ``api_base``, and stop it (or use it as a context manager)."""
+    ``api_base``, and stop it (or use it as a context manager).
+
+    Port 0 picks a free port. Each webhook event is tried up to ``delivery_attempts``
+    times; after a failed attempt the next waits ``delivery_backoff`` seconds, doubled
+    each time up to ``delivery_max_backoff`` (with the defaults, about 3 hours 15 minutes
+    in all). An event that keeps failing holds up the later events of its payment only.
+    """
 
     def __init__(
         self,
@@ -64,16 +95,21 @@ class Sandbox(Driver):
         port: int = 0,
         host: str = "127.0.0.1",
         webhook_url: str | None = None,
-        webhook_secret: str = "",
+        webhook_secret: str | bytes = "",
         failure_rate: float = 0.0,
         rate_limit: int | None = None,
         refund_delay: float = 1.0,
-        delivery_attempts: int = 8,
+        delivery_attempts: int = 200,
         delivery_backoff: float = 0.5,
+        delivery_max_backoff: float = 60.0,
         seed: int | None = None,
     ) -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError("port must be between 0 and 65535 (0 picks a free port).")
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError("failure_rate must be between 0 and 1.")
+        if delivery_attempts < 1:
+            raise ValueError("delivery_attempts must be at least 1.")
         if webhook_url and not webhook_secret:
             raise ValueError("Deliveries need a webhook_secret to sign them.")
         self.host = host
@@ -85,6 +121,7 @@ class Sandbox(Driver):
         self.refund_delay = refund_delay
         self.delivery_attempts = delivery_attempts
         self.delivery_backoff = delivery_backoff
+        self.delivery_max_backoff = delivery_max_backoff
         self.random = random.Random(seed)
         self.state = LedgePayState()
         self.state.listeners.append(self._on_event)
@@ -92,11 +129,17 @@ class Sandbox(Driver):
         self.injected: list[str] = []
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
-        self._outbox: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
         self._window = (0, 0)  # (window start, requests in it)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._session = requests.Session()
+        # The retry schedule: a heap of the next attempt of the first event of each key,
+        # each key's events in order, and how many events are neither delivered nor given
+        # up. All guarded by the condition, which wakes the delivery threads.
+        self._schedule = threading.Condition()
+        self._due: list[_Due] = []
+        self._lines: dict[str, deque[_Outgoing]] = {}
+        self._undelivered = 0
+        self._sequence = itertools.count()
 
     # Life
 
@@ -111,21 +154,28 @@ class Sandbox(Driver):
             threading.Thread(
                 target=self._server.serve_forever, args=(0.05,), name="sandbox-http", daemon=True
             ),
-            threading.Thread(target=self._deliver_forever, name="sandbox-webhooks", daemon=True),
+            *(
+                threading.Thread(
+                    target=self._deliver_forever, name=f"sandbox-webhooks-{number}", daemon=True
+                )
+                for number in range(1, DELIVERY_THREADS + 1)
+            ),
         ]
         for thread in self._threads:
             thread.start()
         return self
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._outbox.put(None)
+        """Stop serving and delivering; events not yet delivered stay scheduled."""
+        with self._schedule:
+            self._stopping.set()
+            self._schedule.notify_all()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        deadline = time.monotonic() + 5
         for thread in self._threads:
-            thread.join(timeout=5)
-        self._session.close()
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -154,7 +204,7 @@ class Sandbox(Driver):
 
     def wait_for_deliveries(self, timeout: float = 10.0) -> bool:
         """Wait until every queued webhook event has been delivered or given up."""
-        return self.wait_until(lambda: self._outbox.unfinished_tasks == 0, timeout)
+        return self.wait_until(lambda: self._undelivered == 0, timeout)
 
     # API requests, with rate limits and injected failures
 
@@ -190,72 +240,123 @@ class Sandbox(Driver):
     # Webhooks
 
     def _on_event(self, event_type: str, data: dict[str, Any]) -> None:
+        # Queued before the refund can complete, so refund.created goes out first.
+        if self.webhook_url:
+            self._schedule_event(event_type, data)
         if event_type == "refund.created" and self.refund_delay >= 0:
             timer = threading.Timer(self.refund_delay, self._complete_refund, args=(data["id"],))
             timer.daemon = True
             timer.start()
-        if self.webhook_url:
-            self._outbox.put((event_type, data))
 
     def _complete_refund(self, refund_id: str) -> None:
         if not self._stopping.is_set():
             self.state.complete_refund(refund_id)
 
-    def _deliver_forever(self) -> None:
-        while True:
-            item = self._outbox.get()
-            try:
-                if item is None:
-                    return
-                self._deliver(*item)
-            finally:
-                self._outbox.task_done()
+    def retry_delay(self, attempts: int) -> float:
+        """Seconds from the ``attempts``-th failed attempt of an event to the next one."""
+        exponent = min(max(attempts - 1, 0), 64)
+        return float(min(self.delivery_backoff * 2**exponent, self.delivery_max_backoff))
 
-    def _deliver(self, event_type: str, data: dict[str, Any]) -> None:
-        assert self.webhook_url is not None
-        body = json.dumps(event_payload(event_type, data)).encode()
-        for attempt in range(1, self.delivery_attempts + 1):
-            if self._stopping.is_set():
-                return
-            headers = {
-                "Content-Type": "application/json",
-                SIGNATURE_HEADER: signature_header(body, self.webhook_secret),
-            }
-            status: int | None = None
-            error = ""
-            try:
-                response = self._session.post(
-                    self.webhook_url, data=body, headers=headers, timeout=10
-                )
-                status = response.status_code
-            except requests.RequestException as err:
-                error = type(err).__name__
-            delivery = Delivery(event_type, data["id"], self.webhook_url, attempt, status, error)
-            self.deliveries.append(delivery)
-            outcome = f"HTTP {status}" if status is not None else f"failed ({error})"
-            logger.info(
-                "Webhook %s %s to %s, attempt %d: %s",
-                event_type,
-                data["id"],
-                self.webhook_url,
-                attempt,
-                outcome,
-            )
-            if delivery.ok:
-                return
-            self._stopping.wait(min(self.delivery_backoff * 2 ** (attempt - 1), 30.0))
-        logger.warning(
-            "Webhook %s %s given up after %d attempts.",
-            event_type,
-            data["id"],
-            self.delivery_attempts,
+    def _schedule_event(self, event_type: str, data: dict[str, Any]) -> None:
+        """Queue an event behind the undelivered events of its payment."""
+        outgoing = _Outgoing(
+            event=event_type,
+            object_id=str(data["id"]),
+            key=str(data.get("payment_id") or data["id"]),
+            body=json.dumps(event_payload(event_type, data)).encode(),
         )
+        with self._schedule:
+            self._undelivered += 1
+            line = self._lines.setdefault(outgoing.key, deque())
+            line.append(outgoing)
+            if len(line) == 1:
+                self._push(outgoing, time.monotonic())
+
+    def _push(self, outgoing: _Outgoing, when: float) -> None:
+        # The caller holds self._schedule.
+        heapq.heappush(self._due, _Due(when, next(self._sequence), outgoing))
+        self._schedule.notify()
+
+    def _next_due(self) -> _Outgoing | None:
+        """Wait for the next attempt that is due; None once the sandbox stops."""
+        with self._schedule:
+            while not self._stopping.is_set():
+                timeout = None
+                if self._due:
+                    timeout = self._due[0].when - time.monotonic()
+                    if timeout <= 0:
+                        return heapq.heappop(self._due).outgoing
+                self._schedule.wait(timeout)
+            return None
+
+    def _deliver_forever(self) -> None:
+        with requests.Session() as session:
+            while (outgoing := self._next_due()) is not None:
+                delivered = self._attempt(session, outgoing)
+                self._after_attempt(outgoing, delivered)
+
+    def _attempt(self, session: requests.Session, outgoing: _Outgoing) -> bool:
+        """POST the event once, record and log the attempt; whether the shop took it."""
+        url = self.webhook_url
+        assert url is not None
+        outgoing.attempts += 1
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: signature_header(outgoing.body, self.webhook_secret),
+        }
+        status: int | None = None
+        error = ""
+        try:
+            response = session.post(url, data=outgoing.body, headers=headers, timeout=10)
+            status = response.status_code
+        except requests.RequestException as err:
+            error = type(err).__name__
+        delivery = Delivery(
+            outgoing.event, outgoing.object_id, url, outgoing.attempts, status, error
+        )
+        with self._schedule:
+            self.deliveries.append(delivery)
+        outcome = f"HTTP {status}" if status is not None else f"failed ({error})"
+        logger.info(
+            "Webhook %s %s to %s, attempt %d: %s",
+            outgoing.event,
+            outgoing.object_id,
+            url,
+            outgoing.attempts,
+            outcome,
+        )
+        return delivery.ok
+
+    def _after_attempt(self, outgoing: _Outgoing, delivered: bool) -> None:
+        """Schedule the event's next attempt, or, once it is done, its payment's next event."""
+        if not delivered and outgoing.attempts >= self.delivery_attempts:
+            logger.warning(
+                "Webhook %s %s to %s given up after %d attempts: it will not be sent again.",
+                outgoing.event,
+                outgoing.object_id,
+                self.webhook_url,
+                outgoing.attempts,
+            )
+        with self._schedule:
+            now = time.monotonic()
+            if not delivered and outgoing.attempts < self.delivery_attempts:
+                self._push(outgoing, now + self.retry_delay(outgoing.attempts))
+                return
+            line = self._lines[outgoing.key]
+            line.popleft()
+            if line:
+                self._push(line[0], now)
+            else:
+                del self._lines[outgoing.key]
+            self._undelivered -= 1
 
 
 class _Handler(BaseHTTPRequestHandler):
     sandbox: Sandbox
     protocol_version = "HTTP/1.1"
     server_version = "LedgePaySandbox/1"
+    #: Whether this request's answer has begun (or its connection was dropped on purpose).
+    _responded = False
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
@@ -273,6 +374,25 @@ class _Handler(BaseHTTPRequestHandler):
         self._route("DELETE")
 
     def _route(self, method: str) -> None:
+        """Serve one request; an unexpected error is logged and answered with a JSON 500."""
+        self._responded = False
+        try:
+            self._dispatch(method)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client went away; there is no one to answer.
+            self.close_connection = True
+        except Exception:
+            logger.exception("The sandbox failed to serve %s %s.", method, self.path)
+            # What is left of the request may be unread: the connection cannot be reused.
+            self.close_connection = True
+            if not self._responded:
+                failure = APIFailure(
+                    500, "The sandbox failed; its log holds the details.", error_type="api_error"
+                )
+                with contextlib.suppress(OSError):
+                    self._answer(Answer(500, failure.body()), {"Connection": "close"})
+
+    def _dispatch(self, method: str) -> None:
         parts = urlsplit(self.path)
         body = self._body()
         if parts.path == "/v1" or parts.path.startswith("/v1/"):
@@ -328,6 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drop(self) -> None:
         # The connection closes with no answer, as when a network drops it.
+        self._responded = True
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -345,9 +466,10 @@ class _Handler(BaseHTTPRequestHandler):
             if action not in statuses:
                 self._send(400, {"Content-Type": "text/plain"}, b"Unknown action.")
                 return
+            # A payment settled before (another tab, a second press) keeps its status, and
+            # the shopper goes back as it says, whichever button this was.
             payment = state.settle(payment_id, statuses[action])
-            target = payment["cancel_url"] if action == "cancel" else payment["success_url"]
-            self._send(303, {"Location": target, "Content-Type": "text/plain"}, b"")
+            self._send(303, {"Location": return_url(payment), "Content-Type": "text/plain"}, b"")
             return
         if method != "GET":
             self._send(405, {"Allow": "GET, POST", "Content-Type": "text/plain"}, b"")
@@ -357,12 +479,21 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self._responded = True
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def return_url(payment: dict[str, Any]) -> str:
+    """Where a settled payment sends the shopper: ``cancel_url`` if canceled, else
+    ``success_url`` (the shop's return page reads the status, succeeded or failed)."""
+    return str(
+        payment["cancel_url"] if payment["status"] == "canceled" else payment["success_url"]
+    )
 
 
 def checkout_page(payment: dict[str, Any]) -> str:
@@ -376,7 +507,7 @@ def checkout_page(payment: dict[str, Any]) -> str:
             for value, label in (("pay", "Pay"), ("fail", "Fail"), ("cancel", "Cancel"))
         )
     else:
-        back = payment["cancel_url"] if payment["status"] == "canceled" else payment["success_url"]
+        back = return_url(payment)
         actions = (
             f"<p>This payment is <strong>{html.escape(payment['status'])}</strong>.</p>"
             f'<p><a href="{html.escape(back)}">Back to the shop</a></p>'

@@ -64,9 +64,12 @@ class Answer:
 
 
 def iso(moment: float) -> str:
-    return datetime.datetime.fromtimestamp(int(moment), datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
+    """``moment`` (Unix seconds) as LedgePay writes times: UTC, whole seconds, ``Z``.
+
+    The year always has four digits, so these strings sort as the times do.
+    """
+    when = datetime.datetime.fromtimestamp(int(moment), datetime.timezone.utc)
+    return when.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def _parse_time(value: str, param: str) -> str:
@@ -77,7 +80,13 @@ def _parse_time(value: str, param: str) -> str:
         raise APIFailure(400, f"{param} is not an ISO 8601 time.", param=param) from err
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return iso(moment.timestamp())
+    try:
+        return iso(moment.timestamp())
+    except (OverflowError, OSError, ValueError) as err:
+        # A time near year 1 or 9999 whose offset takes it out of datetime's range in UTC.
+        raise APIFailure(
+            400, f"{param} must lie between the years 1 and 9999 in UTC.", param=param
+        ) from err
 
 
 def _is_url(value: object) -> bool:
@@ -116,7 +125,11 @@ class LedgePayState:
         body: bytes,
         headers: Mapping[str, str],
     ) -> Answer:
-        """Answer one API request; ``path`` is relative to ``/v1``."""
+        """Answer one API request; ``path`` is relative to ``/v1``.
+
+        Header names match in any case, as HTTP says.
+        """
+        headers = {name.lower(): value for name, value in headers.items()}
         api_key = _bearer(headers)
         if not api_key:
             return _failure(
@@ -129,7 +142,7 @@ class LedgePayState:
         try:
             if method == "POST":
                 params = _json_object(body)
-                key = headers.get("Idempotency-Key") or headers.get("idempotency-key")
+                key = headers.get("idempotency-key") or None
                 return self._idempotent(api_key, key, method, path, body, params)
             if method == "GET":
                 return self._get(path, query)
@@ -393,7 +406,8 @@ def event_payload(
 
 
 def _bearer(headers: Mapping[str, str]) -> str:
-    value = headers.get("Authorization") or headers.get("authorization") or ""
+    """The API key of an ``Authorization: Bearer`` header; ``headers`` has lower-case names."""
+    value = headers.get("authorization") or ""
     scheme, _, key = value.partition(" ")
     return key.strip() if scheme.lower() == "bearer" else ""
 

@@ -19,7 +19,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--port", type=int, default=8765, help="Port (default 8765).")
+        parser.add_argument(
+            "--port", type=int, default=8765, help="Port (default 8765; 0 picks a free one)."
+        )
         parser.add_argument(
             "--webhook-url",
             help="Where to deliver events, e.g. http://127.0.0.1:8000/ledgepay/webhook/.",
@@ -43,6 +45,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not 0 <= options["port"] <= 65535:
+            raise CommandError("--port must be between 0 and 65535 (0 picks a free port).")
         if not 0.0 <= options["failure_rate"] <= 1.0:
             raise CommandError("--failure-rate must be between 0 and 1.")
         if options["rate_limit"] is not None and options["rate_limit"] < 1:
@@ -52,7 +56,6 @@ class Command(BaseCommand):
             raise CommandError(
                 "Set LEDGEPAY_WEBHOOK_SECRET: the sandbox signs deliveries with it."
             )
-        self._show_logs()
         sandbox = Sandbox(
             port=options["port"],
             webhook_url=options["webhook_url"],
@@ -61,31 +64,44 @@ class Command(BaseCommand):
             rate_limit=options["rate_limit"],
             refund_delay=options["refund_delay"],
         )
-        try:
-            sandbox.start()
-        except OSError as err:
-            raise CommandError(f"Cannot listen on 127.0.0.1:{options['port']}: {err}") from err
-        self.stdout.write(self.style.SUCCESS(f"LedgePay sandbox at {sandbox.api_base}"))
-        self.stdout.write(f"Set LEDGEPAY_API_BASE = {sandbox.api_base!r} (any API key works).")
-        if options["webhook_url"]:
-            self.stdout.write(f"Delivering webhooks to {options['webhook_url']}")
-        self.stdout.write("Quit with Ctrl-C.")
         stopping = threading.Event()
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            # Set, not inherited: a shell may start the command with SIGINT ignored.
+            # Set, not inherited: a shell may start the command with SIGINT ignored. Set
+            # before the sandbox starts, so that a signal as soon as it answers stops it.
             for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, lambda *args: stopping.set())
+                previous[signum] = signal.signal(signum, lambda *args: stopping.set())
         try:
-            stopping.wait()
-        except KeyboardInterrupt:
-            pass
+            try:
+                sandbox.start()
+            except OSError as err:
+                raise CommandError(f"Cannot listen on 127.0.0.1:{options['port']}: {err}") from err
+            self._show_logs()
+            self.stdout.write(self.style.SUCCESS(f"LedgePay sandbox at {sandbox.api_base}"))
+            self.stdout.write(f"Set LEDGEPAY_API_BASE = {sandbox.api_base!r} (any API key works).")
+            if options["webhook_url"]:
+                self.stdout.write(f"Delivering webhooks to {options['webhook_url']}")
+            self.stdout.write("Quit with Ctrl-C.")
+            try:
+                stopping.wait()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                sandbox.stop()
+                self.stdout.write("Sandbox stopped.")
         finally:
-            sandbox.stop()
-            self.stdout.write("Sandbox stopped.")
+            for signum, handler in previous.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
 
     def _show_logs(self) -> None:
+        """Print the sandbox's log (a line per webhook attempt) when nothing else does.
+
+        A project whose LOGGING handles it (on ``django_ledgepay``, say, or the root) shows
+        it already; a handler here too would print every line twice.
+        """
         sandbox_logger = logging.getLogger("django_ledgepay.sandbox")
-        if not sandbox_logger.handlers:
+        if not sandbox_logger.hasHandlers():
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
             sandbox_logger.addHandler(handler)
