@@ -203,7 +203,8 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
 
     def refund_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """Refund part or all of one payment; the form checks the amount before any call."""
-        if not self.has_refund_permission(request):
+        # The page shows the payment and its customer: seeing it takes the view permission.
+        if not (self.has_refund_permission(request) and self.has_view_permission(request)):
             raise PermissionDenied
         payment = self.get_object(request, unquote(object_id))
         if payment is None:

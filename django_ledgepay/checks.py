@@ -8,8 +8,10 @@ from urllib.parse import urlsplit
 
 from django.apps import AppConfig
 from django.core.checks import CheckMessage, Tags, Warning, register
+from django.db import connections, router
 
 from django_ledgepay.conf import conf
+from django_ledgepay.models import Payment
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -27,12 +29,34 @@ def check_settings(
                 id="django_ledgepay.W001",
             )
         )
+    secret = conf.LEDGEPAY_WEBHOOK_SECRET
+    if not _is_secret_setting(secret):
+        messages.append(
+            Warning(
+                "LEDGEPAY_WEBHOOK_SECRET is neither a string nor a list of strings: the "
+                "entries that are not text or bytes are left out.",
+                hint="Set it to the signing secret, or to a list of secrets while one rotates.",
+                id="django_ledgepay.W004",
+            )
+        )
     if not conf.webhook_secrets:
         messages.append(
             Warning(
                 "LEDGEPAY_WEBHOOK_SECRET is not set: every webhook delivery will be refused.",
                 hint="Set LEDGEPAY_WEBHOOK_SECRET to the endpoint's signing secret.",
                 id="django_ledgepay.W002",
+            )
+        )
+    database = connections[router.db_for_write(Payment)].settings_dict
+    mode = str(database.get("OPTIONS", {}).get("transaction_mode") or "").upper()
+    if database["ENGINE"] == "django.db.backends.sqlite3" and mode != "IMMEDIATE":
+        messages.append(
+            Warning(
+                "The payments' database is SQLite in its default transaction mode: a webhook "
+                "that arrives during a refund can fail with 'database is locked'.",
+                hint='Set "OPTIONS": {"transaction_mode": "IMMEDIATE"} on that database, so '
+                "that writers wait for each other as row locks make them do elsewhere.",
+                id="django_ledgepay.W005",
             )
         )
     base = urlsplit(conf.LEDGEPAY_API_BASE)
@@ -45,3 +69,11 @@ def check_settings(
             )
         )
     return messages
+
+
+def _is_secret_setting(value: object) -> bool:
+    if value is None or isinstance(value, (str, bytes)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(secret, (str, bytes)) for secret in value)
+    return False

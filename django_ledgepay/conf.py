@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeAlias
+
 from django.conf import settings
 
 DEFAULT_API_BASE = "https://api.ledgepay.com/v1"
+
+#: A webhook signing secret: text (as read from the environment) or bytes.
+Secret: TypeAlias = "str | bytes"
 
 
 class Settings:
@@ -20,16 +26,20 @@ class Settings:
         return str(base).rstrip("/")
 
     @property
-    def LEDGEPAY_WEBHOOK_SECRET(self) -> str | list[str] | tuple[str, ...]:
-        value: str | list[str] | tuple[str, ...] = getattr(settings, "LEDGEPAY_WEBHOOK_SECRET", "")
+    def LEDGEPAY_WEBHOOK_SECRET(self) -> Secret | Sequence[Secret]:
+        value: Secret | Sequence[Secret] = getattr(settings, "LEDGEPAY_WEBHOOK_SECRET", "")
         return value
 
     @property
-    def webhook_secrets(self) -> list[str]:
-        """The configured signing secrets as a list, without empty entries."""
+    def webhook_secrets(self) -> list[Secret]:
+        """The configured signing secrets as a list, without empty entries or entries that
+        are not a secret (``manage.py check`` reports those)."""
         value = self.LEDGEPAY_WEBHOOK_SECRET
-        secrets = [value] if isinstance(value, str) else list(value or [])
-        return [secret for secret in secrets if secret]
+        if isinstance(value, (str, bytes)):
+            return [value] if value else []
+        if not isinstance(value, (list, tuple)):
+            return []
+        return [secret for secret in value if isinstance(secret, (str, bytes)) and secret]
 
     @property
     def LEDGEPAY_WEBHOOK_TOLERANCE(self) -> int:

@@ -3,6 +3,7 @@ before any call to LedgePay."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +24,21 @@ def unrefundable_reason(payment: Payment) -> str:
     return ""
 
 
+class MajorUnitsField(forms.DecimalField):
+    """An amount typed in major units: ASCII digits with an optional decimal point, as on a
+    receipt. Python's Decimal would also take ``1_000``, ``1e3`` or digits of other scripts."""
+
+    default_error_messages = {
+        "invalid": _("Enter an amount in digits, such as 12.34."),
+    }
+    pattern = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str) and value.strip() and not self.pattern.fullmatch(value.strip()):
+            raise ValidationError(self.error_messages["invalid"], code="invalid")
+        return super().to_python(value)
+
+
 class RefundReasonForm(forms.Form):
     reason = forms.ChoiceField(
         label=_("Reason"), choices=Refund.Reason.choices, initial=Refund.Reason.CUSTOMER_REQUEST
@@ -36,7 +52,7 @@ class RefundForm(RefundReasonForm):
     it under the payment's row lock, so a form submitted twice refunds once.
     """
 
-    amount = forms.DecimalField(
+    amount = MajorUnitsField(
         label=_("Amount"),
         widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}),
     )

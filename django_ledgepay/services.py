@@ -86,24 +86,32 @@ def create_payment(
         params["customer"] = _check_customer(customer)
     if metadata is not None:
         params["metadata"] = _check_metadata(metadata)
-    if idempotency_key is not None and (
-        not isinstance(idempotency_key, str)
-        or not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH
-    ):
-        raise InvalidRequestError(
-            f"idempotency_key must be a string of 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
-            param="idempotency_key",
-        )
+    if idempotency_key is not None:
+        _check_idempotency_key(idempotency_key)
 
     data = get_client().create_payment(params, idempotency_key=idempotency_key)
-    # The answer may hold only a few fields: what was sent fills in the rest.
-    sent = {key: value for key, value in params.items() if value not in ("", None)}
-    payment, _ = apply_payment({**sent, **_without_blanks(data)})
+    # The answer may hold only a few fields: what was sent fills in the rest, field by field.
+    payment, _ = apply_payment(data, known=params)
     return payment
 
 
+def _check_idempotency_key(key: object) -> str:
+    """A key LedgePay can take in a header: 1 to 255 printable ASCII characters."""
+    if (
+        not isinstance(key, str)
+        or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH
+        or not (key.isascii() and key.isprintable())
+    ):
+        raise InvalidRequestError(
+            f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII "
+            "characters.",
+            param="idempotency_key",
+        )
+    return key
+
+
 def _check_amount(amount: object) -> int:
-    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+    if not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount <= MAX_AMOUNT:
         raise InvalidRequestError(
             f"amount must be a positive integer of minor units (cents), not {amount!r}.",
             param="amount",
@@ -155,6 +163,12 @@ def _check_customer(customer: object) -> dict[str, str]:
             "customer must be a mapping with the keys 'email' and 'name'.", param="customer"
         )
     checked = {key: _check_str(value, f"customer.{key}") for key, value in customer.items()}
+    for key, field in (("email", "customer_email"), ("name", "customer_name")):
+        limit = getattr(Payment._meta.get_field(field), "max_length", None)
+        if limit is not None and len(checked.get(key, "")) > limit:
+            raise InvalidRequestError(
+                f"customer.{key} is longer than {limit} characters.", param=f"customer.{key}"
+            )
     if checked.get("email"):
         try:
             validate_email(checked["email"])
@@ -169,9 +183,11 @@ def _check_metadata(metadata: object) -> dict[str, Any]:
     if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
         raise InvalidRequestError("metadata must be a mapping with string keys.", param="metadata")
     try:
-        json.dumps(metadata)
+        json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as err:
-        raise InvalidRequestError("metadata must be JSON-serializable.", param="metadata") from err
+        raise InvalidRequestError(
+            "metadata must be JSON-serializable, without NaN or infinity.", param="metadata"
+        ) from err
     return dict(metadata)
 
 
@@ -247,10 +263,6 @@ def _money_values(data: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _without_blanks(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in data.items() if value not in ("", None)}
-
-
 def _datetime(value: object) -> datetime.datetime | None:
     if not isinstance(value, str):
         return None
@@ -262,29 +274,37 @@ def _datetime(value: object) -> datetime.datetime | None:
         return None
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment, datetime.timezone.utc)
-    return moment
+    try:
+        moment = moment.astimezone(datetime.timezone.utc)
+    except OverflowError:  # Year 1 or 9999 pushed out of range by its offset.
+        return None
+    # The first and last years are refused too: a database or a driver working in another
+    # zone could not read them back. No real LedgePay time is near either.
+    return moment if datetime.MINYEAR < moment.year < datetime.MAXYEAR else None
 
 
 def _merge(instance: Payment | Refund, values: Mapping[str, Any]) -> list[str]:
     """Copy ``values`` onto ``instance`` by the status rules; return the fields that changed.
 
-    A status changes only from pending to a final status. A contradicting status is logged
-    and left alone.
+    A status changes only from pending to a final status. News that contradicts a final
+    status is logged and applied not at all, not even its other fields: it is not trusted.
     """
+    status = values.get("status")
+    if instance.is_final and status is not None and status != instance.status:
+        logger.warning(
+            "LedgePay says %s is %s, but it is already %s; nothing changed.",
+            instance.ledgepay_id,
+            status,
+            instance.status,
+        )
+        return []
     changed = []
     for field, value in values.items():
         current = getattr(instance, field)
         if current == value:
             continue
         if field == "status":
-            if instance.is_final or value == "pending":
-                if instance.is_final:
-                    logger.warning(
-                        "LedgePay says %s is %s, but it is already %s; status kept.",
-                        instance.ledgepay_id,
-                        value,
-                        current,
-                    )
+            if value == "pending":
                 continue
             if isinstance(instance, Payment) and "completed_at" not in values:
                 instance.completed_at = instance.completed_at or timezone.now()
@@ -329,17 +349,25 @@ def _refund_signals(refund: Refund, event: WebhookEvent | None, *, created: bool
 
 
 def apply_payment(
-    data: Mapping[str, Any], *, status: str | None = None, event: WebhookEvent | None = None
+    data: Mapping[str, Any],
+    *,
+    status: str | None = None,
+    event: WebhookEvent | None = None,
+    known: Mapping[str, Any] | None = None,
 ) -> tuple[Payment, bool]:
     """Apply a LedgePay payment object to the mirror; return the payment and whether it changed.
 
-    ``status`` overrides the object's own (a webhook's type says what happened). The row is
-    locked while it is compared, so concurrent callers apply each change once and its signal
-    fires once. A payment seen for the first time is created when ``data`` holds its amount
-    and currency; otherwise IncompleteDataError is raised (fetch it with :func:`sync_payment`).
+    ``status`` overrides the object's own (a webhook's type says what happened). ``known``
+    is another payment object (what was sent, or fetched) whose fields fill in those that
+    ``data`` lacks or holds ill-typed. The row is locked while it is compared, so concurrent
+    callers apply each change once and its signal fires once. A payment seen for the first
+    time is created when the data holds its amount and currency; otherwise
+    IncompleteDataError is raised (fetch it with :func:`sync_payment`).
     """
     ledgepay_id = _object_id(data, "payment")
     values = payment_values(data)
+    if known is not None:
+        values = {**payment_values(known), **values}
     if status is not None:
         values["status"] = status
     with transaction.atomic():
@@ -389,7 +417,7 @@ def apply_payment_event(
     except IncompleteDataError:
         pass
     remote = get_client().retrieve_payment(ledgepay_id)
-    return apply_payment({**remote, **_without_blanks(data)}, status=status, event=event)
+    return apply_payment(data, status=status, event=event, known=remote)
 
 
 def _create_payment(
@@ -425,8 +453,11 @@ def apply_refund(
     status: str | None = None,
     event: WebhookEvent | None = None,
     payment: Payment | None = None,
+    known: Mapping[str, Any] | None = None,
 ) -> tuple[Refund, bool]:
     """Apply a LedgePay refund object to the mirror; return the refund and whether it changed.
+
+    ``known`` fills in what ``data`` lacks or holds ill-typed, as for :func:`apply_payment`.
 
     A refund seen for the first time is created under the lock of its payment (fetched from
     LedgePay first if the mirror lacks it) and sends ``refund_created``, then
@@ -434,6 +465,8 @@ def apply_refund(
     """
     ledgepay_id = _object_id(data, "refund")
     values = refund_values(data)
+    if known is not None:
+        values = {**refund_values(known), **values}
     if status is not None:
         values["status"] = status
     payment_id = payment.ledgepay_id if payment is not None else data.get("payment_id")
@@ -597,7 +630,10 @@ def _api_time(value: datetime.datetime | str | None, param: str) -> str | None:
         raise InvalidRequestError(f"{param} must be a datetime or ISO 8601 string.", param=param)
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment, datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except OverflowError as err:
+        raise InvalidRequestError(f"{param} is out of range.", param=param) from err
 
 
 def _apply_payment_page(items: Iterable[Mapping[str, Any]], result: SyncResult) -> None:
@@ -681,14 +717,21 @@ def refund_payment(
     *,
     amount: int | None = None,
     reason: str = Refund.Reason.CUSTOMER_REQUEST,
+    idempotency_key: str | None = None,
 ) -> Refund:
     """Refund ``amount`` minor units of a succeeded payment, or all that is left when None.
 
     The payment's row is locked while the refundable amount is checked and LedgePay is
     called, so two clicks cannot refund twice: the second waits, then sees less left. A
-    refund that cannot be made raises RefundError before any call. The idempotency key is
-    derived from the payment's refund history, so retrying after a lost answer reuses it.
+    refund that cannot be made raises RefundError before any call.
+
+    Without an ``idempotency_key`` the key is derived from the payment's refunds as the
+    mirror knows them, so a retry after a lost answer reuses it, as long as no news of that
+    refund arrived in between. Pass a key tied to the request for the refund
+    (``f"return-{rma.pk}"``) and a repeated call never refunds twice, whatever arrived.
     """
+    if idempotency_key is not None:
+        _check_idempotency_key(idempotency_key)
     if reason not in Refund.Reason.values:
         raise RefundError(f"reason must be one of {', '.join(Refund.Reason.values)}.")
     if amount is not None and (not isinstance(amount, int) or isinstance(amount, bool)):
@@ -711,8 +754,10 @@ def refund_payment(
             raise RefundError(
                 f"The refund must be between 1 and {refundable} (minor units), not {amount}."
             )
-        attempts = payment.refunds.count()
-        key = f"refund-{payment.ledgepay_id}-{attempts}-{refunded}-{amount}"
+        key = idempotency_key
+        if key is None:
+            attempts = payment.refunds.count()
+            key = f"refund-{payment.ledgepay_id}-{attempts}-{refunded}-{amount}"
         data = get_client().create_refund(
             {"payment_id": payment.ledgepay_id, "amount": amount, "reason": reason},
             idempotency_key=key,
@@ -720,7 +765,7 @@ def refund_payment(
         if not isinstance(data.get("id"), str) or not data["id"]:
             raise APIError("LedgePay's answer to the refund has no id.")
         sent = {"amount": amount, "currency": payment.currency, "reason": reason}
-        refund, _ = apply_refund({**sent, **_without_blanks(data)}, payment=payment)
+        refund, _ = apply_refund(data, payment=payment, known=sent)
     return refund
 
 

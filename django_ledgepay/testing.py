@@ -33,7 +33,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 from django.urls import reverse
 
-from django_ledgepay.conf import conf
+from django_ledgepay.conf import Secret, conf
 from django_ledgepay.sandbox.state import Driver, LedgePayState, event_payload
 from django_ledgepay.webhooks import SIGNATURE_HEADER, signature_header
 
@@ -43,7 +43,7 @@ __all__ = ["FakeLedgePay", "post_webhook", "signed_webhook"]
 def signed_webhook(
     payload: Mapping[str, Any] | bytes | str,
     *,
-    secret: str | None = None,
+    secret: Secret | None = None,
     timestamp: int | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """The body and headers of a webhook delivery signed like LedgePay signs it.
@@ -73,7 +73,7 @@ def post_webhook(
     client: Client,
     payload: Mapping[str, Any] | bytes | str,
     *,
-    secret: str | None = None,
+    secret: Secret | None = None,
     timestamp: int | None = None,
     url: str | None = None,
 ) -> Any:
@@ -129,8 +129,8 @@ class FakeLedgePay(Driver):
         self.mock.start()
 
     def stop(self) -> None:
+        """Stop answering; the state and routes stay, so it can be started again."""
         self.mock.stop()
-        self.mock.reset()
 
     def deliver(self, client: Client, *, url: str | None = None) -> list[int]:
         """Post every queued event to the webhook view, in order; return the status codes."""

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -54,6 +54,15 @@ class WebhookView(View):
             logger.warning("Webhook refused: %s", err.message)
             return _answer(400, err.message)
 
+        try:
+            return self.apply(body)
+        except OperationalError:
+            # The database is down or locked: nothing was stored, LedgePay delivers again.
+            logger.exception("Webhook delivery not stored: the database failed")
+            return _answer(503, "The event could not be stored now; deliver it again.")
+
+    def apply(self, body: bytes) -> HttpResponse:
+        """Store and apply a delivery whose signature passed."""
         fast = webhooks.settle_in_one_statement(body)
         if fast is not None and fast.settled is not None:
             return _answer(200, WebhookEvent.Status.PROCESSED)

@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from django_ledgepay import services
+from django_ledgepay.conf import Secret
 from django_ledgepay.exceptions import LedgePayError, WebhookPayloadError, WebhookSignatureError
 from django_ledgepay.models import Payment, Refund, WebhookEvent
 
@@ -35,19 +36,25 @@ SIGNATURE_HEADER = "LedgePay-Signature"
 MAX_TIMESTAMP_DIGITS: Final = 15
 
 
-def compute_signature(body: bytes, secret: str, timestamp: int) -> str:
-    """The hex ``v1`` value for ``body`` signed at ``timestamp`` with ``secret``."""
+def compute_signature(body: bytes, secret: Secret, timestamp: int | str) -> str:
+    """The hex ``v1`` value for ``body`` signed at ``timestamp`` with ``secret``.
+
+    ``timestamp`` is signed as the header writes it. A text secret is keyed by its UTF-8
+    bytes; one read from a non-UTF-8 environment keeps its original bytes (surrogateescape).
+    """
     message = f"{timestamp}.".encode() + body
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    if isinstance(secret, str):
+        secret = secret.encode("utf-8", "surrogateescape")
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
 def signature_header(
-    body: bytes, secrets: str | Iterable[str], timestamp: int | None = None
+    body: bytes, secrets: Secret | Iterable[Secret], timestamp: int | None = None
 ) -> str:
     """A complete header value, with one ``v1`` entry per secret (as during a rotation)."""
     if timestamp is None:
         timestamp = int(time.time())
-    if isinstance(secrets, str):
+    if isinstance(secrets, (str, bytes)):
         secrets = [secrets]
     entries = [f"t={timestamp}"]
     entries += [f"v1={compute_signature(body, secret, timestamp)}" for secret in secrets]
@@ -56,7 +63,13 @@ def signature_header(
 
 def parse_signature_header(header: str) -> tuple[int, list[str]]:
     """Split a header into its timestamp and its ``v1`` signatures."""
-    timestamp: int | None = None
+    stamp, signatures = _split_signature_header(header)
+    return int(stamp), signatures
+
+
+def _split_signature_header(header: str) -> tuple[str, list[str]]:
+    """The timestamp as written (it is signed as written) and the ``v1`` signatures."""
+    stamp: str | None = None
     signatures: list[str] = []
     for item in header.split(","):
         key, sep, value = item.strip().partition("=")
@@ -66,20 +79,20 @@ def parse_signature_header(header: str) -> tuple[int, list[str]]:
             # Bounded, so neither int() nor the tolerance check can overflow.
             if not value.isascii() or not value.isdigit() or len(value) > MAX_TIMESTAMP_DIGITS:
                 raise WebhookSignatureError("The signature's timestamp is not a number.")
-            timestamp = int(value)
+            stamp = value
         elif key == "v1" and value:
             signatures.append(value)
-    if timestamp is None:
+    if stamp is None:
         raise WebhookSignatureError("The signature header has no timestamp.")
     if not signatures:
         raise WebhookSignatureError("The signature header has no v1 signature.")
-    return timestamp, signatures
+    return stamp, signatures
 
 
 def verify_signature(
     body: bytes,
     header: str | None,
-    secrets: Iterable[str],
+    secrets: Iterable[Secret],
     *,
     tolerance: int = 300,
     now: float | None = None,
@@ -93,14 +106,15 @@ def verify_signature(
         raise WebhookSignatureError("No webhook secret is configured (LEDGEPAY_WEBHOOK_SECRET).")
     if not header:
         raise WebhookSignatureError(f"The {SIGNATURE_HEADER} header is missing.")
-    timestamp, signatures = parse_signature_header(header)
+    stamp, signatures = _split_signature_header(header)
+    timestamp = int(stamp)
     if now is None:
         now = time.time()
     if abs(now - timestamp) > tolerance:
         raise WebhookSignatureError("The signature's timestamp is outside the tolerance.")
     matched = False
     for secret in secrets:
-        expected = compute_signature(body, secret, timestamp)
+        expected = compute_signature(body, secret, stamp)
         for signature in signatures:
             # No early exit: the time taken does not depend on which entry matched.
             matched |= constant_time_compare(expected, signature)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import environ
@@ -23,6 +24,16 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 DATABASES = {
     "default": environ.Env.db_url_config(os.environ.get("DATABASE_URL", "sqlite://:memory:"))
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # As the README advises: writers wait for each other, as row locks make them elsewhere.
+    DATABASES["default"].setdefault("OPTIONS", {})["transaction_mode"] = "IMMEDIATE"
+    # Files, not memory: the live server's threads then get connections of their own, so a
+    # webhook and an admin request run side by side as they do in production. (With a NAME
+    # in memory, the live server would share one connection between its threads.)
+    _file = os.path.join(tempfile.gettempdir(), f"ledgepay-tests-{os.getpid()}")
+    if DATABASES["default"]["NAME"] in ("", ":memory:"):
+        DATABASES["default"]["NAME"] = f"{_file}.sqlite3"
+    DATABASES["default"]["TEST"] = {"NAME": f"{_file}-test.sqlite3"}
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

@@ -333,6 +333,17 @@ def test_refund_page_needs_the_permission(viewer, api):
     assert not payment.refunds.exists()
 
 
+def test_refund_page_needs_the_view_permission_too(django_user_model, api):
+    # The page shows the customer: refunding without seeing payments is not a thing.
+    payment = make_payment(customer_email="ann@example.com")
+    blind = staff_client(django_user_model, "refund_payment", username="blind")
+    get = blind.get(refund_url(payment))
+    post = blind.post(refund_url(payment), refund_form(payment, "10.00"))
+    assert (get.status_code, post.status_code) == (403, 403)
+    assert b"ann@example.com" not in get.content
+    assert len(api.calls) == 0
+
+
 def test_refund_page_needs_staff(client, django_user_model):
     payment = make_payment()
     user = django_user_model.objects.create_user("shopper", password="pw")
@@ -401,7 +412,15 @@ def test_refund_of_the_default_rest(admin_client, api):
 
 @pytest.mark.parametrize(
     ("currency", "amount", "typed", "minor"),
-    [("JPY", 5000, "1500", 1500), ("KWD", 12345, "1.234", 1234), ("EUR", 5000, "0.01", 1)],
+    [
+        ("JPY", 5000, "1500", 1500),
+        ("KWD", 12345, "1.234", 1234),
+        ("EUR", 5000, "0.01", 1),
+        ("EUR", 5000, " 12.5 ", 1250),
+        ("EUR", 5000, "12.", 1200),
+        ("EUR", 5000, ".5", 50),
+        ("EUR", 5000, "1.000", 100),
+    ],
 )
 def test_refund_converts_with_the_currency_exponent(
     admin_client, api, currency, amount, typed, minor
@@ -415,6 +434,9 @@ def test_refund_converts_with_the_currency_exponent(
     assert json.loads(call.calls[0].request.body)["amount"] == minor
 
 
+DIGITS = "Enter an amount in digits, such as 12.34."
+
+
 @pytest.mark.parametrize(
     ("currency", "typed", "error"),
     [
@@ -425,12 +447,22 @@ def test_refund_converts_with_the_currency_exponent(
         ("EUR", "12.345", "EUR amounts have at most 2 decimal places."),
         ("JPY", "1.5", "JPY amounts have at most 0 decimal places."),
         ("KWD", "1.2345", "KWD amounts have at most 3 decimal places."),
-        ("EUR", "1e999999999", "That is more than what is left to refund (50.00 EUR)."),
-        ("EUR", "1e-999999999", "EUR amounts have at most 2 decimal places."),
-        ("EUR", "abc", "Enter a number."),
-        ("EUR", "12,34", "Enter a number."),
-        ("EUR", "NaN", "Enter a number."),
-        ("EUR", "Infinity", "Enter a number."),
+        (
+            "EUR",
+            "99999999999999999999999",
+            "That is more than what is left to refund (50.00 EUR).",
+        ),
+        ("EUR", "0.000000000000000000001", "EUR amounts have at most 2 decimal places."),
+        ("EUR", "1e999999999", DIGITS),
+        ("EUR", "1e-999999999", DIGITS),
+        ("EUR", "abc", DIGITS),
+        ("EUR", "12,34", DIGITS),
+        ("EUR", "NaN", DIGITS),
+        ("EUR", "Infinity", DIGITS),
+        ("JPY", "1_000", DIGITS),
+        ("EUR", "\uff11\uff12.\uff13\uff14", DIGITS),  # Full-width digits.
+        ("EUR", "\u0967\u0968.\u0969\u096a", DIGITS),  # Devanagari digits.
+        ("EUR", "1.2.3", DIGITS),
         ("EUR", "", "This field is required."),
     ],
 )

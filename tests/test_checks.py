@@ -7,6 +7,7 @@ import pytest
 from django.core.checks import CheckMessage, Tags, Warning, run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django.db import connections
 from django.test import override_settings
 
 from django_ledgepay.checks import check_settings
@@ -14,6 +15,8 @@ from django_ledgepay.checks import check_settings
 W001 = "django_ledgepay.W001"
 W002 = "django_ledgepay.W002"
 W003 = "django_ledgepay.W003"
+W004 = "django_ledgepay.W004"
+W005 = "django_ledgepay.W005"
 
 
 def ids(messages: list[CheckMessage]) -> list[str | None]:
@@ -72,11 +75,28 @@ def test_w002_when_the_webhook_secret_setting_is_absent(settings):
     assert ids(check_settings()) == [W002]
 
 
-@pytest.mark.parametrize("secret", ["whsec_one", ["whsec_old", "whsec_new"], ("", "whsec_new")])
+@pytest.mark.parametrize(
+    "secret",
+    ["whsec_one", b"whsec_bytes", ["whsec_old", b"whsec_new"], ("", "whsec_new")],
+)
 def test_no_w002_with_a_secret_or_a_list_of_them(settings, secret):
     settings.LEDGEPAY_WEBHOOK_SECRET = secret
 
-    assert W002 not in ids(check_settings())
+    assert ids(check_settings()) == []
+
+
+@pytest.mark.parametrize(
+    ("secret", "also"),
+    [(12345, [W002]), ({"whsec_one"}, [W002]), (["whsec_new", None], []), ([7], [W002])],
+)
+def test_w004_when_the_webhook_secret_is_not_text(settings, secret, also):
+    settings.LEDGEPAY_WEBHOOK_SECRET = secret
+
+    messages = check_settings()
+
+    assert ids(messages) == [W004, *also]
+    assert "LEDGEPAY_WEBHOOK_SECRET" in messages[0].msg
+    assert "12345" not in messages[0].msg  # The value is never shown.
 
 
 @pytest.mark.parametrize(
@@ -177,3 +197,24 @@ def test_a_warning_can_be_silenced():
 
     assert W001 not in output
     assert "1 silenced" in output
+
+
+@pytest.mark.parametrize(
+    ("engine", "options", "expected"),
+    [
+        ("django.db.backends.sqlite3", {}, [W005]),
+        ("django.db.backends.sqlite3", {"transaction_mode": "DEFERRED"}, [W005]),
+        ("django.db.backends.sqlite3", {"transaction_mode": "immediate"}, []),
+        ("django.db.backends.postgresql", {}, []),
+    ],
+)
+def test_w005_for_sqlite_without_immediate_transactions(monkeypatch, engine, options, expected):
+    database = connections["default"].settings_dict
+    monkeypatch.setitem(database, "ENGINE", engine)
+    monkeypatch.setitem(database, "OPTIONS", options)
+
+    messages = check_settings()
+
+    assert ids(messages) == expected
+    if expected:
+        assert "transaction_mode" in str(messages[0].hint)

@@ -82,6 +82,10 @@ def test_a_new_settings_object_reads_the_same_values(settings):
         ("", []),
         ([], []),
         (None, []),
+        (b"whsec_bytes", [b"whsec_bytes"]),
+        (["whsec_new", b"whsec_old"], ["whsec_new", b"whsec_old"]),
+        (12345, []),
+        (["whsec_new", None, 7], ["whsec_new"]),
     ],
 )
 def test_webhook_secrets_is_always_a_list(settings, value, secrets):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import requests
 
@@ -109,3 +111,43 @@ def test_idempotent_retries_under_failures_leave_one_payment_per_call(
     assert len(sandbox.payments) == calls
     assert Payment.objects.count() == calls
     assert sorted(p["amount"] for p in sandbox.payments.values()) == list(range(100, 125))
+
+
+def form_field(page: str, name: str) -> str:
+    match = re.search(rf'name="{name}" value="([^"]*)"', page)
+    assert match is not None, name
+    return match.group(1)
+
+
+def test_admin_refund_page_while_its_webhooks_arrive(sandbox, live_server, admin_user):
+    """Staff refund from the admin while the refund's own webhooks race the request."""
+    payment = buy(live_server)
+    press(payment, "pay")
+    assert status_becomes(sandbox, Payment, payment.pk, "succeeded")
+    staff = requests.Session()
+    login = f"{live_server.url}/admin/login/"
+    staff.get(login, timeout=5)
+    credentials = {"username": admin_user.username, "password": "password"}
+    token = staff.cookies["csrftoken"]
+    staff.post(login, data={**credentials, "csrfmiddlewaretoken": token}, timeout=5)
+    url = f"{live_server.url}/admin/django_ledgepay/payment/{payment.pk}/refund/"
+    page = staff.get(url, timeout=5).text
+    form = {
+        "amount": "5.99",
+        "reason": "customer_request",
+        "refunded_before": form_field(page, "refunded_before"),
+        "csrfmiddlewaretoken": form_field(page, "csrfmiddlewaretoken"),
+    }
+
+    answer = staff.post(url, data=form, allow_redirects=False, timeout=30)
+
+    assert answer.status_code == 302, answer.text[:2000]
+    refund = Refund.objects.get(payment=payment)
+    assert status_becomes(sandbox, Refund, refund.pk, "succeeded")
+    assert sandbox.wait_for_deliveries()
+    assert Refund.objects.count() == 1
+    assert Payment.objects.get(pk=payment.pk).refundable_amount == 2000
+    # The same form again, as a double submit would send it: refused, nothing refunded.
+    again = staff.post(url, data=form, allow_redirects=False, timeout=30)
+    assert again.status_code == 200
+    assert len(sandbox.refunds) == 1

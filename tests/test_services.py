@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 import time
@@ -61,6 +62,15 @@ VALID: dict[str, Any] = {
         ({"metadata": ["a"]}, "metadata"),
         ({"idempotency_key": ""}, "idempotency_key"),
         ({"idempotency_key": "k" * 256}, "idempotency_key"),
+        ({"idempotency_key": "order\n1"}, "idempotency_key"),
+        ({"idempotency_key": "commande-été"}, "idempotency_key"),
+        ({"amount": 2**63}, "amount"),
+        ({"metadata": {"ratio": float("nan")}}, "metadata"),
+        ({"customer": {"name": "N" * 256}}, "customer.name"),
+        (
+            {"customer": {"email": "a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 63}},
+            "customer.email",
+        ),
     ],
 )
 def test_create_payment_validates_before_any_call(api, overrides, param):
@@ -109,6 +119,31 @@ def test_create_payment_merges_what_was_sent_with_a_partial_answer(api):
 
 
 @pytest.mark.parametrize(
+    "answered",
+    [
+        {"amount": "5000", "currency": 978},  # Ill-typed: what was sent stands.
+        {"amount": 5000.0, "customer": {"email": "ann@example.com"}, "metadata": {}},
+        {"customer": {}, "description": "", "metadata": None},
+    ],
+)
+def test_create_payment_keeps_what_was_sent_over_an_odd_answer(api, answered):
+    answer = payment_data(id="pay_odd", status="pending")
+    del answer["description"], answer["customer"], answer["metadata"]
+    answer.update(answered)
+    api.post(f"{API}/payments", json=answer, status=201)
+    payment = services.create_payment(
+        **VALID,
+        description="Order #2",
+        customer={"email": "ann@example.com", "name": "Ann"},
+        metadata={"order_id": "2"},
+    )
+    payment.refresh_from_db()
+    assert (payment.amount, payment.currency) == (5000, "EUR")
+    assert (payment.customer_email, payment.customer_name) == ("ann@example.com", "Ann")
+    assert (payment.description, payment.metadata) == ("Order #2", {"order_id": "2"})
+
+
+@pytest.mark.parametrize(
     "url", ["http://testserver/ok", "http://web:8000/ok", "http://127.0.0.1:8000/ok?x=1"]
 )
 def test_create_payment_accepts_any_host(api, url):
@@ -123,6 +158,7 @@ def test_create_payment_twice_with_one_key_keeps_one_payment(api):
     second = services.create_payment(**VALID, idempotency_key="order-7")
     assert first.pk == second.pk
     assert Payment.objects.count() == 1
+    assert [call.request.headers["Idempotency-Key"] for call in api.calls] == ["order-7"] * 2
 
 
 def test_create_payment_answer_without_id_is_an_api_error(api):
@@ -368,6 +404,43 @@ def test_sync_payments_updates_and_counts(api, receive, django_capture_on_commit
     assert Payment.objects.get(ledgepay_id="pay_new").status == "failed"
 
 
+def test_sync_of_a_final_payment_that_changed_otherwise_signals_nothing(
+    api, receive, django_capture_on_commit_callbacks
+):
+    payment = make_payment(status="succeeded", description="Order #1")
+    receivers = [receive(signal) for signal in services.PAYMENT_SIGNALS.values()]
+    remote = payment_data(id=payment.ledgepay_id, status="succeeded", description="Order #1b")
+    api.get(f"{API}/payments", json={"data": [remote], "has_more": False})
+    api.get(f"{API}/payments/{payment.ledgepay_id}", json=remote)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.sync_payments().updated == 1
+        services.sync_payment(payment)
+    payment.refresh_from_db()
+    assert payment.description == "Order #1b"
+    assert all(r.calls == [] for r in receivers)
+
+
+@pytest.mark.parametrize("how", ["sync_payment", "sync_payments", "refund_payment"])
+def test_signals_wait_for_the_commit_whatever_made_the_change(
+    api, receive, django_capture_on_commit_callbacks, how
+):
+    payment = make_payment(status="pending" if how.startswith("sync") else "succeeded")
+    remote = payment_data(id=payment.ledgepay_id, status="succeeded")
+    api.get(f"{API}/payments/{payment.ledgepay_id}", json=remote)
+    api.get(f"{API}/payments", json={"data": [remote], "has_more": False})
+    api.post(f"{API}/refunds", json=refund_answer(payment, status="succeeded"), status=201)
+    signal = signals.refund_succeeded if how == "refund_payment" else signals.payment_succeeded
+    sent = receive(signal)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        if how == "sync_payments":
+            services.sync_payments()
+        else:
+            getattr(services, how)(payment)
+        assert sent.calls == []  # Not before the transaction commits.
+    assert callbacks  # refund_payment queues refund_created too.
+    assert len(sent.calls) == 1
+
+
 def test_sync_payments_passes_filters(api):
     api.get(f"{API}/payments", json=[])
     services.sync_payments(
@@ -467,6 +540,43 @@ def test_refund_idempotency_key_survives_a_lost_answer(api):
     keys = {call.request.headers["Idempotency-Key"] for call in api.calls}
     assert len(keys) == 1
     assert payment.refunds.count() == 1
+
+
+def test_refund_answer_fills_in_nothing_it_holds_ill_typed(api):
+    payment = make_payment(amount=5000)
+    answer = {**refund_answer(payment, amount=1000), "amount": "1000", "currency": None}
+    api.post(f"{API}/refunds", json=answer, status=201)
+    refund = services.refund_payment(payment, amount=1000)
+    refund.refresh_from_db()
+    assert (refund.amount, refund.currency) == (1000, payment.currency)
+
+
+def test_refund_with_a_key_of_the_callers_refunds_once_whatever_arrived(
+    api, client, django_capture_on_commit_callbacks
+):
+    # The answer is lost after LedgePay acted, and the refund's webhook arrives before the
+    # caller retries: the derived key would now differ, the caller's own key does not.
+    payment = make_payment(amount=5000)
+    api.post(f"{API}/refunds", body=requests.ConnectionError("reset"))
+    with pytest.raises(APIConnectionError):
+        services.refund_payment(payment, amount=1000, idempotency_key="return-17")
+    made = refund_answer(payment, amount=1000)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.apply_refund(made)  # What the refund.created webhook does.
+    api.replace(responses.POST, f"{API}/refunds", json=made)
+    refund = services.refund_payment(payment, amount=1000, idempotency_key="return-17")
+    keys = {call.request.headers["Idempotency-Key"] for call in api.calls}
+    assert keys == {"return-17"}
+    assert refund.ledgepay_id == made["id"]
+    assert payment.refunds.count() == 1
+    assert payment.amount_refunded == 1000
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256, "a\tb", 17])
+def test_refund_refuses_a_bad_key_before_any_call(api, key):
+    with pytest.raises(InvalidRequestError, match="idempotency_key"):
+        services.refund_payment(make_payment(), idempotency_key=key)
+    assert len(api.calls) == 0
 
 
 def test_refund_keys_differ_for_two_real_refunds(api):
@@ -641,6 +751,30 @@ def test_times_without_a_zone_are_utc_and_bad_times_are_skipped():
     assert payment.created_at.isoformat() == "2024-01-15T10:30:00+00:00"
     payment, _ = services.apply_payment(payment_data(created_at="2024-13-45T99:00:00Z"))
     assert payment.created_at is None
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "0001-01-01T00:00:00+01:00",  # Out of range once in UTC.
+        "9999-12-31T23:59:59-01:00",
+        "0001-01-01T00:00:00Z",  # In range, but not readable back in every zone.
+        "9999-12-31T23:59:59Z",
+    ],
+)
+def test_times_at_the_ends_of_the_calendar_are_skipped(moment):
+    data = payment_data(created_at=moment, completed_at=moment, status="succeeded")
+    payment, _ = services.apply_payment(data)
+    payment.refresh_from_db()
+    assert (payment.status, payment.created_at) == ("succeeded", None)
+    assert payment.completed_at is not None and payment.completed_at.year > 2000
+
+
+def test_sync_payments_refuses_a_time_out_of_range(api):
+    moment = datetime.datetime.min.replace(tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
+    with pytest.raises(InvalidRequestError, match="created_after is out of range"):
+        services.sync_payments(created_after=moment)
+    assert len(api.calls) == 0
 
 
 @pytest.mark.parametrize("data", [{}, {"id": ""}, {"id": 7}])

@@ -71,6 +71,19 @@ def test_fake_ledgepay_honours_idempotency_keys():
         assert len(fake.requests) == 2
 
 
+def test_fake_ledgepay_can_be_started_again_and_keeps_its_state():
+    fake = FakeLedgePay()
+    with fake:
+        first = services.create_payment(amount=500, currency="EUR", **URLS)
+    fake.start()
+    try:
+        second = services.create_payment(amount=600, currency="EUR", **URLS)
+        assert services.sync_payment(first.ledgepay_id).amount == 500
+    finally:
+        fake.stop()
+    assert sorted(fake.payments) == sorted([first.ledgepay_id, second.ledgepay_id])
+
+
 def test_fake_ledgepay_refuses_like_ledgepay():
     with FakeLedgePay() as fake:
         payment = services.create_payment(amount=500, currency="EUR", **URLS)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 from django.test import Client
 from django.urls import reverse
 
@@ -186,6 +186,37 @@ def test_secret_rotation_accepts_old_and_new(client, settings):
     third = make_payment(status="pending")
     assert post_webhook(client, succeeded(third), secret="whsec_gone").status_code == 400
     assert WebhookEvent.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("configured", "signer"),
+    [
+        (b"whsec_bytes", b"whsec_bytes"),
+        (["whsec_new", b"whsec_old"], b"whsec_old"),
+        # What os.environ holds for a secret that is not UTF-8: its bytes, surrogate-escaped.
+        (b"whsec_\xff".decode("utf-8", "surrogateescape"), b"whsec_\xff"),
+    ],
+)
+def test_bytes_and_non_utf8_secrets_verify(client, settings, configured, signer):
+    settings.LEDGEPAY_WEBHOOK_SECRET = configured
+    payment = make_payment(status="pending")
+    assert post_webhook(client, succeeded(payment), secret=signer).status_code == 200
+    payment.refresh_from_db()
+    assert payment.status == "succeeded"
+    other = make_payment(status="pending")
+    assert post_webhook(client, succeeded(other), secret=b"whsec_\xfe").status_code == 400
+
+
+def test_timestamp_is_signed_as_written(client):
+    payment = make_payment(status="pending")
+    body = json.dumps(succeeded(payment)).encode()
+    stamp = f"0{int(time.time())}"  # A leading zero: signed with it, as the header says.
+    signature = webhooks.compute_signature(body, "whsec_tests", stamp)
+    response = post_signed(client, body, {"LedgePay-Signature": f"t={stamp},v1={signature}"})
+    assert response.status_code == 200
+    unsigned = webhooks.compute_signature(body, "whsec_tests", int(stamp))
+    header = f"t={stamp},v1={unsigned}"
+    assert post_signed(client, body, {"LedgePay-Signature": header}).status_code == 400
 
 
 def test_no_secret_configured_refuses(client, settings):
@@ -449,6 +480,25 @@ def test_api_errors_while_fetching_are_503_and_kept(client, api, settings, answe
     assert f"HTTP {answer['status']}" in stored.error
 
 
+def test_a_database_that_fails_is_503_then_redelivery_succeeds(client, monkeypatch, caplog):
+    payment = make_payment(status="pending")
+    body, headers = signed_webhook(succeeded(payment))
+
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("database is locked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(webhooks, "settle_in_one_statement", locked)
+        patched.setattr(webhooks, "record_event", locked)
+        response = post_signed(client, body, headers)
+    assert response.status_code == 503
+    assert "database failed" in caplog.text
+    assert not WebhookEvent.objects.exists()
+    assert post_signed(client, body, headers).status_code == 200
+    payment.refresh_from_db()
+    assert payment.status == "succeeded"
+
+
 def test_refund_for_an_unknown_payment_with_the_api_down_is_503_then_redelivery_succeeds(
     client, api, settings, receive, django_capture_on_commit_callbacks
 ):
@@ -616,16 +666,57 @@ data_objects = st.fixed_dictionaries(
         "status": st.sampled_from(["pending", "succeeded", "failed"]) | json_values,
         "metadata": json_values,
         "customer": st.fixed_dictionaries({}, optional={"email": json_scalars}) | json_values,
-        "created_at": st.sampled_from(["2024-01-15T10:30:00Z", "2024-13-45T99:00:00Z"])
+        "created_at": st.sampled_from(
+            [
+                "2024-01-15T10:30:00Z",
+                "2024-13-45T99:00:00Z",
+                "0001-01-01T00:00:00+01:00",
+                "9999-12-31T23:59:59-01:00",
+            ]
+        )
+        | json_values,
+        "completed_at": st.sampled_from(["2024-01-15T10:31:00Z", "0001-01-01T00:00:00Z"])
         | json_values,
         "checkout_url": st.text(max_size=5) | st.just("x" * 3000),
         "reason": st.sampled_from(["customer_request", "bogus"]) | json_values,
     },
 )
+times = st.sampled_from(
+    ["2024-01-15T10:30:00Z", "2024-01-15T10:30:00", "0001-01-01T00:00:00+01:00", "soon"]
+)
+# Objects that mostly pass validation, so that applying them is exercised too.
+plausible_data = st.fixed_dictionaries(
+    {"id": st.sampled_from(["pay_known", "pay_final", "pay_unknown", "re_known", "re_new"])},
+    optional={
+        "payment_id": st.sampled_from(["pay_known", "pay_final", "pay_unknown", "pay_other"]),
+        "amount": st.integers(min_value=1, max_value=10**6),
+        "currency": st.sampled_from(["EUR", "JPY", "KWD", "eur"]),
+        "status": st.sampled_from(["pending", "succeeded", "failed", "canceled"]),
+        "metadata": st.dictionaries(st.text(max_size=5), json_scalars, max_size=3),
+        "customer": st.fixed_dictionaries(
+            {},
+            optional={
+                "email": st.sampled_from(["a@example.com", "not an email", "", "é@x.example"]),
+                "name": st.text(max_size=10),
+            },
+        ),
+        "description": st.text(max_size=20),
+        "created_at": times,
+        "completed_at": times,
+        "checkout_url": st.sampled_from(["https://pay.example/c", "", "javascript:x"]),
+        "reason": st.sampled_from(["customer_request", "duplicate", "bogus"]),
+    },
+)
 raw_tokens = st.sampled_from(
     [b"1e400", b"-1e400", b"NaN", b'"\\u0000"', b'"\\ud800"', b"9" * 5000, b"[" * 5000]
 )
+plausible_bodies = st.fixed_dictionaries({"event": event_types, "data": plausible_data}).map(
+    lambda v: json.dumps(v).encode()
+)
 bodies = st.one_of(
+    plausible_bodies,
+    plausible_bodies,
+    plausible_bodies,
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries({"event": event_types | json_values, "data": data_objects}).map(
@@ -642,23 +733,45 @@ bodies = st.one_of(
 )
 
 
-@hypothesis_settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(body=bodies)
-def test_signed_random_bodies_never_get_a_500(client, api, settings, body):
-    """The test client raises what a 500 would hide, so any server error fails here."""
-    settings.LEDGEPAY_MAX_RETRIES = 0  # An unknown payment meets an unreachable API: 503.
+def post_random_body(client: Client, body: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """Post ``body`` signed; the test client raises what a 500 would hide. A 503 must be a
+    passing failure (LedgePay unreachable, an object not yet known), never a bug: an
+    unexpected exception is logged with its traceback, which fails here."""
     if not Payment.objects.filter(ledgepay_id="pay_known").exists():
         known = make_payment(ledgepay_id="pay_known", status="pending")
         make_payment(ledgepay_id="pay_final", status="failed")
         make_refund(known, ledgepay_id="re_known", status="pending")
+    caplog.clear()
     response = post_webhook(client, body)
     assert response.status_code in {200, 400, 503}
+    unexpected = [r for r in caplog.records if r.exc_info and r.name.startswith("django_ledgepay")]
+    assert unexpected == []
     if response.status_code != 400:
-        assert WebhookEvent.objects.filter(body_sha256=hashlib.sha256(body).hexdigest()).exists()
+        stored = WebhookEvent.objects.get(body_sha256=hashlib.sha256(body).hexdigest())
+        assert (response.status_code == 503) == (stored.status == "failed")
+
+
+random_body_settings = hypothesis_settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@hypothesis_settings(random_body_settings, max_examples=300)
+@given(body=bodies)
+def test_signed_random_bodies_never_get_a_500(client, api, settings, caplog, body):
+    settings.LEDGEPAY_MAX_RETRIES = 0  # An unknown payment meets an unreachable API: 503.
+    post_random_body(client, body, caplog)
+
+
+@pytest.mark.django_db(transaction=True)
+@hypothesis_settings(random_body_settings, max_examples=100)
+@given(body=bodies)
+def test_signed_random_bodies_never_get_a_500_in_autocommit(client, api, settings, caplog, body):
+    """As a server runs the view: in autocommit, on PostgreSQL's one-statement path too."""
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    Payment.objects.filter(ledgepay_id="pay_known").update(status="pending")
+    post_random_body(client, body, caplog)
 
 
 # Concurrency on PostgreSQL

@@ -377,15 +377,17 @@ def test_contradicting_payment_event_is_ignored(
 @pytest.mark.django_db
 def test_contradicting_refund_event_is_ignored(receive, django_capture_on_commit_callbacks):
     payment = make_payment()
-    refund = make_refund(payment, status="succeeded")
+    refund = make_refund(payment, status="succeeded", amount=2500)
     failed = receive(signals.refund_failed)
-    data = refund_data(payment.ledgepay_id, id=refund.ledgepay_id, amount=refund.amount)
+    # Its other fields are not trusted either: a smaller amount would free money to refund.
+    data = refund_data(payment.ledgepay_id, id=refund.ledgepay_id, amount=100, reason="other")
     event = stored("refund.failed", data)
     with django_capture_on_commit_callbacks(execute=True):
         webhooks.process_event(event)
     assert (event.status, event.error) == ("ignored", "The refund is already succeeded.")
     refund.refresh_from_db()
-    assert refund.status == "succeeded"
+    assert (refund.status, refund.amount, refund.reason) == ("succeeded", 2500, "customer_request")
+    assert payment.amount_refunded == 2500
     assert failed.calls == []
 
 
