@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import responses as responses_lib
 
+from django.db import connection
 from django.dispatch import Signal
 
 from django_ledgepay import client
@@ -139,3 +140,19 @@ def without_shop_receivers() -> Iterator[None]:
     yield
     for signal, receiver in pairs:
         signal.connect(receiver)
+
+
+def writers_wait_for_each_other() -> bool:
+    """Whether concurrent writers queue up: PostgreSQL's row locks, or SQLite in IMMEDIATE
+    transaction mode (one writer at a time, as the README advises)."""
+    if connection.vendor == "postgresql":
+        return True
+    mode = connection.settings_dict.get("OPTIONS", {}).get("transaction_mode") or ""
+    return connection.vendor == "sqlite" and str(mode).upper() == "IMMEDIATE"
+
+
+#: For concurrency tests: they need writers that wait for each other.
+concurrent_writers = pytest.mark.skipif(
+    not writers_wait_for_each_other(),
+    reason="needs PostgreSQL's row locks or SQLite's IMMEDIATE transactions",
+)

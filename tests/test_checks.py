@@ -12,6 +12,9 @@ from django.test import override_settings
 
 from django_ledgepay.checks import check_settings
 
+# `manage.py check` runs the model checks too, and JSONField's asks SQLite what it supports.
+pytestmark = pytest.mark.django_db
+
 W001 = "django_ledgepay.W001"
 W002 = "django_ledgepay.W002"
 W003 = "django_ledgepay.W003"

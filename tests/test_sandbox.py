@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -677,5 +678,7 @@ def test_sandbox_command_logs_each_webhook_attempt_once(settings_module, path):
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output
-    assert output.count("attempt 1: failed") == 1, output
-    assert output.count("attempt 2: failed") == 1, output
+    # However many attempts a loaded machine fits in that second, each is printed once.
+    attempts = re.findall(r"Webhook payment\.succeeded \S+ to \S+, attempt (\d+): failed", output)
+    assert attempts, output
+    assert len(attempts) == len(set(attempts)), output

@@ -21,7 +21,7 @@ from django_ledgepay.exceptions import (
     RefundError,
 )
 from django_ledgepay.models import Payment, Refund
-from tests.conftest import API
+from tests.conftest import API, concurrent_writers
 from tests.factories import make_payment, make_refund, next_id, payment_data, refund_data
 
 pytestmark = pytest.mark.django_db
@@ -661,7 +661,7 @@ def test_new_refund_without_amount_is_incomplete():
         services.apply_refund({"id": "re_x", "payment_id": payment.ledgepay_id})
 
 
-# Concurrency on PostgreSQL
+# Concurrency: on PostgreSQL, and on SQLite in IMMEDIATE mode where the test allows
 
 
 requires_postgres = pytest.mark.skipif(
@@ -693,7 +693,7 @@ def run_in_threads(target, count):
     return results, errors
 
 
-@requires_postgres
+@concurrent_writers
 @pytest.mark.django_db(transaction=True)
 def test_two_clicks_refund_once_under_the_row_lock(api):
     payment = make_payment(amount=5000)
@@ -710,7 +710,7 @@ def test_two_clicks_refund_once_under_the_row_lock(api):
     assert Refund.objects.filter(payment=payment).count() == 1
 
 
-@requires_postgres
+@concurrent_writers
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_updates_signal_once(receive):
     payment = make_payment(status="pending")
@@ -722,7 +722,7 @@ def test_concurrent_updates_signal_once(receive):
     assert len(succeeded.calls) == 1
 
 
-@requires_postgres
+@concurrent_writers
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_first_sight_creates_one_row(receive):
     succeeded = receive(signals.payment_succeeded)

@@ -23,14 +23,11 @@ from django.urls import reverse
 from django_ledgepay import services, signals, webhooks
 from django_ledgepay.models import Payment, Refund, WebhookEvent
 from django_ledgepay.testing import post_webhook, signed_webhook
-from tests.conftest import API
+from tests.conftest import API, concurrent_writers
 from tests.factories import make_payment, make_refund, payment_data, refund_data
 
 pytestmark = pytest.mark.django_db
 URL = "/ledgepay/webhook/"
-on_postgresql = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="needs PostgreSQL's row locks and concurrency"
-)
 
 
 def event(event_type: str, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -803,7 +800,7 @@ def delivery(body: bytes, headers: dict[str, str]) -> Callable[[], int]:
     return lambda: post_signed(Client(), body, headers).status_code
 
 
-@on_postgresql
+@concurrent_writers
 @pytest.mark.django_db(transaction=True)
 def test_same_event_to_several_workers_at_once(receive):
     payment = make_payment(status="pending")
@@ -819,7 +816,7 @@ def test_same_event_to_several_workers_at_once(receive):
     assert paid.calls[0]["event"].pk == stored.pk
 
 
-@on_postgresql
+@concurrent_writers
 @pytest.mark.django_db(transaction=True)
 def test_unknown_payment_to_several_workers_at_once(receive, api):
     paid = receive(signals.payment_succeeded)
@@ -832,7 +829,7 @@ def test_unknown_payment_to_several_workers_at_once(receive, api):
     assert WebhookEvent.objects.get().status == "processed"
 
 
-@on_postgresql
+@concurrent_writers
 @pytest.mark.django_db(transaction=True)
 def test_webhook_racing_sync_payment(receive, api):
     payment = make_payment(status="pending")
@@ -852,7 +849,7 @@ def test_webhook_racing_sync_payment(receive, api):
     assert WebhookEvent.objects.get().status == "processed"
 
 
-@on_postgresql
+@concurrent_writers
 @pytest.mark.django_db(transaction=True)
 def test_refund_events_for_an_unknown_payment_at_once(receive, api):
     paid = receive(signals.payment_succeeded)
