@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -50,6 +51,15 @@ def sandbox() -> Iterator[Sandbox]:
 def create(sandbox: Sandbox, **overrides: Any) -> requests.Response:
     return requests.post(
         f"{sandbox.api_base}/payments", json={**NEW, **overrides}, headers=AUTH, timeout=5
+    )
+
+
+def post_refund(sandbox: Sandbox, payment_id: str, **fields: Any) -> requests.Response:
+    return requests.post(
+        f"{sandbox.api_base}/refunds",
+        json={"payment_id": payment_id, **fields},
+        headers=AUTH,
+        timeout=5,
     )
 
 
@@ -216,19 +226,9 @@ def test_webhooks_signed_retried_and_refunds_complete():
         ) as sandbox:
             payment = create(sandbox).json()
             sandbox.pay(payment["id"])
-            refund = requests.post(
-                f"{sandbox.api_base}/refunds",
-                json={"payment_id": payment["id"], "amount": 234},
-                headers=AUTH,
-                timeout=5,
-            )
+            refund = post_refund(sandbox, payment["id"], amount=234)
             assert refund.status_code == 201
-            too_much = requests.post(
-                f"{sandbox.api_base}/refunds",
-                json={"payment_id": payment["id"], "amount": 1001},
-                headers=AUTH,
-                timeout=5,
-            )
+            too_much = post_refund(sandbox, payment["id"], amount=1001)
             assert too_much.status_code == 400
             assert sandbox.wait_until(lambda: len(receiver.bodies) == 3)
             assert sandbox.wait_for_deliveries()
@@ -288,51 +288,62 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_sandbox_command_serves_until_ctrl_c():
+@contextlib.contextmanager
+def sandbox_command(
+    *options: str, settings_module: str = "tests.settings", cwd: Path = ROOT
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run ``manage.py ledgepay_sandbox`` in a process of its own until the API answers;
+    yield its API base and the process. Kill it afterwards if it is still running."""
     port = free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "django",
-        "ledgepay_sandbox",
-        "--port",
-        str(port),
-        "--webhook-url",
-        "http://127.0.0.1:9/hook/",
-        "--rate-limit",
-        "50",
-    ]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": settings_module,
+        "PYTHONPATH": os.pathsep.join([str(cwd), str(ROOT)]),
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [sys.executable, "-m", "django", "ledgepay_sandbox", "--port", str(port)]
     process = subprocess.Popen(
-        command,
-        cwd=ROOT,
+        [*command, *options],
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    api = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
-                response = requests.get(
-                    f"http://127.0.0.1:{port}/v1/payments", headers=AUTH, timeout=1
-                )
+                requests.get(f"{api}/payments", headers=AUTH, timeout=1)
                 break
             except requests.ConnectionError:
                 assert process.poll() is None, process.stdout.read() if process.stdout else ""
                 assert time.monotonic() < deadline, "the sandbox did not start"
                 time.sleep(0.1)
-        assert response.status_code == 200
-        assert response.headers["X-RateLimit-Limit"] == "50"
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=10)
+        yield api, process
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def stop_with_ctrl_c(process: subprocess.Popen[str]) -> str:
+    """Press Ctrl-C; return what the command printed."""
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=10)
+    return output
+
+
+def test_sandbox_command_serves_until_ctrl_c():
+    hook = "http://127.0.0.1:9/hook/"
+    with sandbox_command("--webhook-url", hook, "--rate-limit", "50") as (api, process):
+        response = requests.get(f"{api}/payments", headers=AUTH, timeout=1)
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Limit"] == "50"
+        output = stop_with_ctrl_c(process)
     assert process.returncode == 0
-    assert f"LedgePay sandbox at http://127.0.0.1:{port}/v1" in output
-    assert "Delivering webhooks to http://127.0.0.1:9/hook/" in output
+    assert f"LedgePay sandbox at {api}" in output
+    assert f"Delivering webhooks to {hook}" in output
     assert "Sandbox stopped." in output
 
 
@@ -504,12 +515,7 @@ def test_events_of_one_payment_keep_their_order_through_retries():
         ) as sandbox:
             payment = create(sandbox).json()
             sandbox.pay(payment["id"])
-            refund = requests.post(
-                f"{sandbox.api_base}/refunds",
-                json={"payment_id": payment["id"]},
-                headers=AUTH,
-                timeout=5,
-            )
+            refund = post_refund(sandbox, payment["id"])
             assert refund.status_code == 201
             assert sandbox.wait_until(lambda: len(receiver.bodies) == 3)
             assert sandbox.wait_for_deliveries()
@@ -534,12 +540,7 @@ def test_an_event_is_given_up_after_its_attempts_and_the_next_one_goes(caplog):
         ):
             payment = create(sandbox).json()
             sandbox.pay(payment["id"])
-            refund = requests.post(
-                f"{sandbox.api_base}/refunds",
-                json={"payment_id": payment["id"]},
-                headers=AUTH,
-                timeout=5,
-            )
+            refund = post_refund(sandbox, payment["id"])
             assert refund.status_code == 201
             assert sandbox.wait_for_deliveries()
     finally:
@@ -638,45 +639,13 @@ def test_sandbox_command_shows_logs_when_nothing_handles_them(ledgepay_loggers, 
     ],
 )
 def test_sandbox_command_logs_each_webhook_attempt_once(settings_module, path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": settings_module,
-        "PYTHONPATH": os.pathsep.join([str(path), str(ROOT)]),
-        "PYTHONUNBUFFERED": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "django",
-        "ledgepay_sandbox",
-        "--port",
-        str(port),
-        "--webhook-url",
-        "http://127.0.0.1:9/hook/",
-    ]
-    process = subprocess.Popen(
-        command, cwd=path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        api = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                payment = requests.post(f"{api}/payments", json=NEW, headers=AUTH, timeout=1)
-                break
-            except requests.ConnectionError:
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                assert time.monotonic() < deadline, "the sandbox did not start"
-                time.sleep(0.1)
+    options = ("--webhook-url", "http://127.0.0.1:9/hook/")
+    with sandbox_command(*options, settings_module=settings_module, cwd=path) as (api, process):
+        payment = requests.post(f"{api}/payments", json=NEW, headers=AUTH, timeout=5)
         checkout = payment.json()["checkout_url"]
         requests.post(checkout, data={"action": "pay"}, allow_redirects=False, timeout=5)
         time.sleep(1.0)  # Attempts 1 (at once) and 2 (half a second later) fail.
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
+        output = stop_with_ctrl_c(process)
     assert process.returncode == 0, output
     # However many attempts a loaded machine fits in that second, each is printed once.
     attempts = re.findall(r"Webhook payment\.succeeded \S+ to \S+, attempt (\d+): failed", output)
