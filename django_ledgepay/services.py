@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.dispatch import Signal
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -553,9 +554,11 @@ class SyncResult:
         return self.created + self.updated + self.unchanged + self.skipped
 
     def __str__(self) -> str:
+        total, pages = self.total, self.pages
         return (
-            f"{self.total} payments in {self.pages} pages: {self.created} created, "
-            f"{self.updated} updated, {self.unchanged} unchanged, {self.skipped} skipped"
+            f"{total} payment{pluralize(total)} in {pages} page{pluralize(pages)}: "
+            f"{self.created} created, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.skipped} skipped"
         )
 
 

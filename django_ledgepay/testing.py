@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import requests
-import responses
 
 from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
@@ -113,6 +112,9 @@ class FakeLedgePay(Driver):
         self.requests: list[requests.PreparedRequest] = []
         self._failures: list[int | None] = []
         self.state.listeners.append(self._record)
+        # Imported here: the signing helpers above work without ``responses`` installed.
+        import responses
+
         self.mock = responses.RequestsMock(assert_all_requests_are_fired=False)
         pattern = re.compile(re.escape(self.api_base) + r"/.*")
         for method in (responses.GET, responses.POST):

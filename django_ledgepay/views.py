@@ -38,6 +38,11 @@ class WebhookView(View):
 
     http_method_names = ["post"]
 
+    def http_method_not_allowed(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        response = _answer(405, "Only POST is allowed.")
+        response["Allow"] = "POST"
+        return response
+
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
             body = request.body

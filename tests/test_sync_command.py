@@ -25,7 +25,7 @@ def test_sync_command_prints_progress_and_summary(api):
     call_command("ledgepay_sync", "--status", "succeeded", stdout=out)
     output = out.getvalue()
     assert "Page 1: 2 payments so far (1 created, 1 updated)." in output
-    assert "Synced 2 payments in 1 pages: 1 created, 1 updated, 0 unchanged" in output
+    assert "Synced 2 payments in 1 page: 1 created, 1 updated, 0 unchanged" in output
     assert "status=succeeded" in api.calls[0].request.url
     assert "limit=100" in api.calls[0].request.url
     assert Payment.objects.get(ledgepay_id="pay_a").status == "succeeded"
@@ -124,3 +124,11 @@ def test_sync_command_failing_later_counts_every_page_done(api, settings):
     assert "Could not reach LedgePay" in str(excinfo.value)
     assert settings.LEDGEPAY_API_KEY not in str(excinfo.value)
     assert len(api.calls) == 3
+
+
+def test_sync_command_counts_in_words_that_agree(api):
+    api.get(f"{API}/payments", json={"data": [payment_data()], "has_more": False})
+    out = StringIO()
+    call_command("ledgepay_sync", stdout=out)
+    assert "Page 1: 1 payment so far" in out.getvalue()
+    assert "Synced 1 payment in 1 page: 1 created" in out.getvalue()

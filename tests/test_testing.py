@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -260,3 +264,25 @@ def test_fake_requires_the_api_key_header(settings):
         answer = requests.get(f"{fake.api_base}/payments", timeout=5)
     assert answer.status_code == 401
     assert answer.json()["error"]["type"] == "authentication_error"
+
+
+def test_the_signing_helpers_work_without_responses_installed():
+    # A shop that only posts signed deliveries need not install responses.
+    script = (
+        "import sys; sys.modules['responses'] = None\n"
+        "import django; django.setup()\n"
+        "from django_ledgepay.testing import signed_webhook\n"
+        "body, headers = signed_webhook({'event': 'x', 'data': {}}, secret='s')\n"
+        "print(sorted(headers))\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['LedgePay-Signature']"

@@ -55,6 +55,8 @@ def test_only_post(client, method):
     response = getattr(client, method)(URL)
     assert response.status_code == 405
     assert response["Allow"] == "POST"
+    if method != "head":
+        assert response.json() == {"detail": "Only POST is allowed."}
     assert not WebhookEvent.objects.exists()
 
 

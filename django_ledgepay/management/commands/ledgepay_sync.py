@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.template.defaultfilters import pluralize
 from django.utils.dateparse import parse_datetime
 
 from django_ledgepay.exceptions import LedgePayError
@@ -60,8 +61,8 @@ class Command(BaseCommand):
         done = self.done
         if done is None or not done.pages:
             return f"Sync stopped: {err}"
-        pages = _counted(done.pages, "page")
-        payments = _counted(done.total, "payment")
+        pages = f"{done.pages} page{pluralize(done.pages)}"
+        payments = f"{done.total} payment{pluralize(done.total)}"
         return (
             f"Sync stopped after {pages} ({payments}: {done.created} created, "
             f"{done.updated} updated): {err}"
@@ -71,10 +72,6 @@ class Command(BaseCommand):
         self.done = result
         if self.verbosity >= 1:
             self.stdout.write(
-                f"Page {result.pages}: {result.total} payments so far "
+                f"Page {result.pages}: {result.total} payment{pluralize(result.total)} so far "
                 f"({result.created} created, {result.updated} updated)."
             )
-
-
-def _counted(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
