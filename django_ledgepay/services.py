@@ -393,26 +393,30 @@ def apply_payment_event(
 ) -> tuple[Payment, bool]:
     """Apply a webhook's news that a payment reached the final ``status``.
 
-    The common case, a known pending payment, costs one conditional UPDATE and one SELECT
+    The common case, a known pending payment, costs one SELECT and one conditional UPDATE
     and no transaction of its own: ``WHERE status = 'pending'`` lets exactly one of several
-    concurrent deliveries win, and only the winner sends the signal. A payment never seen
-    takes the general path of :func:`apply_payment`; when the event does not say enough to
-    record it, it is fetched from LedgePay first (which may raise LedgePayError).
+    concurrent deliveries win, and only the winner sends the signal, with nothing between
+    the UPDATE and the signal that could fail. A payment already final costs the SELECT
+    alone. A payment never seen takes the general path of :func:`apply_payment`; when the
+    event does not say enough to record it, it is fetched from LedgePay first (which may
+    raise LedgePayError).
     """
     ledgepay_id = _object_id(data, "payment")
+    payment = None
     if status in PAYMENT_SIGNALS:
+        payment = Payment.objects.filter(ledgepay_id=ledgepay_id).first()
+    if payment is not None and not payment.is_final:
         now = timezone.now()
         values = {**payment_values(data), "status": status, "updated_at": now}
         values.setdefault("completed_at", now)
-        won = Payment.objects.filter(
-            ledgepay_id=ledgepay_id, status=Payment.Status.PENDING
-        ).update(**values)
-        payment = Payment.objects.filter(ledgepay_id=ledgepay_id).first()
-        if payment is not None and won:
+        if Payment.objects.filter(pk=payment.pk, status=Payment.Status.PENDING).update(**values):
+            for field, value in values.items():
+                setattr(payment, field, value)
             _payment_signal(payment, event)
             return payment, True
-        if payment is not None and payment.is_final:
-            return payment, False
+        payment.refresh_from_db()  # Another caller moved it first.
+    if payment is not None and payment.is_final:
+        return payment, False
     try:
         return apply_payment(data, status=status, event=event)
     except IncompleteDataError:
@@ -524,6 +528,10 @@ def _create_refund(
         if not Refund.objects.filter(ledgepay_id=ledgepay_id).exists():
             raise
         return None
+    # The payment's row is written too, under its lock: under REPEATABLE READ or SERIALIZABLE
+    # a refund_payment() waiting for that lock then fails to serialize, instead of reading
+    # a snapshot without this refund and refunding again.
+    Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now())
     _refund_signals(refund, event, created=True)
     return refund
 
@@ -721,6 +729,7 @@ def refund_payment(
     amount: int | None = None,
     reason: str = Refund.Reason.CUSTOMER_REQUEST,
     idempotency_key: str | None = None,
+    expected_refunded: int | None = None,
 ) -> Refund:
     """Refund ``amount`` minor units of a succeeded payment, or all that is left when None.
 
@@ -732,6 +741,10 @@ def refund_payment(
     mirror knows them, so a retry after a lost answer reuses it, as long as no news of that
     refund arrived in between. Pass a key tied to the request for the refund
     (``f"return-{rma.pk}"``) and a repeated call never refunds twice, whatever arrived.
+
+    ``expected_refunded`` is what the caller saw refunded already (a form's hidden field):
+    when the payment's refunds add up to something else, under the lock, RefundError is
+    raised and nothing is refunded, so a form submitted twice refunds once.
     """
     if idempotency_key is not None:
         _check_idempotency_key(idempotency_key)
@@ -748,6 +761,11 @@ def refund_payment(
         if payment.status != Payment.Status.SUCCEEDED:
             raise RefundError(f"Payment {payment.ledgepay_id} is {payment.status}, not succeeded.")
         refunded = payment.amount_refunded
+        if expected_refunded is not None and refunded != expected_refunded:
+            raise RefundError(
+                f"The refunds of payment {payment.ledgepay_id} changed: {refunded} refunded "
+                f"now, {expected_refunded} expected (minor units). Check and try again."
+            )
         refundable = max(0, payment.amount - refunded)
         if refundable == 0:
             raise RefundError(f"Payment {payment.ledgepay_id} is already refunded in full.")

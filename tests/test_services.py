@@ -10,7 +10,7 @@ import pytest
 import requests
 import responses
 
-from django.db import connection
+from django.db import OperationalError, connection, connections
 
 from django_ledgepay import services, signals
 from django_ledgepay.exceptions import (
@@ -708,6 +708,44 @@ def test_two_clicks_refund_once_under_the_row_lock(api):
     assert len(results) == 1
     assert [type(err) for err in errors] == [RefundError]
     assert Refund.objects.filter(payment=payment).count() == 1
+
+
+@requires_postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("level", ["REPEATABLE_READ", "SERIALIZABLE"])
+def test_two_clicks_refund_once_at_stricter_isolation_levels(api, monkeypatch, level):
+    # There the second click's snapshot predates the first refund: the lock alone would let
+    # it read nothing refunded. The first refund writes the payment's row, so it cannot.
+    import psycopg
+
+    database = connections.settings["default"]
+    isolation = getattr(psycopg.IsolationLevel, level)
+    monkeypatch.setitem(
+        database, "OPTIONS", {**database.get("OPTIONS", {}), "isolation_level": isolation}
+    )
+    payment = make_payment(amount=5000)
+
+    def slow_refund(request):
+        time.sleep(0.3)
+        return 201, {}, json.dumps(refund_answer(payment, id=next_id("re")))
+
+    api.add_callback(responses.POST, f"{API}/refunds", callback=slow_refund)
+    results, errors = run_in_threads(lambda: services.refund_payment(payment), 2)
+    assert len(api.calls) == 1
+    assert len(results) == 1
+    assert [type(err) for err in errors] in ([RefundError], [OperationalError])
+    assert Refund.objects.filter(payment=payment).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_expected_refunded_refuses_a_double_submit_of_a_partial_refund(api):
+    payment = make_payment(amount=5000)
+    api.post(f"{API}/refunds", json=refund_answer(payment, amount=2000), status=201)
+    shown = payment.amount_refunded  # What the form showed when it was drawn.
+    services.refund_payment(payment, amount=2000, expected_refunded=shown)
+    with pytest.raises(RefundError, match="2000 refunded now, 0 expected"):
+        services.refund_payment(payment, amount=2000, expected_refunded=shown)
+    assert len(api.calls) == 1
 
 
 @concurrent_writers

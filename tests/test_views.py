@@ -498,6 +498,47 @@ def test_a_database_that_fails_is_503_then_redelivery_succeeds(client, monkeypat
     assert payment.status == "succeeded"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_database_failing_right_after_the_payment_moved_loses_no_signal(
+    client, monkeypatch, receive
+):
+    # The general path (SQLite; on PostgreSQL, an event stored before): once the payment's
+    # UPDATE has committed, nothing may run on the database before the signal is sent.
+    monkeypatch.setattr(webhooks, "settle_in_one_statement", lambda body: None)
+    payment = make_payment(status="pending")
+    paid = receive(signals.payment_succeeded)
+    body, headers = signed_webhook(succeeded(payment))
+    table = Payment._meta.db_table
+    moved: list[str] = []
+
+    def fail_after_the_update(execute: Any, sql: str, *args: Any) -> Any:
+        if moved and table in sql and not paid.calls:
+            raise OperationalError("server closed the connection unexpectedly")
+        result = execute(sql, *args)
+        if sql.startswith("UPDATE") and table in sql:
+            moved.append(sql)
+        return result
+
+    with connection.execute_wrapper(fail_after_the_update):
+        first = post_signed(client, body, headers)
+    again = post_signed(client, body, headers)
+    assert moved
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert len(paid.calls) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_event_for_a_final_payment_costs_one_read(
+    client, django_assert_num_queries, monkeypatch
+):
+    monkeypatch.setattr(webhooks, "settle_in_one_statement", lambda body: None)
+    payment = make_payment(status="succeeded")
+    event_ = webhooks.record_event(signed_webhook(succeeded(payment))[0])[0]
+    with django_assert_num_queries(2):  # Read the payment, record the outcome.
+        webhooks.process_event(event_)
+    assert event_.status == "processed"
+
+
 def test_refund_for_an_unknown_payment_with_the_api_down_is_503_then_redelivery_succeeds(
     client, api, settings, receive, django_capture_on_commit_callbacks
 ):
