@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from django.apps import AppConfig
 from django.core.checks import CheckMessage, Tags, Warning, register
-from django.db import connections, router
+from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from django_ledgepay.conf import conf
 from django_ledgepay.models import Payment
@@ -47,7 +47,17 @@ def check_settings(
                 id="django_ledgepay.W002",
             )
         )
-    database = connections[router.db_for_write(Payment)].settings_dict
+    alias = router.db_for_write(Payment)
+    if alias != DEFAULT_DB_ALIAS:
+        messages.append(
+            Warning(
+                f"A database router sends django_ledgepay's models to {alias!r}: its "
+                "transactions, row locks and signals are taken on 'default' only.",
+                hint="Keep django_ledgepay's tables in the default database.",
+                id="django_ledgepay.W006",
+            )
+        )
+    database = connections[alias].settings_dict
     mode = str(database.get("OPTIONS", {}).get("transaction_mode") or "").upper()
     if database["ENGINE"] == "django.db.backends.sqlite3" and mode != "IMMEDIATE":
         messages.append(

@@ -7,7 +7,7 @@ import pytest
 from django.core.checks import CheckMessage, Tags, Warning, run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.db import connections
+from django.db import connections, router
 from django.test import override_settings
 
 from django_ledgepay.checks import check_settings
@@ -20,6 +20,7 @@ W002 = "django_ledgepay.W002"
 W003 = "django_ledgepay.W003"
 W004 = "django_ledgepay.W004"
 W005 = "django_ledgepay.W005"
+W006 = "django_ledgepay.W006"
 
 
 def ids(messages: list[CheckMessage]) -> list[str | None]:
@@ -221,3 +222,13 @@ def test_w005_for_sqlite_without_immediate_transactions(monkeypatch, engine, opt
     assert ids(messages) == expected
     if expected:
         assert "transaction_mode" in str(messages[0].hint)
+
+
+def test_w006_when_a_router_sends_the_models_elsewhere(monkeypatch):
+    monkeypatch.setitem(connections.settings, "payments", connections.settings["default"])
+    monkeypatch.setattr(router, "db_for_write", lambda model, **hints: "payments")
+
+    messages = check_settings()
+
+    assert W006 in ids(messages)
+    assert "'payments'" in messages[ids(messages).index(W006)].msg
