@@ -14,7 +14,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
-from django.db import router, transaction
+from django.db import OperationalError, router, transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -27,7 +27,13 @@ from django.utils.translation import ngettext
 
 from django_ledgepay import services, webhooks
 from django_ledgepay.currencies import format_amount
-from django_ledgepay.exceptions import LedgePayError, RefundError
+from django_ledgepay.exceptions import (
+    AuthenticationError,
+    InvalidRequestError,
+    LedgePayError,
+    NotFoundError,
+    RefundError,
+)
 from django_ledgepay.forms import RefundForm, RefundReasonForm, unrefundable_reason
 from django_ledgepay.models import Payment, PaymentQuerySet, Refund, WebhookEvent
 
@@ -52,6 +58,12 @@ def pretty_json(value: Any) -> SafeString:
     return format_html('<pre class="ledgepay-json">{}</pre>', text)
 
 
+def nowrap(text: str) -> SafeString:
+    """``text`` on one line, with the admin's own ``nowrap`` class: ``12.345 KWD`` split in
+    two reads as two values."""
+    return format_html('<span class="nowrap">{}</span>', text)
+
+
 class ReadOnlyMixin:
     """The mirror is never edited, added to or deleted from by hand; viewing is as usual."""
 
@@ -74,8 +86,8 @@ class AmountMixin:
     """An ``amount_display`` column: the amount in major units with its currency."""
 
     @admin.display(description=_("amount"), ordering="amount")
-    def amount_display(self, obj: Payment | Refund) -> str:
-        return format_amount(obj.amount, obj.currency)
+    def amount_display(self, obj: Payment | Refund) -> SafeString:
+        return nowrap(format_amount(obj.amount, obj.currency))
 
 
 class RefundInline(AmountMixin, ReadOnlyMixin, RefundInlineBase):
@@ -142,9 +154,8 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
     # Columns and fields
 
     @admin.display(description=_("refunded"), ordering="annotated_amount_refunded")
-    def refunded_display(self, payment: Payment) -> str | None:
-        refunded = payment.amount_refunded
-        return format_amount(refunded, payment.currency) if refunded else None
+    def refunded_display(self, payment: Payment) -> SafeString:
+        return nowrap(format_amount(payment.amount_refunded, payment.currency))
 
     @admin.display(description=_("refundable"))
     def refundable_display(self, payment: Payment) -> str:
@@ -218,12 +229,8 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
                     reason=form.cleaned_data["reason"],
                     refunded_before=form.cleaned_data["refunded_before"],
                 )
-            except LedgePayError as err:
-                error = (
-                    str(err)
-                    if isinstance(err, RefundError)
-                    else _("LedgePay refused the refund: %(error)s") % {"error": err}
-                )
+            except (LedgePayError, OperationalError) as err:
+                error = self._refund_error(err)
                 # Show the payment as it is now, and check the amount against it.
                 payment = self.get_object(request, unquote(object_id)) or payment
                 form = RefundForm(request.POST, payment=payment)
@@ -240,6 +247,10 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
             data = request.POST.copy()
             data["refunded_before"] = str(payment.amount_refunded)
             form.data = data
+        unrefundable = unrefundable_reason(payment)
+        # The note "Please correct ..." is for mistakes in what was typed, not for a payment
+        # that cannot be refunded or a LedgePay that could not be reached.
+        field_errors = 0 if unrefundable else sum(1 for f in form.visible_fields() if f.errors)
         context = {
             **self.admin_site.each_context(request),
             "title": _("Refund %(payment)s") % {"payment": payment.ledgepay_id},
@@ -248,9 +259,14 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
             "payment": payment,
             "original": payment,
             "form": form,
-            "unrefundable_reason": unrefundable_reason(payment),
-            "amount_display": self.amount_display(payment),
+            "field_errors": field_errors,
+            "unrefundable_reason": unrefundable,
+            "customer": self.customer(payment) or self.get_empty_value_display(),
+            "amount_display": format_amount(payment.amount, payment.currency),
             "refunded_display": format_amount(payment.amount_refunded, payment.currency),
+            # What is left means something only for a payment that succeeded; any other
+            # shows why it cannot be refunded instead.
+            "show_refundable": payment.status == Payment.Status.SUCCEEDED,
             "refundable_display": self.refundable_display(payment),
             "has_view_permission": self.has_view_permission(request, payment),
             "media": self.media + form.media,
@@ -283,6 +299,41 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
                     )
                 )
             return services.refund_payment(locked, amount=amount, reason=reason)
+
+    @staticmethod
+    def _refund_error(err: LedgePayError | OperationalError) -> str:
+        """The refund page's error for ``err``: refused, or only not made for now."""
+        if isinstance(err, OperationalError):
+            return PaymentAdmin._database_error(err)
+        if isinstance(err, RefundError):
+            return str(err)
+        if isinstance(err, (InvalidRequestError, AuthenticationError, NotFoundError)):
+            # LedgePay answered with a 4xx: the same request would be refused again.
+            return str(_("LedgePay refused the refund: %(error)s") % {"error": err})
+        # No answer, a 5xx or the rate limit: the refund may have been made or not. The
+        # idempotency key comes from the payment's refunds and the amount, so the same
+        # amount submitted again gets LedgePay's first refund back rather than a second.
+        return str(
+            _(
+                "The refund could not be made now: %(error)s Submitting the same amount "
+                "again is safe: it will not refund twice."
+            )
+            % {"error": err}
+        )
+
+    @staticmethod
+    def _database_error(err: OperationalError) -> str:
+        # Another refund of the payment at the same moment (at PostgreSQL's stricter
+        # isolation levels), or a lock that timed out. LedgePay may have acted: its webhooks
+        # bring any refund it made into the mirror.
+        return str(
+            _(
+                "The database could not complete the refund (another refund of this payment "
+                "at the same moment, or a busy database): %(error)s. Load the payment again: "
+                "its refunds show what was made."
+            )
+            % {"error": err}
+        )
 
     @staticmethod
     def _refunded_message(payment: Payment, refund: Refund) -> str:
@@ -339,6 +390,8 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
             "skipped": skipped,
             "reason_form": reason_form,
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            # The action was posted to the list with its filters: back to the same list.
+            "changelist_url": request.get_full_path(),
             "media": self.media,
         }
         request.current_app = self.admin_site.name
@@ -363,11 +416,12 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
                 % {"payment": payment.ledgepay_id, "error": err},
                 messages.WARNING,
             )
-        except LedgePayError as err:
+        except (LedgePayError, OperationalError) as err:
+            error = self._database_error(err) if isinstance(err, OperationalError) else err
             self.message_user(
                 request,
                 _("Could not refund %(payment)s: %(error)s")
-                % {"payment": payment.ledgepay_id, "error": err},
+                % {"payment": payment.ledgepay_id, "error": error},
                 messages.ERROR,
             )
         else:
@@ -408,7 +462,7 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
             if fresh.status != before:
                 self.message_user(
                     request,
-                    _("%(payment)s is now %(status)s (was %(before)s).")
+                    _("Payment %(payment)s is now %(status)s (was %(before)s).")
                     % {"payment": payment.ledgepay_id, "status": fresh.status, "before": before},
                     messages.INFO,
                 )
@@ -499,6 +553,17 @@ class WebhookEventAdmin(ReadOnlyMixin, WebhookEventAdminBase):
 
     @admin.action(description=_("Process selected events again"), permissions=("process",))
     def process_events(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> None:
+        if queryset.count() > ACTION_LIMIT:
+            self.message_user(
+                request,
+                _(
+                    "Select at most %(limit)s events to process at once; for more, run "
+                    "“manage.py ledgepay_reprocess”."
+                )
+                % {"limit": ACTION_LIMIT},
+                messages.ERROR,
+            )
+            return
         counts: dict[str, int] = {}
         for event in queryset:
             webhooks.process_event(event)
@@ -511,9 +576,14 @@ class WebhookEventAdmin(ReadOnlyMixin, WebhookEventAdminBase):
                     messages.ERROR,
                 )
         summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+        total = sum(counts.values())
         self.message_user(
             request,
-            _("Processed %(count)d events again: %(summary)s.")
-            % {"count": sum(counts.values()), "summary": summary},
+            ngettext(
+                "Processed %(count)d event again: %(summary)s.",
+                "Processed %(count)d events again: %(summary)s.",
+                total,
+            )
+            % {"count": total, "summary": summary},
             messages.SUCCESS if WebhookEvent.Status.FAILED not in counts else messages.WARNING,
         )

@@ -10,6 +10,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from django_ledgepay.currencies import exponent, format_amount, to_major, to_minor
 from django_ledgepay.models import Payment, Refund
@@ -17,8 +18,14 @@ from django_ledgepay.models import Payment, Refund
 
 def unrefundable_reason(payment: Payment) -> str:
     """Why ``payment`` cannot be refunded, or ``""`` when something is left to refund."""
+    if payment.status == Payment.Status.PENDING:
+        return str(_("it is still pending"))
+    if payment.status == Payment.Status.FAILED:
+        return str(_("it failed"))
+    if payment.status == Payment.Status.CANCELED:
+        return str(_("it was canceled"))
     if payment.status != Payment.Status.SUCCEEDED:
-        return str(_("it is %(status)s, not succeeded") % {"status": payment.status})
+        return str(_("it has not succeeded"))
     if payment.refundable_amount <= 0:
         return str(_("it is already refunded in full"))
     return ""
@@ -74,13 +81,19 @@ class RefundForm(RefundReasonForm):
         currency = payment.currency
         digits = exponent(currency)
         self.fields["amount"].label = _("Amount (%(currency)s)") % {"currency": currency}
-        self.fields["amount"].help_text = _(
-            "In %(currency)s, with at most %(digits)s decimal places; at most %(left)s."
-        ) % {
-            "currency": currency,
-            "digits": digits,
-            "left": format_amount(self.refundable, currency),
-        }
+        left = format_amount(self.refundable, currency)
+        if digits == 0:
+            help_text = _("In %(currency)s, in whole units (no decimals); at most %(left)s.") % {
+                "currency": currency,
+                "left": left,
+            }
+        else:
+            help_text = ngettext(
+                "In %(currency)s, with at most %(digits)s decimal place; at most %(left)s.",
+                "In %(currency)s, with at most %(digits)s decimal places; at most %(left)s.",
+                digits,
+            ) % {"currency": currency, "digits": digits, "left": left}
+        self.fields["amount"].help_text = help_text
         self.fields["amount"].initial = to_major(self.refundable, currency)
         self.fields["refunded_before"].initial = payment.amount_refunded
 
@@ -103,11 +116,18 @@ class RefundForm(RefundReasonForm):
         try:
             return to_minor(value, currency)
         except ValueError as err:
-            raise ValidationError(
-                _("%(currency)s amounts have at most %(digits)s decimal places.")
-                % {"currency": currency, "digits": exponent(currency)},
-                code="decimal_places",
-            ) from err
+            digits = exponent(currency)
+            if digits == 0:
+                message = _("%(currency)s amounts are whole numbers: no decimals.") % {
+                    "currency": currency
+                }
+            else:
+                message = ngettext(
+                    "%(currency)s amounts have at most %(digits)s decimal place.",
+                    "%(currency)s amounts have at most %(digits)s decimal places.",
+                    digits,
+                ) % {"currency": currency, "digits": digits}
+            raise ValidationError(message, code="decimal_places") from err
 
     def clean(self) -> dict[str, Any] | None:
         cleaned = super().clean()

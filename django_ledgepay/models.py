@@ -95,10 +95,10 @@ class Refund(models.Model):
         FAILED = "failed"
 
     class Reason(models.TextChoices):
-        CUSTOMER_REQUEST = "customer_request"
-        DUPLICATE = "duplicate"
-        FRAUDULENT = "fraudulent"
-        OTHER = "other"
+        CUSTOMER_REQUEST = "customer_request", _("Customer request")
+        DUPLICATE = "duplicate", _("Duplicate")
+        FRAUDULENT = "fraudulent", _("Fraudulent")
+        OTHER = "other", _("Other")
 
     ledgepay_id = models.CharField(_("LedgePay id"), max_length=255, unique=True)
     payment = models.ForeignKey(

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
+import requests
 import responses
 from responses import matchers
 
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.core import checks
-from django.db import connection
+from django.db import OperationalError, connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -65,6 +67,30 @@ def messages_of(response: Any) -> list[tuple[str, str]]:
     return [(m.level_tag, str(m)) for m in get_messages(response.wsgi_request)]
 
 
+def text_of(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html)).strip()
+
+
+def cells(content: str, column: str) -> list[str]:
+    """The text of each changelist cell of ``column``."""
+    found = re.findall(rf'<td class="field-{column}[^"]*">(.*?)</td>', content, re.DOTALL)
+    return [text_of(cell) for cell in found]
+
+
+def readonly_value(content: str, field: str) -> str:
+    """The text a change page shows for the read-only ``field``."""
+    match = re.search(rf'field-{field}\b.*?<div class="readonly">(.*?)</div>', content, re.DOTALL)
+    assert match, field
+    return text_of(match.group(1))
+
+
+def summary_rows(content: str) -> dict[str, str]:
+    """The refund page's summary table, header to value."""
+    table = content.split('class="ledgepay-refund-summary"', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r'<th scope="row">(.*?)</th><td>(.*?)</td>', table, re.DOTALL)
+    return {text_of(name): text_of(value) for name, value in rows}
+
+
 def add_refund_response(api: Any, payment: Payment, amount: int, **extra: Any) -> Any:
     return api.add(
         responses.POST,
@@ -117,6 +143,50 @@ def test_changelist_columns_in_major_units(admin_client):
     )
     for column in ("status", "created_at", "completed_at", "refunded_display"):
         assert f"column-{column}" in content
+
+
+def test_nothing_refunded_shows_zero(admin_client):
+    payment = make_payment(amount=12345, currency="KWD")
+
+    page = admin_client.get(change_url(payment)).content.decode()
+    listing = admin_client.get(CHANGELIST).content.decode()
+
+    assert readonly_value(page, "refunded_display") == "0.000 KWD"
+    assert cells(listing, "refunded_display") == ["0.000 KWD"]
+
+
+def test_amount_columns_do_not_wrap(admin_client):
+    payment = make_payment(amount=12345, currency="KWD")
+    make_refund(payment, amount=1000)
+
+    content = admin_client.get(CHANGELIST).content.decode()
+
+    # The admin's own "nowrap" class, as on its date columns.
+    assert '<td class="field-amount_display"><span class="nowrap">12.345 KWD</span>' in content
+    assert '<td class="field-refunded_display"><span class="nowrap">1.000 KWD</span>' in content
+    assert 'class="sortable column-amount_display' in content
+    assert 'class="sortable column-refunded_display' in content
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        ("2", ["pay_small", "pay_mid", "pay_big"]),
+        ("-2", ["pay_big", "pay_mid", "pay_small"]),
+        ("3", ["pay_big", "pay_mid", "pay_small"]),
+        ("-3", ["pay_small", "pay_mid", "pay_big"]),
+    ],
+)
+def test_amount_columns_sort(admin_client, order, expected):
+    small = make_payment(ledgepay_id="pay_small", amount=1000)
+    make_payment(ledgepay_id="pay_big", amount=9000)
+    mid = make_payment(ledgepay_id="pay_mid", amount=5000)
+    make_refund(small, amount=900)
+    make_refund(mid, amount=100)
+
+    response = admin_client.get(CHANGELIST, {"o": order})
+
+    assert [p.ledgepay_id for p in response.context["cl"].result_list] == expected
 
 
 @pytest.mark.parametrize(
@@ -445,7 +515,7 @@ DIGITS = "Enter an amount in digits, such as 12.34."
         ("EUR", "0.00", "Enter an amount greater than zero."),
         ("EUR", "-5", "Enter an amount greater than zero."),
         ("EUR", "12.345", "EUR amounts have at most 2 decimal places."),
-        ("JPY", "1.5", "JPY amounts have at most 0 decimal places."),
+        ("JPY", "1.5", "JPY amounts are whole numbers: no decimals."),
         ("KWD", "1.2345", "KWD amounts have at most 3 decimal places."),
         (
             "EUR",
@@ -474,8 +544,29 @@ def test_refund_form_errors_make_no_call(refunder, api, currency, typed, error):
     assert response.status_code == 200
     assert response.context["form"].errors["amount"] == [error]
     assert "errornote" in response.content.decode()
+    assert "Please correct the error below." in response.content.decode()
     assert len(api.calls) == 0
     assert not payment.refunds.exists()
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "help_text"),
+    [
+        ("JPY", 5000, "In JPY, in whole units (no decimals); at most 5000 JPY."),
+        ("EUR", 5000, "In EUR, with at most 2 decimal places; at most 50.00 EUR."),
+        ("KWD", 12345, "In KWD, with at most 3 decimal places; at most 12.345 KWD."),
+    ],
+)
+def test_refund_page_help_text_fits_the_currency(refunder, currency, amount, help_text):
+    payment = make_payment(amount=amount, currency=currency)
+    content = refunder.get(refund_url(payment)).content.decode()
+    assert f'<div class="help" id="id_amount_helptext"><div>{help_text}</div></div>' in content
+
+
+def test_refund_page_reasons_have_plain_labels(refunder):
+    content = refunder.get(refund_url(make_payment())).content.decode()
+    assert '<option value="customer_request" selected>Customer request</option>' in content
+    assert '<option value="fraudulent">Fraudulent</option>' in content
 
 
 def test_refund_form_rejects_an_unknown_reason(refunder, api):
@@ -496,23 +587,76 @@ def test_refund_form_without_its_hidden_state_makes_no_call(refunder, api):
     assert len(api.calls) == 0
 
 
-@pytest.mark.parametrize("status", ["pending", "failed", "canceled"])
-def test_refund_page_for_an_unrefundable_payment(refunder, api, status):
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [("pending", "it is still pending"), ("failed", "it failed"), ("canceled", "it was canceled")],
+)
+def test_refund_page_for_an_unrefundable_payment(refunder, api, status, reason):
     payment = make_payment(status=status)
 
     get = refunder.get(refund_url(payment))
     post = refunder.post(refund_url(payment), refund_form(payment, "10.00"))
 
+    content = get.content.decode()
     assert get.status_code == 200
-    assert f"This payment cannot be refunded: it is {status}, not succeeded." in (
-        get.content.decode()
-    )
-    assert 'name="_refund"' not in get.content.decode()
+    assert f"This payment cannot be refunded: {reason}." in content
+    assert 'name="_refund"' not in content
+    assert "Left to refund" not in content  # "0.00 EUR" would say nothing of why
+    assert summary_rows(content)["Refunded"] == "0.00 EUR"
     assert post.status_code == 200
     assert post.context["form"].non_field_errors() == [
-        f"This payment cannot be refunded: it is {status}, not succeeded."
+        f"This payment cannot be refunded: {reason}."
     ]
+    assert "Please correct" not in post.content.decode()
     assert len(api.calls) == 0
+
+
+def test_a_status_this_version_does_not_know_is_not_refundable(refunder, api):
+    payment = make_payment(status="disputed")
+    content = refunder.get(refund_url(payment)).content.decode()
+    assert "This payment cannot be refunded: it has not succeeded." in content
+    assert 'name="_refund"' not in content
+
+
+BACK_LINK = '<a href="{url}" class="closelink ledgepay-back">Back to the payment</a>'
+
+
+@pytest.mark.parametrize("refunded", [0, 1000, 5000])
+@pytest.mark.parametrize("status", ["succeeded", "pending", "failed", "canceled"])
+def test_refund_page_links_back_to_the_payment(refunder, status, refunded):
+    payment = make_payment(status=status, amount=5000)
+    if refunded:
+        make_refund(payment, amount=refunded)
+
+    content = refunder.get(refund_url(payment)).content.decode()
+
+    assert BACK_LINK.format(url=change_url(payment)) in content
+    assert ("Left to refund" in content) == (status == "succeeded")
+
+
+def test_refund_page_of_a_payment_refunded_in_full(refunder):
+    payment = make_payment(amount=5000)
+    make_refund(payment, amount=5000)
+
+    content = refunder.get(refund_url(payment)).content.decode()
+
+    assert summary_rows(content)["Left to refund"] == "0.00 EUR"
+    assert "This payment cannot be refunded: it is already refunded in full." in content
+
+
+@pytest.mark.parametrize(
+    ("name", "email", "shown"),
+    [
+        ("", "eur1@example.com", "eur1@example.com"),
+        ("Ann Lee", "", "Ann Lee"),
+        ("Ann Lee", "ann@example.com", "Ann Lee <ann@example.com>"),
+        ("", "", "-"),
+    ],
+)
+def test_refund_page_shows_the_customer_as_the_list_does(refunder, name, email, shown):
+    payment = make_payment(customer_name=name, customer_email=email)
+    content = refunder.get(refund_url(payment)).content.decode()
+    assert summary_rows(content)["Customer"] == shown.replace("<", "&lt;").replace(">", "&gt;")
 
 
 def test_double_submit_of_the_rest_refunds_once(refunder, api):
@@ -610,6 +754,115 @@ def test_refund_refused_by_ledgepay_shows_its_message(refunder, api):
     assert not payment.refunds.exists()
 
 
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (401, "Invalid API key. (HTTP 401)"),
+        (404, "No such payment. (HTTP 404)"),
+    ],
+)
+def test_refund_refused_by_ledgepay_is_not_an_input_error(refunder, api, status, message):
+    payment = make_payment()
+    error = {"error": {"message": message.split(" (")[0]}}
+    api.add(responses.POST, f"{API}/refunds", status=status, json=error)
+
+    response = refunder.post(refund_url(payment), refund_form(payment, "10.00"))
+
+    content = response.content.decode()
+    assert response.context["form"].non_field_errors() == [
+        f"LedgePay refused the refund: {message}"
+    ]
+    assert "Please correct" not in content
+    assert "errornote" not in content
+
+
+SAFE_AGAIN = "Submitting the same amount again is safe: it will not refund twice."
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (
+            {"body": requests.ConnectionError("refused")},
+            "Could not reach LedgePay for POST /refunds: ConnectionError.",
+        ),
+        ({"status": 500, "json": {"error": {"message": "Boom."}}}, "Boom. (HTTP 500)"),
+        ({"status": 429, "json": {"error": {"message": "Slow down."}}}, "Slow down. (HTTP 429)"),
+    ],
+)
+def test_refund_not_made_for_now_is_not_a_refusal(refunder, api, answer, error):
+    payment = make_payment()
+    api.add(responses.POST, f"{API}/refunds", **answer)
+
+    response = refunder.post(refund_url(payment), refund_form(payment, "10.00"))
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert response.context["form"].non_field_errors() == [
+        f"The refund could not be made now: {error} {SAFE_AGAIN}"
+    ]
+    assert "refused" not in content
+    assert "Please correct" not in content
+    assert 'name="amount" value="10.00"' in content  # ready to submit again
+    assert not payment.refunds.exists()
+
+
+def test_refund_page_shows_a_database_failure_instead_of_a_500(refunder, api, monkeypatch):
+    # At PostgreSQL's stricter isolation levels a concurrent refund fails to serialize.
+    def clash(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("could not serialize access due to concurrent update")
+
+    monkeypatch.setattr(services, "refund_payment", clash)
+    payment = make_payment()
+
+    response = refunder.post(refund_url(payment), refund_form(payment, "10.00"))
+
+    assert response.status_code == 200
+    [error] = response.context["form"].non_field_errors()
+    assert error.startswith("The database could not complete the refund")
+    assert "could not serialize access" in error
+    assert len(api.calls) == 0
+
+
+def test_refund_action_reports_a_database_failure_per_payment(refunder, api, monkeypatch):
+    def clash(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(services, "refund_payment", clash)
+    payment = make_payment(ledgepay_id="pay_busy")
+
+    response = refunder.post(
+        CHANGELIST, action_post("refund_payments", payment, post="yes", reason="other")
+    )
+
+    assert response.status_code == 302
+    [(level, text)] = messages_of(response)
+    assert level == "error"
+    assert text.startswith("Could not refund pay_busy: The database could not complete")
+
+
+def test_refund_submitted_again_after_a_lost_answer_refunds_once(refunder, api):
+    # What the message promises: the same amount sent again carries the same key, so
+    # LedgePay answers with the refund it may have made instead of making another.
+    payment = make_payment(amount=5000)
+    api.add(responses.POST, f"{API}/refunds", body=requests.ConnectionError("reset"))
+    data = refund_form(payment, "10.00")
+
+    failed = refunder.post(refund_url(payment), data)
+    api.replace(
+        responses.POST,
+        f"{API}/refunds",
+        json=refund_data(payment.ledgepay_id, id="re_again", amount=1000),
+    )
+    again = {**data, "refunded_before": failed.context["form"]["refunded_before"].value()}
+    succeeded = refunder.post(refund_url(payment), again)
+
+    assert SAFE_AGAIN in failed.content.decode()
+    assert succeeded.status_code == 302
+    assert len({call.request.headers["Idempotency-Key"] for call in api.calls}) == 1
+    assert list(payment.refunds.values_list("ledgepay_id", flat=True)) == ["re_again"]
+
+
 # The refund_payments action
 
 
@@ -660,7 +913,7 @@ def test_refund_action_asks_first(refunder, api, selection):
         ("pay_part", "30.00 EUR"),
     ]
     assert [(p.ledgepay_id, reason) for p, reason in response.context["skipped"]] == [
-        ("pay_pending", "it is pending, not succeeded"),
+        ("pay_pending", "it is still pending"),
         ("pay_done", "it is already refunded in full"),
     ]
     assert "refund 30.00 EUR" in content
@@ -672,12 +925,41 @@ def test_refund_action_asks_first(refunder, api, selection):
     assert len(api.calls) == 0
 
 
-def test_refund_action_with_nothing_to_refund_has_no_confirm_button(refunder, api, selection):
+def test_refund_action_with_nothing_to_refund_only_goes_back(refunder, api, selection):
     _, _, pending, done = selection
-    response = refunder.post(CHANGELIST, action_post("refund_payments", pending, done, index=0))
+    response = refunder.post(
+        f"{CHANGELIST}?currency=EUR", action_post("refund_payments", pending, done, index=0)
+    )
+
+    content = response.content.decode()
     assert response.status_code == 200
-    assert "None of the selected payments can be refunded." in response.content.decode()
-    assert 'name="post"' not in response.content.decode()
+    assert "None of these payments can be refunded:" in content
+    assert "will be skipped" not in content
+    assert "it is still pending" in content
+    assert "it is already refunded in full" in content
+    assert f'<a href="{CHANGELIST}?currency=EUR" class="button cancel-link">Go back</a>' in (
+        content
+    )
+    assert "No, take me back" not in content
+    assert 'name="post"' not in content
+    assert 'type="submit"' not in content.split('id="content"', 1)[1]
+    assert len(api.calls) == 0
+
+
+def test_refund_action_with_one_unrefundable_payment(refunder, api, selection):
+    pending = selection[2]
+    response = refunder.post(CHANGELIST, action_post("refund_payments", pending, index=0))
+    content = response.content.decode()
+    assert "This payment cannot be refunded:" in content
+    assert ">Go back</a>" in content
+
+
+def test_refund_action_confirmation_can_go_back(refunder, api, selection):
+    response = refunder.post(CHANGELIST, action_post("refund_payments", *selection, index=0))
+    content = response.content.decode()
+    assert "These 2 payments will be skipped:" in content
+    assert f'<a href="{CHANGELIST}" class="button cancel-link">No, take me back</a>' in content
+    assert "Go back" not in content
 
 
 def test_refund_action_confirmed(refunder, api, selection):
@@ -698,7 +980,7 @@ def test_refund_action_confirmed(refunder, api, selection):
     assert messages_of(response) == [
         ("success", "Refunded 50.00 EUR of pay_full (refund re_full, pending)."),
         ("success", "Refunded 30.00 EUR of pay_part (refund re_part, pending)."),
-        ("warning", "Skipped pay_pending: it is pending, not succeeded."),
+        ("warning", "Skipped pay_pending: it is still pending."),
         ("warning", "Skipped pay_done: it is already refunded in full."),
     ]
     assert Payment.objects.get(pk=part.pk).refundable_amount == 0
@@ -819,7 +1101,7 @@ def test_sync_action_syncs_the_selected_payments(admin_client, api):
     assert Payment.objects.get(pk=moved.pk).status == "succeeded"
     assert sorted(messages_of(response)) == [
         ("error", "Could not sync pay_gone: No such payment: pay_gone (HTTP 404)"),
-        ("info", "pay_moved is now succeeded (was pending)."),
+        ("info", "Payment pay_moved is now succeeded (was pending)."),
         ("success", "Synced 2 payments from LedgePay."),
     ]
 
@@ -1026,3 +1308,44 @@ def test_process_action_calls_process_event_per_event(admin_client, monkeypatch)
 
     assert sorted(seen) == sorted(event.pk for event in events)
     assert messages_of(response) == [("success", "Processed 3 events again: 3 processed.")]
+
+
+def test_process_action_message_for_one_event(admin_client, monkeypatch):
+    event = make_event({"event": "payment.succeeded", "data": {"id": "pay_one"}})
+
+    def process(event: WebhookEvent) -> None:
+        event.status = WebhookEvent.Status.PROCESSED
+
+    monkeypatch.setattr(webhooks, "process_event", process)
+    response = admin_client.post(EVENTS, action_post("process_events", event, index=0))
+
+    assert messages_of(response) == [("success", "Processed 1 event again: 1 processed.")]
+
+
+def test_process_action_has_a_limit(admin_client, monkeypatch):
+    WebhookEvent.objects.bulk_create(
+        WebhookEvent(
+            event_type="payment.succeeded",
+            object_id=f"pay_{index}",
+            payload={"event": "payment.succeeded", "data": {"id": f"pay_{index}"}},
+            body_sha256=f"{index:064d}",
+        )
+        for index in range(ledgepay_admin.ACTION_LIMIT + 1)
+    )
+    seen: list[int] = []
+    monkeypatch.setattr(webhooks, "process_event", lambda event: seen.append(event.pk))
+
+    response = admin_client.post(
+        EVENTS,
+        {"action": "process_events", "select_across": "1", "index": 0, "_selected_action": [1]},
+    )
+
+    assert response.status_code == 302
+    assert seen == []
+    assert messages_of(response) == [
+        (
+            "error",
+            "Select at most 100 events to process at once; for more, run "
+            "“manage.py ledgepay_reprocess”.",
+        )
+    ]

@@ -14,7 +14,7 @@ from django.contrib.auth.models import Permission
 
 from django_ledgepay.models import Payment
 from tests.conftest import API
-from tests.factories import make_payment, refund_data
+from tests.factories import make_payment, make_refund, refund_data
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -75,3 +75,38 @@ def test_staff_issues_a_partial_refund(chromium, live_server, django_user_model)
     assert "re_browser" in inline
     assert "12.34 EUR" in inline
     assert Payment.objects.get(pk=payment.pk).refundable_amount == 5000 - 1234
+
+
+def test_amounts_stay_on_one_line_in_the_list(chromium, live_server, django_user_model):
+    for index in range(3):
+        payment = make_payment(
+            amount=12345,
+            currency="KWD",
+            customer_name=f"Maria-Alexandra Konstantinopoulou-Vasquez {index}",
+            customer_email=f"maria.alexandra.konstantinopoulou.{index}@example.com",
+            created_at="2024-01-15T10:30:00Z",
+            completed_at="2024-01-15T10:31:00Z",
+        )
+        make_refund(payment, amount=1000)
+    django_user_model.objects.create_superuser("root", password="root-pw")
+
+    with chromium() as page:
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.goto(f"{live_server.url}/admin/login/?next=/admin/django_ledgepay/payment/")
+        page.fill("#id_username", "root")
+        page.fill("#id_password", "root-pw")
+        page.click("input[type=submit]")
+        page.wait_for_selector("#result_list")
+        # Text laid out on several lines has a box per line.
+        lines = page.eval_on_selector_all(
+            "td.field-amount_display, td.field-refunded_display",
+            """cells => cells.map(cell => {
+                const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+                const range = document.createRange();
+                range.selectNodeContents(walker.nextNode());
+                return [cell.textContent, range.getClientRects().length];
+            })""",
+        )
+
+    assert sorted(text for text, _ in lines) == ["1.000 KWD"] * 3 + ["12.345 KWD"] * 3
+    assert {count for _, count in lines} == {1}, lines

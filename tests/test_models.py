@@ -55,3 +55,12 @@ def test_refund_permission_exists():
     assert Permission.objects.filter(
         content_type__app_label="django_ledgepay", codename="refund_payment"
     ).exists()
+
+
+def test_refund_reasons_have_plain_labels():
+    assert [(value, str(label)) for value, label in Refund.Reason.choices] == [
+        ("customer_request", "Customer request"),
+        ("duplicate", "Duplicate"),
+        ("fraudulent", "Fraudulent"),
+        ("other", "Other"),
+    ]

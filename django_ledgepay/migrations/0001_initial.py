@@ -183,7 +183,7 @@ class Migration(migrations.Migration):
                     "reason",
                     models.CharField(
                         choices=[
-                            ("customer_request", "Customer Request"),
+                            ("customer_request", "Customer request"),
                             ("duplicate", "Duplicate"),
                             ("fraudulent", "Fraudulent"),
                             ("other", "Other"),
