@@ -6,6 +6,7 @@ Refunds and syncs go through :mod:`django_ledgepay.services`, never the client.
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import TYPE_CHECKING, Any, cast
 
@@ -19,6 +20,8 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
@@ -56,6 +59,14 @@ def pretty_json(value: Any) -> SafeString:
     """``value`` as indented JSON in a ``<pre>``, escaped."""
     text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
     return format_html('<pre class="ledgepay-json">{}</pre>', text)
+
+
+def _short_datetime(moment: datetime.datetime | None) -> SafeString | None:
+    """A list's date: short, on one line, in the current time zone; None shows as the
+    empty value."""
+    if moment is None:
+        return None
+    return nowrap(date_format(timezone.localtime(moment), "SHORT_DATETIME_FORMAT"))
 
 
 def nowrap(text: str) -> SafeString:
@@ -108,8 +119,8 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
         "refunded_display",
         "status",
         "customer",
-        "created_at",
-        "completed_at",
+        "created_display",
+        "completed_display",
     )
     list_filter = ("status", "currency", "created_at")
     search_fields = ("ledgepay_id", "customer_email", "customer_name", "description")
@@ -166,6 +177,14 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
         if payment.customer_name and payment.customer_email:
             return f"{payment.customer_name} <{payment.customer_email}>"
         return payment.customer_name or payment.customer_email
+
+    @admin.display(description=_("created"), ordering="created_at")
+    def created_display(self, payment: Payment) -> SafeString | None:
+        return _short_datetime(payment.created_at)
+
+    @admin.display(description=_("completed"), ordering="completed_at")
+    def completed_display(self, payment: Payment) -> SafeString | None:
+        return _short_datetime(payment.completed_at)
 
     @admin.display(description=_("metadata"))
     def metadata_display(self, payment: Payment) -> SafeString:

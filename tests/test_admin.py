@@ -141,8 +141,18 @@ def test_changelist_columns_in_major_units(admin_client):
     assert '<td class="field-customer">solo@example.org</td>' in (
         admin_client.get(CHANGELIST).content.decode()
     )
-    for column in ("status", "created_at", "completed_at", "refunded_display"):
+    for column in ("status", "created_display", "completed_display", "refunded_display"):
         assert f"column-{column}" in content
+
+
+def test_list_dates_are_short_and_sort(admin_client):
+    make_payment(ledgepay_id="older", created_at="2024-01-15T10:30:00Z", completed_at=None)
+    make_payment(ledgepay_id="newer", created_at="2024-03-01T08:05:00Z")
+
+    content = admin_client.get(CHANGELIST, {"o": "6"}).content.decode()  # By created, up.
+
+    assert cells(content, "created_display") == ["01/15/2024 10:30 a.m.", "03/01/2024 8:05 a.m."]
+    assert cells(content, "completed_display")[0] == "-"
 
 
 def test_nothing_refunded_shows_zero(admin_client):
