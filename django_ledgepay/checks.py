@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from django.apps import AppConfig
 from django.core.checks import CheckMessage, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
 from django_ledgepay.conf import conf
@@ -47,6 +48,13 @@ def check_settings(
                 id="django_ledgepay.W002",
             )
         )
+    for name in ("LEDGEPAY_TIMEOUT", "LEDGEPAY_MAX_RETRIES", "LEDGEPAY_WEBHOOK_TOLERANCE"):
+        try:
+            getattr(conf, name)
+        except ImproperlyConfigured as err:
+            messages.append(
+                Warning(str(err), hint="Remove it to use the default.", id="django_ledgepay.W007")
+            )
     alias = router.db_for_write(Payment)
     if alias != DEFAULT_DB_ALIAS:
         messages.append(

@@ -325,7 +325,19 @@ class LedgePayClient:
 
     def _record_rate_limit(self, response: requests.Response) -> None:
         rate_limit = RateLimit.from_headers(response.headers)
-        if rate_limit is not None:
+        if rate_limit is None:
+            return
+        with _state.lock:
+            last = _state.rate_limit
+            # Answers of concurrent calls arrive in any order: within one window, the
+            # fewest requests left is the truest reading.
+            if (
+                last is not None
+                and last.reset == rate_limit.reset
+                and last.remaining is not None
+                and (rate_limit.remaining is None or last.remaining < rate_limit.remaining)
+            ):
+                return
             _state.rate_limit = rate_limit
 
     @staticmethod
@@ -410,8 +422,10 @@ def _retry_wait(response: requests.Response, attempt: int) -> float:
     """How long to wait before retrying: what a 429 asks for, else the backoff."""
     if response.status_code == 429:
         wait = _retry_after(response.headers)
-        if wait is not None:
-            return min(max(wait, 0.0), RATE_LIMIT_WAIT_CAP)
+        if wait is not None and (wait > 0 or response.headers.get("Retry-After") == "0"):
+            return min(wait, RATE_LIMIT_WAIT_CAP)
+        # A time already past (the clocks disagree) asks for nothing: back off instead of
+        # retrying at once. Only an explicit "Retry-After: 0" means now.
     return _backoff(attempt)
 
 
@@ -423,10 +437,10 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
             return seconds
         try:
             moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            moment = None
-        if moment is not None and moment.tzinfo is not None:
-            return moment.timestamp() - now()
+            if moment is not None and moment.tzinfo is not None:
+                return moment.timestamp() - now()
+        except (TypeError, ValueError, OverflowError):
+            pass  # Not a date this client can read: the reset header, or the backoff.
     reset = _number(headers.get("X-RateLimit-Reset"))
     if reset is not None:
         return reset - now()

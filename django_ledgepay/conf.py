@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TypeAlias
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 DEFAULT_API_BASE = "https://api.ledgepay.com/v1"
 
@@ -43,15 +45,34 @@ class Settings:
 
     @property
     def LEDGEPAY_WEBHOOK_TOLERANCE(self) -> int:
-        return int(getattr(settings, "LEDGEPAY_WEBHOOK_TOLERANCE", 300))
+        tolerance = _number("LEDGEPAY_WEBHOOK_TOLERANCE", 300)
+        if tolerance < 0:
+            raise ImproperlyConfigured("LEDGEPAY_WEBHOOK_TOLERANCE must not be negative.")
+        return int(tolerance)
 
     @property
     def LEDGEPAY_TIMEOUT(self) -> float:
-        return float(getattr(settings, "LEDGEPAY_TIMEOUT", 10))
+        timeout = _number("LEDGEPAY_TIMEOUT", 10)
+        if timeout <= 0:
+            raise ImproperlyConfigured("LEDGEPAY_TIMEOUT must be a number of seconds above 0.")
+        return timeout
 
     @property
     def LEDGEPAY_MAX_RETRIES(self) -> int:
-        return max(0, int(getattr(settings, "LEDGEPAY_MAX_RETRIES", 3)))
+        return max(0, int(_number("LEDGEPAY_MAX_RETRIES", 3)))
+
+
+def _number(name: str, default: float) -> float:
+    """The setting ``name`` as a finite number; anything else raises ImproperlyConfigured
+    naming the setting, never its value (``manage.py check`` reports it too)."""
+    value = getattr(settings, name, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ImproperlyConfigured(f"{name} must be a number.")
+    return number
 
 
 conf = Settings()

@@ -492,13 +492,47 @@ def test_429_retry_after_is_capped(api, sleeps):
     assert sleeps == [RATE_LIMIT_WAIT_CAP]
 
 
-def test_429_negative_retry_after_waits_nothing(api, sleeps):
-    api.get(f"{API}/payments/pay_1", status=429, headers={"Retry-After": "-30"})
+def test_429_retry_after_0_retries_at_once(api, sleeps):
+    api.get(f"{API}/payments/pay_1", status=429, headers={"Retry-After": "0"})
     api.get(f"{API}/payments/pay_1", json=PAYMENT)
 
     LedgePayClient().retrieve_payment("pay_1")
 
     assert sleeps == [0.0]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Retry-After": "-30"},
+        {"X-RateLimit-Reset": "1"},  # Long past: the clocks disagree.
+        {"Retry-After": "Mon, 01 Jan 2001 00:00:00 GMT"},
+        {"Retry-After": "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"},  # Overflows.
+        {"Retry-After": "Mon, 01 Jan 2001 00:00:00 +99999999999999999999"},
+    ],
+)
+def test_429_asking_for_a_time_past_or_unreadable_backs_off(api, sleeps, top_of_backoff, headers):
+    api.get(f"{API}/payments/pay_1", status=429, headers=headers)
+    api.get(f"{API}/payments/pay_1", json=PAYMENT)
+
+    LedgePayClient().retrieve_payment("pay_1")
+
+    assert sleeps == [BACKOFF_BASE]
+
+
+def test_an_older_answer_does_not_hide_a_used_up_window(clock):
+    reset = str(int(clock.time) + 30)
+    late = requests.Response()
+    late.headers.update({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset})
+    early = requests.Response()
+    early.headers.update({"X-RateLimit-Remaining": "1", "X-RateLimit-Reset": reset})
+    ledgepay = LedgePayClient()
+
+    ledgepay._record_rate_limit(late)
+    ledgepay._record_rate_limit(early)  # A slower answer of a concurrent call, recorded last.
+
+    reading = client.last_rate_limit()
+    assert reading is not None and reading.remaining == 0
 
 
 def test_429_retry_after_as_an_http_date(api, clock):

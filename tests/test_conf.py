@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from django_ledgepay.conf import DEFAULT_API_BASE, Settings, conf
@@ -143,3 +144,25 @@ def test_webhook_tolerance_is_an_int(settings):
     settings.LEDGEPAY_WEBHOOK_TOLERANCE = "120"
 
     assert conf.LEDGEPAY_WEBHOOK_TOLERANCE == 120
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("LEDGEPAY_TIMEOUT", 0, "LEDGEPAY_TIMEOUT must be a number of seconds above 0."),
+        ("LEDGEPAY_TIMEOUT", -1, "LEDGEPAY_TIMEOUT must be a number of seconds above 0."),
+        ("LEDGEPAY_TIMEOUT", "soon", "LEDGEPAY_TIMEOUT must be a number."),
+        ("LEDGEPAY_TIMEOUT", float("nan"), "LEDGEPAY_TIMEOUT must be a number."),
+        ("LEDGEPAY_MAX_RETRIES", None, "LEDGEPAY_MAX_RETRIES must be a number."),
+        ("LEDGEPAY_MAX_RETRIES", True, "LEDGEPAY_MAX_RETRIES must be a number."),
+        ("LEDGEPAY_WEBHOOK_TOLERANCE", -5, "LEDGEPAY_WEBHOOK_TOLERANCE must not be negative."),
+        ("LEDGEPAY_WEBHOOK_TOLERANCE", "5m", "LEDGEPAY_WEBHOOK_TOLERANCE must be a number."),
+    ],
+)
+def test_bad_numbers_name_the_setting(settings, name, value, message):
+    setattr(settings, name, value)
+
+    with pytest.raises(ImproperlyConfigured) as excinfo:
+        getattr(conf, name)
+
+    assert str(excinfo.value) == message
