@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import requests
@@ -27,7 +28,7 @@ from django.core.management import CommandError, call_command
 from django_ledgepay.management.commands.ledgepay_sandbox import Command as SandboxCommand
 from django_ledgepay.sandbox import Sandbox
 from django_ledgepay.sandbox.state import LedgePayState
-from django_ledgepay.webhooks import verify_signature
+from django_ledgepay.webhooks import signature_header, verify_signature
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,6 +139,15 @@ def test_create_retrieve_and_rate_limit_headers(sandbox):
         ({"amount": "12"}, "amount"),
         ({"currency": "EURO"}, "currency"),
         ({"success_url": "/relative"}, "success_url"),
+        ({"success_url": "http://[::1"}, "success_url"),  # urlsplit() raises ValueError.
+        # Control characters and whitespace would reach the checkout's Location header.
+        ({"success_url": "https://shop.example/r\r\nSet-Cookie: session=stolen"}, "success_url"),
+        ({"success_url": "https://shop.example/r\nX: 1"}, "success_url"),
+        ({"cancel_url": "https://shop.example/c\x00"}, "cancel_url"),
+        ({"cancel_url": "https://shop.example/c\x7f"}, "cancel_url"),
+        ({"cancel_url": "https://shop.example/can cel"}, "cancel_url"),
+        ({"cancel_url": "https://shop.example/c\t"}, "cancel_url"),
+        ({"success_url": "https://shop\u3000example/r"}, "success_url"),
     ],
 )
 def test_validation_errors_in_the_documented_shape(sandbox, overrides, param):
@@ -146,6 +156,43 @@ def test_validation_errors_in_the_documented_shape(sandbox, overrides, param):
     error = response.json()["error"]
     assert (error["type"], error["param"]) == ("invalid_request_error", param)
     assert error["message"]
+
+
+def nested(levels: int) -> bytes:
+    """A new payment's body nesting ``levels`` deep: the body, its metadata, then arrays."""
+    body = json.dumps({**NEW, "metadata": {"deep": "here"}})
+    return body.replace('"here"', "[" * (levels - 2) + "]" * (levels - 2)).encode()
+
+
+def test_a_body_nested_100_levels_is_served(sandbox):
+    response = requests.post(
+        f"{sandbox.api_base}/payments", data=nested(100), headers=AUTH, timeout=5
+    )
+    assert response.status_code == 201
+    paid = requests.post(
+        response.json()["checkout_url"], data={"action": "pay"}, allow_redirects=False, timeout=5
+    )
+    assert paid.status_code == 303
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Deeper than the JSON decoder can go: it raises RecursionError.
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        nested(101),
+        # Readable, but so near the limit that writing it out in an answer or a webhook
+        # could fail.
+        nested(978),
+    ],
+)
+def test_a_body_nested_too_deep_is_a_400(sandbox, body):
+    response = requests.post(f"{sandbox.api_base}/payments", data=body, headers=AUTH, timeout=5)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "nests deeper than 100 levels" in response.json()["error"]["message"]
+    assert sandbox.payments == {}
 
 
 def test_idempotency_key_replays_the_first_answer(sandbox):
@@ -185,6 +232,14 @@ def test_enforced_rate_limit():
     assert [r.status_code for r in codes] == [200, 200, 429]
     assert codes[1].headers["X-RateLimit-Remaining"] == "0"
     assert int(codes[2].headers["Retry-After"]) >= 1
+
+
+def test_the_headers_show_the_enforced_limit_whatever_it_is(sandbox):
+    sandbox.rate_limit = 0  # Past the constructor's check: nothing gets through.
+    response = requests.get(f"{sandbox.api_base}/payments", headers=AUTH, timeout=5)
+    assert response.status_code == 429
+    assert response.headers["X-RateLimit-Limit"] == "0"
+    assert response.headers["X-RateLimit-Remaining"] == "0"
 
 
 def test_checkout_page_and_buttons(sandbox):
@@ -280,6 +335,17 @@ def test_sandbox_command_validates_its_options(settings):
     settings.LEDGEPAY_WEBHOOK_SECRET = ""
     with pytest.raises(CommandError, match="LEDGEPAY_WEBHOOK_SECRET"):
         call_command("ledgepay_sandbox", "--webhook-url", "http://127.0.0.1:1/hook/")
+
+
+@pytest.mark.parametrize("url", ["http://shop..example/hook/", "127.0.0.1:8000/hook/", ""])
+def test_sandbox_command_refuses_a_webhook_url_it_cannot_deliver_to(url):
+    # Were the URL taken, the command would serve until Ctrl-C: fail instead.
+    started = AssertionError("The sandbox started.")
+    with (
+        mock.patch.object(Sandbox, "start", side_effect=started),
+        pytest.raises(CommandError, match="--webhook-url must be an absolute http"),
+    ):
+        call_command("ledgepay_sandbox", "--port", "0", "--webhook-url", url)
 
 
 def free_port() -> int:
@@ -467,6 +533,16 @@ def test_a_second_press_sends_the_shopper_back_as_the_payment_stands(
     assert f'href="{NEW[back_to]}"' in page
 
 
+def test_the_checkout_sends_the_shopper_to_a_non_ascii_url_percent_encoded(sandbox):
+    # http.server writes headers in Latin-1: the euro sign once failed the redirect.
+    payment = create(sandbox, success_url="https://shop.example/retour/é€").json()
+    paid = requests.post(
+        payment["checkout_url"], data={"action": "pay"}, allow_redirects=False, timeout=5
+    )
+    assert paid.status_code == 303
+    assert paid.headers["Location"] == "https://shop.example/retour/%C3%A9%E2%82%AC"
+
+
 # Webhook deliveries
 
 
@@ -561,6 +637,171 @@ def test_an_event_is_given_up_after_its_attempts_and_the_next_one_goes(caplog):
     )
 
 
+def test_an_attempt_that_fails_unexpectedly_is_retried_by_a_live_thread(caplog):
+    receiver = Receiver()
+    try:
+        with (
+            caplog.at_level(logging.INFO, logger="django_ledgepay.sandbox"),
+            Sandbox(
+                webhook_url=receiver.url,
+                webhook_secret=SECRET,
+                delivery_backoff=0.01,
+                delivery_max_backoff=0.02,
+            ) as sandbox,
+        ):
+            # Past the constructor's check, as a script may set it. urllib3 raises
+            # LocationParseError, which is no requests.RequestException.
+            sandbox.webhook_url = "http://shop..example/hook/"
+            payment = create(sandbox).json()
+            sandbox.pay(payment["id"])
+            assert sandbox.wait_until(lambda: len(sandbox.deliveries) >= 2, timeout=5)
+            sandbox.webhook_url = None  # Deliveries off: the queued event waits.
+            assert sandbox.wait_until(
+                lambda: sandbox.deliveries[-1].error == "no webhook_url", timeout=5
+            )
+            sandbox.webhook_url = receiver.url
+            assert sandbox.wait_for_deliveries()
+            alive = [thread for thread in sandbox._threads if thread.is_alive()]
+            assert len(alive) == len(sandbox._threads)
+    finally:
+        receiver.close()
+    assert receiver.events == ["payment.succeeded"]
+    *failed, delivered = sandbox.deliveries
+    assert delivered.ok
+    assert {d.error for d in failed} == {"LocationParseError", "no webhook_url"}
+    assert [d.attempt for d in sandbox.deliveries] == list(range(1, len(sandbox.deliveries) + 1))
+    attempts = [r for r in caplog.records if ", attempt " in r.getMessage()]
+    assert len(attempts) == len(sandbox.deliveries)  # One line per attempt.
+    errors = [r for r in attempts if r.levelno == logging.ERROR]
+    assert errors
+    assert all(r.exc_info and type(r.exc_info[1]).__name__ == "LocationParseError" for r in errors)
+
+
+def test_an_attempt_that_breaks_the_sandbox_is_logged_and_retried(caplog):
+    receiver = Receiver()
+    broken = {"left": 2}
+
+    def breaking(body: bytes, secret: str | bytes) -> str:
+        if broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("signing broke")
+        return signature_header(body, secret)
+
+    try:
+        with (
+            caplog.at_level(logging.INFO, logger="django_ledgepay.sandbox"),
+            mock.patch("django_ledgepay.sandbox.server.signature_header", breaking),
+            Sandbox(
+                webhook_url=receiver.url, webhook_secret=SECRET, delivery_backoff=0.01
+            ) as sandbox,
+        ):
+            payment = create(sandbox).json()
+            sandbox.pay(payment["id"])
+            assert sandbox.wait_for_deliveries()
+    finally:
+        receiver.close()
+    assert receiver.events == ["payment.succeeded"]
+    assert [(d.attempt, d.status) for d in sandbox.deliveries] == [(3, 200)]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        f"Webhook payment.succeeded {payment['id']}, attempt {attempt}: the sandbox failed "
+        "to send it."
+        for attempt in (1, 2)
+    ]
+
+
+def test_waiting_for_deliveries_waits_for_refunds_to_complete():
+    receiver = Receiver()
+    try:
+        with Sandbox(
+            webhook_url=receiver.url,
+            webhook_secret=SECRET,
+            refund_delay=0.3,
+            delivery_backoff=0.01,
+        ) as sandbox:
+            payment = create(sandbox).json()
+            sandbox.pay(payment["id"])
+            refund = post_refund(sandbox, payment["id"]).json()
+            assert sandbox.wait_for_deliveries()
+            # Not only once refund.created is out: refund.succeeded is too.
+            assert receiver.events == ["payment.succeeded", "refund.created", "refund.succeeded"]
+            assert sandbox.refunds[refund["id"]]["status"] == "succeeded"
+    finally:
+        receiver.close()
+
+
+def test_a_refund_completed_by_hand_does_not_keep_the_wait_going():
+    with Sandbox(refund_delay=0.05) as sandbox:
+        payment = sandbox.state.create_payment(NEW)
+        sandbox.pay(payment["id"])
+        refund = sandbox.state.create_refund({"payment_id": payment["id"]})
+        sandbox.complete_refund(refund["id"], "failed")
+        assert sandbox.wait_for_deliveries(timeout=5)  # Once the timer has found it done.
+    assert sandbox.refunds[refund["id"]]["status"] == "failed"
+
+
+def test_a_refund_due_while_the_sandbox_is_stopped_completes(caplog):
+    receiver = Receiver()
+    sandbox = Sandbox(
+        webhook_url=receiver.url, webhook_secret=SECRET, refund_delay=0.05, delivery_backoff=0.01
+    )
+    try:
+        with caplog.at_level(logging.INFO, logger="django_ledgepay.sandbox"):
+            sandbox.start()
+            sandbox.stop()
+            payment = sandbox.state.create_payment(NEW)
+            sandbox.pay(payment["id"])
+            refund = sandbox.state.create_refund({"payment_id": payment["id"]})
+            # Its timer fires while the sandbox is stopped: the refund completes quietly...
+            assert sandbox.wait_until(
+                lambda: sandbox.refunds[refund["id"]]["status"] == "succeeded", timeout=5
+            )
+            assert sandbox.wait_until(lambda: sandbox._refunds_due == 0, timeout=5)
+            assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+            assert receiver.events == []
+            assert sandbox._undelivered == 3
+            # ...and its event goes out, in order, once the sandbox runs again.
+            sandbox.start()
+            assert sandbox.wait_for_deliveries()
+    finally:
+        sandbox.stop()
+        receiver.close()
+    assert receiver.events == ["payment.succeeded", "refund.created", "refund.succeeded"]
+
+
+def test_listeners_hear_of_each_change_while_the_state_is_locked():
+    # So that the sandbox queues events in the order they happen: a refund made in one
+    # thread as soon as another settles its payment once queued refund.created first.
+    state = LedgePayState()
+
+    def locked() -> bool:
+        """Whether another thread finds the state's lock taken."""
+        taken: list[bool] = []
+
+        def probe() -> None:
+            acquired = state.lock.acquire(blocking=False)
+            if acquired:
+                state.lock.release()
+            taken.append(not acquired)
+
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join()
+        return taken[0]
+
+    heard: list[tuple[str, bool]] = []
+    state.listeners.append(lambda event_type, data: heard.append((event_type, locked())))
+    payment = state.create_payment(NEW)
+    state.settle(payment["id"], "succeeded")
+    refund = state.create_refund({"payment_id": payment["id"]})
+    state.complete_refund(refund["id"])
+    assert heard == [
+        ("payment.succeeded", True),
+        ("refund.created", True),
+        ("refund.succeeded", True),
+    ]
+
+
 def test_the_default_retries_back_off_to_a_minute_and_last_hours():
     sandbox = Sandbox()
     delays = [sandbox.retry_delay(attempts) for attempts in range(1, sandbox.delivery_attempts)]
@@ -570,10 +811,57 @@ def test_the_default_retries_back_off_to_a_minute_and_last_hours():
     assert Sandbox(delivery_max_backoff=5).retry_delay(10_000) == 5
 
 
-@pytest.mark.parametrize("options", [{"port": 70000}, {"port": -1}, {"delivery_attempts": 0}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"port": 70000},
+        {"port": -1},
+        {"delivery_attempts": 0},
+        {"rate_limit": 0},
+        {"rate_limit": -1},
+    ],
+)
 def test_the_sandbox_refuses_impossible_options(options):
     with pytest.raises(ValueError):
         Sandbox(**options)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://shop..example/hook/",  # urllib3 cannot connect: LocationParseError.
+        "http://.shop.example/hook/",
+        "127.0.0.1:8000/ledgepay/webhook/",
+        "/ledgepay/webhook/",
+        "ftp://shop.example/hook/",
+        "http://",
+        "http:///hook/",
+        "http://[::1",
+        "http://shop.example:99999/hook/",
+        "http://shop.example:0/hook/",
+        "http://shop.example/hook/\r\n",
+        "http://shop example/hook/",
+        "",
+    ],
+)
+def test_the_sandbox_refuses_a_webhook_url_it_cannot_deliver_to(url):
+    with pytest.raises(ValueError, match="webhook_url must be an absolute http"):
+        Sandbox(webhook_url=url, webhook_secret=SECRET)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/ledgepay/webhook/",
+        "https://shop.example/hook",
+        "HTTP://SHOP.EXAMPLE/hook/",
+        "http://[::1]:8000/hook/",
+        "http://bücher.example/hook/",
+        "http://localhost/hook/?token=1",
+    ],
+)
+def test_the_sandbox_takes_a_webhook_url_it_can_deliver_to(url):
+    assert Sandbox(webhook_url=url, webhook_secret=SECRET).webhook_url == url
 
 
 # The command

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import requests
 
@@ -48,6 +48,7 @@ class Delivery:
 
     event: str
     object_id: str
+    #: Empty when ``webhook_url`` had been set to None.
     url: str
     attempt: int
     status: int | None
@@ -110,6 +111,13 @@ class Sandbox(Driver):
             raise ValueError("failure_rate must be between 0 and 1.")
         if delivery_attempts < 1:
             raise ValueError("delivery_attempts must be at least 1.")
+        if rate_limit is not None and rate_limit < 1:
+            raise ValueError("rate_limit must be at least 1 (or None, for no limit).")
+        if webhook_url is not None and not is_webhook_url(webhook_url):
+            raise ValueError(
+                "webhook_url must be an absolute http(s) URL with a host, such as "
+                "http://127.0.0.1:8000/ledgepay/webhook/."
+            )
         if webhook_url and not webhook_secret:
             raise ValueError("Deliveries need a webhook_secret to sign them.")
         self.host = host
@@ -133,12 +141,14 @@ class Sandbox(Driver):
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         # The retry schedule: a heap of the next attempt of the first event of each key,
-        # each key's events in order, and how many events are neither delivered nor given
-        # up. All guarded by the condition, which wakes the delivery threads.
+        # each key's events in order, how many events are neither delivered nor given up,
+        # and how many refunds wait for their timer to complete them. All guarded by the
+        # condition, which wakes the delivery threads.
         self._schedule = threading.Condition()
         self._due: list[_Due] = []
         self._lines: dict[str, deque[_Outgoing]] = {}
         self._undelivered = 0
+        self._refunds_due = 0
         self._sequence = itertools.count()
 
     # Life
@@ -166,7 +176,9 @@ class Sandbox(Driver):
         return self
 
     def stop(self) -> None:
-        """Stop serving and delivering; events not yet delivered stay scheduled."""
+        """Stop serving and delivering; events not yet delivered stay scheduled, and
+        refunds still complete when their delay is up, their events queued with the rest
+        for the next start()."""
         with self._schedule:
             self._stopping.set()
             self._schedule.notify_all()
@@ -203,8 +215,15 @@ class Sandbox(Driver):
         return condition()
 
     def wait_for_deliveries(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued webhook event has been delivered or given up."""
-        return self.wait_until(lambda: self._undelivered == 0, timeout)
+        """Wait until every refund has completed (after ``refund_delay``) and every queued
+        webhook event has been delivered or given up."""
+        return self.wait_until(self._all_delivered, timeout)
+
+    def _all_delivered(self) -> bool:
+        # Both counts at once: a refund's timer queues refund.succeeded before it counts
+        # itself out.
+        with self._schedule:
+            return self._undelivered == 0 and self._refunds_due == 0
 
     # API requests, with rate limits and injected failures
 
@@ -216,13 +235,14 @@ class Sandbox(Driver):
             window_start, count = self._window
             count = count + 1 if window_start == start else 1
             self._window = (start, count)
-        limit = self.rate_limit or UNENFORCED_LIMIT
+        enforced = self.rate_limit
+        limit = UNENFORCED_LIMIT if enforced is None else enforced
         headers = {
             "X-RateLimit-Limit": str(limit),
             "X-RateLimit-Remaining": str(max(0, limit - count)),
             "X-RateLimit-Reset": str(start + WINDOW_SECONDS),
         }
-        over = self.rate_limit is not None and count > self.rate_limit
+        over = enforced is not None and count > enforced
         if over:
             headers["Retry-After"] = str(max(1, start + WINDOW_SECONDS - now))
         return headers, over
@@ -240,17 +260,31 @@ class Sandbox(Driver):
     # Webhooks
 
     def _on_event(self, event_type: str, data: dict[str, Any]) -> None:
-        # Queued before the refund can complete, so refund.created goes out first.
-        if self.webhook_url:
-            self._schedule_event(event_type, data)
-        if event_type == "refund.created" and self.refund_delay >= 0:
-            timer = threading.Timer(self.refund_delay, self._complete_refund, args=(data["id"],))
-            timer.daemon = True
-            timer.start()
+        # The state calls this holding its lock, so events are queued in the order they
+        # happen. The lock order is the state's, then the schedule's: nothing holding the
+        # schedule waits for the state.
+        with self._schedule:
+            # Queued before the refund can complete, so refund.created goes out first.
+            if self.webhook_url:
+                self._schedule_event(event_type, data)
+            if event_type == "refund.created" and self.refund_delay >= 0:
+                self._refunds_due += 1
+                timer = threading.Timer(
+                    self.refund_delay, self._complete_refund, args=(data["id"],)
+                )
+                timer.daemon = True
+                timer.start()
 
     def _complete_refund(self, refund_id: str) -> None:
-        if not self._stopping.is_set():
+        """Complete a refund when its delay is up, even while the sandbox is stopped: its
+        event then waits in the schedule like any other, for the next start()."""
+        try:
             self.state.complete_refund(refund_id)
+        except Exception:
+            logger.exception("The sandbox failed to complete refund %s.", refund_id)
+        finally:
+            with self._schedule:
+                self._refunds_due -= 1
 
     def retry_delay(self, attempts: int) -> float:
         """Seconds from the ``attempts``-th failed attempt of an event to the next one."""
@@ -292,38 +326,59 @@ class Sandbox(Driver):
     def _deliver_forever(self) -> None:
         with requests.Session() as session:
             while (outgoing := self._next_due()) is not None:
-                delivered = self._attempt(session, outgoing)
+                delivered = False
+                try:
+                    delivered = self._attempt(session, outgoing)
+                except Exception:
+                    # Whatever went wrong, the thread lives on and the event stays
+                    # scheduled: the attempt failed, and the next one is due as usual.
+                    logger.exception(
+                        "Webhook %s %s, attempt %d: the sandbox failed to send it.",
+                        outgoing.event,
+                        outgoing.object_id,
+                        outgoing.attempts,
+                    )
                 self._after_attempt(outgoing, delivered)
 
     def _attempt(self, session: requests.Session, outgoing: _Outgoing) -> bool:
         """POST the event once, record and log the attempt; whether the shop took it."""
-        url = self.webhook_url
-        assert url is not None
+        url = self.webhook_url  # Read once: it may be changed meanwhile.
         outgoing.attempts += 1
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: signature_header(outgoing.body, self.webhook_secret),
-        }
         status: int | None = None
         error = ""
-        try:
-            response = session.post(url, data=outgoing.body, headers=headers, timeout=10)
-            status = response.status_code
-        except requests.RequestException as err:
-            error = type(err).__name__
+        unexpected: Exception | None = None
+        if url is None:
+            error = "no webhook_url"
+        else:
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: signature_header(outgoing.body, self.webhook_secret),
+            }
+            try:
+                response = session.post(url, data=outgoing.body, headers=headers, timeout=10)
+                status = response.status_code
+            except requests.RequestException as err:
+                error = type(err).__name__
+            except Exception as err:
+                # Not a network failure: a URL that urllib3 cannot connect to at all
+                # (LocationParseError), say. Logged with its traceback below.
+                error = type(err).__name__
+                unexpected = err
         delivery = Delivery(
-            outgoing.event, outgoing.object_id, url, outgoing.attempts, status, error
+            outgoing.event, outgoing.object_id, url or "", outgoing.attempts, status, error
         )
         with self._schedule:
             self.deliveries.append(delivery)
         outcome = f"HTTP {status}" if status is not None else f"failed ({error})"
-        logger.info(
+        logger.log(
+            logging.INFO if unexpected is None else logging.ERROR,
             "Webhook %s %s to %s, attempt %d: %s",
             outgoing.event,
             outgoing.object_id,
             url,
             outgoing.attempts,
             outcome,
+            exc_info=unexpected,
         )
         return delivery.ok
 
@@ -469,7 +524,8 @@ class _Handler(BaseHTTPRequestHandler):
             # A payment settled before (another tab, a second press) keeps its status, and
             # the shopper goes back as it says, whichever button this was.
             payment = state.settle(payment_id, statuses[action])
-            self._send(303, {"Location": return_url(payment), "Content-Type": "text/plain"}, b"")
+            location = location_header(return_url(payment))
+            self._send(303, {"Location": location, "Content-Type": "text/plain"}, b"")
             return
         if method != "GET":
             self._send(405, {"Allow": "GET, POST", "Content-Type": "text/plain"}, b"")
@@ -486,6 +542,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def is_webhook_url(url: str) -> bool:
+    """Whether webhooks can be delivered to ``url``: an absolute http(s) URL with a host."""
+    if not url.isprintable() or " " in url:
+        return False
+    try:
+        parts = urlsplit(url)
+        # Encoded as the connection will encode it, so that a host with an empty label
+        # ("shop..example") is refused here rather than on every delivery.
+        (parts.hostname or "").encode("idna")
+        port = parts.port
+    except ValueError:  # UnicodeError included.
+        return False
+    return parts.scheme in {"http", "https"} and bool(parts.hostname) and port != 0
+
+
+def location_header(url: str) -> str:
+    """``url`` as a Location header can hold it: non-ASCII characters percent-encoded
+    (http.server writes headers in Latin-1), the rest as it is."""
+    return "".join(char if char.isascii() else quote(char) for char in url)
 
 
 def return_url(payment: dict[str, Any]) -> str:

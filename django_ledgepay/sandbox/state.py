@@ -25,6 +25,9 @@ PAYMENT_STATUSES = ("pending", "succeeded", "failed", "canceled")
 REFUND_REASONS = ("customer_request", "duplicate", "fraudulent", "other")
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100
+#: How deep a request body may nest. Deeper bodies are refused: one that can barely be read
+#: could fail later, when its payment is written out in an answer or a webhook.
+MAX_NESTING = 100
 
 EventListener = Callable[[str, dict[str, Any]], None]
 
@@ -90,9 +93,18 @@ def _parse_time(value: str, param: str) -> str:
 
 
 def _is_url(value: object) -> bool:
+    """Whether ``value`` is an absolute http(s) URL that can go in a Location header."""
     if not isinstance(value, str):
         return False
-    parts = urlsplit(value)
+    # Control characters and whitespace (isprintable() lets only the ASCII space through)
+    # would break the checkout's redirect, or add headers to it.
+    if not value.isprintable() or " " in value:
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        # An unclosed IPv6 bracket: "http://[::1".
+        return False
     return parts.scheme in {"http", "https"} and bool(parts.netloc)
 
 
@@ -287,7 +299,7 @@ class LedgePayState:
             payment["status"] = status
             payment["completed_at"] = iso(self.clock())
             data = dict(payment)
-        self._emit(f"payment.{status}", data)
+            self._emit(f"payment.{status}", data)
         return data
 
     # Refunds
@@ -328,7 +340,7 @@ class LedgePayState:
             }
             self.refunds[refund["id"]] = refund
             data = dict(refund)
-        self._emit("refund.created", data)
+            self._emit("refund.created", data)
         return data
 
     def refunded(self, payment_id: str) -> int:
@@ -349,12 +361,18 @@ class LedgePayState:
                 return dict(refund)
             refund["status"] = status
             data = dict(refund)
-        self._emit(f"refund.{status}", data)
+            self._emit(f"refund.{status}", data)
         return data
 
     # Events
 
     def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        """Tell the listeners; the caller holds the lock, so they hear of changes in the
+        order the changes were made (a refund never before its payment's success).
+
+        A listener may take locks of its own, but none that is held elsewhere while
+        waiting for this one.
+        """
         for listener in list(self.listeners):
             listener(event_type, data)
 
@@ -417,9 +435,28 @@ def _json_object(body: bytes) -> dict[str, Any]:
         params = json.loads(body or b"{}")
     except (ValueError, UnicodeDecodeError) as err:
         raise APIFailure(400, "The body is not valid JSON.") from err
+    except RecursionError as err:
+        raise APIFailure(400, f"The body nests deeper than {MAX_NESTING} levels.") from err
     if not isinstance(params, dict):
         raise APIFailure(400, "The body must be a JSON object.")
+    if _nests_deeper(params, MAX_NESTING):
+        raise APIFailure(400, f"The body nests deeper than {MAX_NESTING} levels.")
     return params
+
+
+def _nests_deeper(value: Any, levels: int) -> bool:
+    """Whether ``value`` has objects or arrays more than ``levels`` deep (without recursing,
+    which is what fails on such a value)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > levels:
+                return True
+            pending.extend((child, depth + 1) for child in item)
+    return False
 
 
 def _failure(failure: APIFailure) -> Answer:

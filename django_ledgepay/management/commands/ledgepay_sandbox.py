@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_ledgepay.conf import conf
 from django_ledgepay.sandbox import Sandbox
+from django_ledgepay.sandbox.server import is_webhook_url
 
 
 class Command(BaseCommand):
@@ -51,6 +52,11 @@ class Command(BaseCommand):
             raise CommandError("--failure-rate must be between 0 and 1.")
         if options["rate_limit"] is not None and options["rate_limit"] < 1:
             raise CommandError("--rate-limit must be at least 1.")
+        if options["webhook_url"] is not None and not is_webhook_url(options["webhook_url"]):
+            raise CommandError(
+                "--webhook-url must be an absolute http(s) URL with a host, such as "
+                "http://127.0.0.1:8000/ledgepay/webhook/."
+            )
         secrets = conf.webhook_secrets
         if options["webhook_url"] and not secrets:
             raise CommandError(
