@@ -55,6 +55,16 @@ def create(sandbox: Sandbox, **overrides: Any) -> requests.Response:
     )
 
 
+@contextlib.contextmanager
+def delivering_to(receiver: Receiver, **options: Any) -> Iterator[Sandbox]:
+    """A running sandbox that delivers its webhooks to ``receiver``, closed afterwards."""
+    try:
+        with Sandbox(webhook_url=receiver.url, webhook_secret=SECRET, **options) as sandbox:
+            yield sandbox
+    finally:
+        receiver.close()
+
+
 def post_refund(sandbox: Sandbox, payment_id: str, **fields: Any) -> requests.Response:
     return requests.post(
         f"{sandbox.api_base}/refunds",
@@ -272,23 +282,15 @@ def test_checkout_in_yen_and_cancel(sandbox):
 
 def test_webhooks_signed_retried_and_refunds_complete():
     receiver = Receiver(failures=2)
-    try:
-        with Sandbox(
-            webhook_url=receiver.url,
-            webhook_secret=SECRET,
-            refund_delay=0.05,
-            delivery_backoff=0.01,
-        ) as sandbox:
-            payment = create(sandbox).json()
-            sandbox.pay(payment["id"])
-            refund = post_refund(sandbox, payment["id"], amount=234)
-            assert refund.status_code == 201
-            too_much = post_refund(sandbox, payment["id"], amount=1001)
-            assert too_much.status_code == 400
-            assert sandbox.wait_until(lambda: len(receiver.bodies) == 3)
-            assert sandbox.wait_for_deliveries()
-    finally:
-        receiver.close()
+    with delivering_to(receiver, refund_delay=0.05, delivery_backoff=0.01) as sandbox:
+        payment = create(sandbox).json()
+        sandbox.pay(payment["id"])
+        refund = post_refund(sandbox, payment["id"], amount=234)
+        assert refund.status_code == 201
+        too_much = post_refund(sandbox, payment["id"], amount=1001)
+        assert too_much.status_code == 400
+        assert sandbox.wait_until(lambda: len(receiver.bodies) == 3)
+        assert sandbox.wait_for_deliveries()
     assert receiver.events == ["payment.succeeded", "refund.created", "refund.succeeded"]
     assert receiver.bodies[0]["data"]["id"] == payment["id"]
     assert receiver.bodies[2]["data"]["status"] == "succeeded"
@@ -582,45 +584,30 @@ def test_events_of_one_payment_keep_their_order_through_retries():
         return left > 0
 
     receiver = Receiver(refuse=refuse)
-    try:
-        with Sandbox(
-            webhook_url=receiver.url,
-            webhook_secret=SECRET,
-            refund_delay=0.0,
-            delivery_backoff=0.05,
-        ) as sandbox:
-            payment = create(sandbox).json()
-            sandbox.pay(payment["id"])
-            refund = post_refund(sandbox, payment["id"])
-            assert refund.status_code == 201
-            assert sandbox.wait_until(lambda: len(receiver.bodies) == 3)
-            assert sandbox.wait_for_deliveries()
-    finally:
-        receiver.close()
+    with delivering_to(receiver, refund_delay=0.0, delivery_backoff=0.05) as sandbox:
+        payment = create(sandbox).json()
+        sandbox.pay(payment["id"])
+        refund = post_refund(sandbox, payment["id"])
+        assert refund.status_code == 201
+        assert sandbox.wait_until(lambda: len(receiver.bodies) == 3)
+        assert sandbox.wait_for_deliveries()
     assert receiver.events == ["payment.succeeded", "refund.created", "refund.succeeded"]
     assert [d.attempt for d in sandbox.deliveries if d.event == "refund.created"] == [1, 2, 3, 4]
 
 
 def test_an_event_is_given_up_after_its_attempts_and_the_next_one_goes(caplog):
     receiver = Receiver(refuse=lambda body: body["event"] == "payment.succeeded")
-    try:
-        with (
-            caplog.at_level(logging.INFO, logger="django_ledgepay.sandbox"),
-            Sandbox(
-                webhook_url=receiver.url,
-                webhook_secret=SECRET,
-                refund_delay=-1,
-                delivery_attempts=3,
-                delivery_backoff=0.01,
-            ) as sandbox,
-        ):
-            payment = create(sandbox).json()
-            sandbox.pay(payment["id"])
-            refund = post_refund(sandbox, payment["id"])
-            assert refund.status_code == 201
-            assert sandbox.wait_for_deliveries()
-    finally:
-        receiver.close()
+    with (
+        caplog.at_level(logging.INFO, logger="django_ledgepay.sandbox"),
+        delivering_to(
+            receiver, refund_delay=-1, delivery_attempts=3, delivery_backoff=0.01
+        ) as sandbox,
+    ):
+        payment = create(sandbox).json()
+        sandbox.pay(payment["id"])
+        refund = post_refund(sandbox, payment["id"])
+        assert refund.status_code == 201
+        assert sandbox.wait_for_deliveries()
     attempts = [(d.event, d.attempt, d.status) for d in sandbox.deliveries]
     assert attempts == [
         ("payment.succeeded", 1, 500),
@@ -639,32 +626,24 @@ def test_an_event_is_given_up_after_its_attempts_and_the_next_one_goes(caplog):
 
 def test_an_attempt_that_fails_unexpectedly_is_retried_by_a_live_thread(caplog):
     receiver = Receiver()
-    try:
-        with (
-            caplog.at_level(logging.INFO, logger="django_ledgepay.sandbox"),
-            Sandbox(
-                webhook_url=receiver.url,
-                webhook_secret=SECRET,
-                delivery_backoff=0.01,
-                delivery_max_backoff=0.02,
-            ) as sandbox,
-        ):
-            # Past the constructor's check, as a script may set it. urllib3 raises
-            # LocationParseError, which is no requests.RequestException.
-            sandbox.webhook_url = "http://shop..example/hook/"
-            payment = create(sandbox).json()
-            sandbox.pay(payment["id"])
-            assert sandbox.wait_until(lambda: len(sandbox.deliveries) >= 2, timeout=5)
-            sandbox.webhook_url = None  # Deliveries off: the queued event waits.
-            assert sandbox.wait_until(
-                lambda: sandbox.deliveries[-1].error == "no webhook_url", timeout=5
-            )
-            sandbox.webhook_url = receiver.url
-            assert sandbox.wait_for_deliveries()
-            alive = [thread for thread in sandbox._threads if thread.is_alive()]
-            assert len(alive) == len(sandbox._threads)
-    finally:
-        receiver.close()
+    with (
+        caplog.at_level(logging.INFO, logger="django_ledgepay.sandbox"),
+        delivering_to(receiver, delivery_backoff=0.01, delivery_max_backoff=0.02) as sandbox,
+    ):
+        # Past the constructor's check, as a script may set it. urllib3 raises
+        # LocationParseError, which is no requests.RequestException.
+        sandbox.webhook_url = "http://shop..example/hook/"
+        payment = create(sandbox).json()
+        sandbox.pay(payment["id"])
+        assert sandbox.wait_until(lambda: len(sandbox.deliveries) >= 2, timeout=5)
+        sandbox.webhook_url = None  # Deliveries off: the queued event waits.
+        assert sandbox.wait_until(
+            lambda: sandbox.deliveries[-1].error == "no webhook_url", timeout=5
+        )
+        sandbox.webhook_url = receiver.url
+        assert sandbox.wait_for_deliveries()
+        alive = [thread for thread in sandbox._threads if thread.is_alive()]
+        assert len(alive) == len(sandbox._threads)
     assert receiver.events == ["payment.succeeded"]
     *failed, delivered = sandbox.deliveries
     assert delivered.ok
@@ -712,22 +691,14 @@ def test_an_attempt_that_breaks_the_sandbox_is_logged_and_retried(caplog):
 
 def test_waiting_for_deliveries_waits_for_refunds_to_complete():
     receiver = Receiver()
-    try:
-        with Sandbox(
-            webhook_url=receiver.url,
-            webhook_secret=SECRET,
-            refund_delay=0.3,
-            delivery_backoff=0.01,
-        ) as sandbox:
-            payment = create(sandbox).json()
-            sandbox.pay(payment["id"])
-            refund = post_refund(sandbox, payment["id"]).json()
-            assert sandbox.wait_for_deliveries()
-            # Not only once refund.created is out: refund.succeeded is too.
-            assert receiver.events == ["payment.succeeded", "refund.created", "refund.succeeded"]
-            assert sandbox.refunds[refund["id"]]["status"] == "succeeded"
-    finally:
-        receiver.close()
+    with delivering_to(receiver, refund_delay=0.3, delivery_backoff=0.01) as sandbox:
+        payment = create(sandbox).json()
+        sandbox.pay(payment["id"])
+        refund = post_refund(sandbox, payment["id"]).json()
+        assert sandbox.wait_for_deliveries()
+        # Not only once refund.created is out: refund.succeeded is too.
+        assert receiver.events == ["payment.succeeded", "refund.created", "refund.succeeded"]
+        assert sandbox.refunds[refund["id"]]["status"] == "succeeded"
 
 
 def test_a_refund_completed_by_hand_does_not_keep_the_wait_going():
