@@ -420,6 +420,29 @@ def test_sync_of_a_final_payment_that_changed_otherwise_signals_nothing(
     assert all(r.calls == [] for r in receivers)
 
 
+def test_payment_event_that_loses_the_race_signals_nothing(
+    receive, django_capture_on_commit_callbacks
+):
+    # Between this event's read and its UPDATE, another caller moves the payment first.
+    payment = make_payment(status="pending")
+    succeeded, failed = receive(signals.payment_succeeded), receive(signals.payment_failed)
+    table = Payment._meta.db_table
+    raced: list[bool] = []
+
+    def rival_first(execute: Any, sql: str, *args: Any) -> Any:
+        if not raced and sql.startswith("UPDATE") and table in sql:
+            raced.append(True)
+            Payment.objects.filter(pk=payment.pk).update(status=Payment.Status.FAILED)
+        return execute(sql, *args)
+
+    data = {"id": payment.ledgepay_id, "amount": payment.amount, "currency": payment.currency}
+    with django_capture_on_commit_callbacks(execute=True), connection.execute_wrapper(rival_first):
+        moved, changed = services.apply_payment_event(data, status="succeeded")
+    assert raced == [True]
+    assert (moved.status, changed) == ("failed", False)
+    assert succeeded.calls == [] and failed.calls == []  # The rival's own signal is its own.
+
+
 @pytest.mark.parametrize("how", ["sync_payment", "sync_payments", "refund_payment"])
 def test_signals_wait_for_the_commit_whatever_made_the_change(
     api, receive, django_capture_on_commit_callbacks, how
