@@ -30,10 +30,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Files, not memory: the live server's threads then get connections of their own, so a
     # webhook and an admin request run side by side as they do in production. (With a NAME
     # in memory, the live server would share one connection between its threads.)
-    _file = os.path.join(tempfile.gettempdir(), f"ledgepay-tests-{os.getpid()}")
+    # NAME holds no data (only the commands the tests start in subprocesses open it), so
+    # one file serves every run; each run's test database is its own.
+    _file = os.path.join(tempfile.gettempdir(), "ledgepay-tests")
     if DATABASES["default"]["NAME"] in ("", ":memory:"):
         DATABASES["default"]["NAME"] = f"{_file}.sqlite3"
-    DATABASES["default"]["TEST"] = {"NAME": f"{_file}-test.sqlite3"}
+    DATABASES["default"]["TEST"] = {"NAME": f"{_file}-{os.getpid()}-test.sqlite3"}
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
