@@ -15,7 +15,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
-from django.db import OperationalError, router, transaction
+from django.db import OperationalError
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -36,6 +36,7 @@ from django_ledgepay.exceptions import (
     LedgePayError,
     NotFoundError,
     RefundError,
+    RefundsChangedError,
 )
 from django_ledgepay.forms import RefundForm, RefundReasonForm, unrefundable_reason
 from django_ledgepay.models import Payment, PaymentQuerySet, Refund, WebhookEvent
@@ -298,26 +299,28 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
     ) -> Refund:
         """Refund unless the payment's refunds changed since the form was drawn.
 
-        The check holds the payment's row lock through the refund, so of two submits of
-        the same form the second finds the first's refund and refunds nothing.
+        refund_payment() compares them under the payment's row lock, held through the
+        refund, so of two submits of the same form the second finds the first's refund and
+        refunds nothing.
         """
-        with transaction.atomic(using=router.db_for_write(Payment)):
-            locked = Payment.objects.select_for_update().get(pk=payment.pk)
-            if locked.amount_refunded != refunded_before:
-                raise RefundError(
-                    str(
-                        _(
-                            "The payment's refunds changed since this page was loaded "
-                            "(%(was)s refunded then, %(now)s now); check the amount and "
-                            "submit again."
-                        )
-                        % {
-                            "was": format_amount(refunded_before, payment.currency),
-                            "now": format_amount(locked.amount_refunded, payment.currency),
-                        }
+        try:
+            return services.refund_payment(
+                payment, amount=amount, reason=reason, expected_refunded=refunded_before
+            )
+        except RefundsChangedError as err:
+            raise RefundError(
+                str(
+                    _(
+                        "The payment's refunds changed since this page was loaded "
+                        "(%(was)s refunded then, %(now)s now); check the amount and "
+                        "submit again."
                     )
+                    % {
+                        "was": format_amount(err.expected, payment.currency),
+                        "now": format_amount(err.refunded, payment.currency),
+                    }
                 )
-            return services.refund_payment(locked, amount=amount, reason=reason)
+            ) from err
 
     @staticmethod
     def _refund_error(err: LedgePayError | OperationalError) -> str:

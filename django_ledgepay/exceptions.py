@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import SuspiciousOperation
 
 
@@ -73,6 +75,19 @@ class RefundError(LedgePayError):
     """A refund refused locally, before any call to LedgePay."""
 
     default_message = "This payment cannot be refunded."
+
+
+class RefundsChangedError(RefundError):
+    """A refund refused because the payment's refunds no longer add up to what the caller
+    saw (``expected_refunded``): a form submitted twice, say. Both totals are in minor
+    units."""
+
+    def __init__(
+        self, message: str = "", *, expected: int = 0, refunded: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.expected = expected
+        self.refunded = refunded
 
 
 class WebhookError(LedgePayError):

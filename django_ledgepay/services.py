@@ -26,7 +26,12 @@ from django.utils.dateparse import parse_datetime
 from django_ledgepay import signals
 from django_ledgepay.client import MAX_PAGE_SIZE, LedgePayClient
 from django_ledgepay.currencies import is_currency
-from django_ledgepay.exceptions import APIError, InvalidRequestError, RefundError
+from django_ledgepay.exceptions import (
+    APIError,
+    InvalidRequestError,
+    RefundError,
+    RefundsChangedError,
+)
 from django_ledgepay.models import Payment, Refund, WebhookEvent
 
 logger = logging.getLogger(__name__)
@@ -762,9 +767,11 @@ def refund_payment(
             raise RefundError(f"Payment {payment.ledgepay_id} is {payment.status}, not succeeded.")
         refunded = payment.amount_refunded
         if expected_refunded is not None and refunded != expected_refunded:
-            raise RefundError(
+            raise RefundsChangedError(
                 f"The refunds of payment {payment.ledgepay_id} changed: {refunded} refunded "
-                f"now, {expected_refunded} expected (minor units). Check and try again."
+                f"now, {expected_refunded} expected (minor units). Check and try again.",
+                expected=expected_refunded,
+                refunded=refunded,
             )
         refundable = max(0, payment.amount - refunded)
         if refundable == 0:

@@ -14,6 +14,7 @@ from django_ledgepay.exceptions import (
     NotFoundError,
     RateLimitError,
     RefundError,
+    RefundsChangedError,
     WebhookError,
     WebhookPayloadError,
     WebhookSignatureError,
@@ -30,6 +31,7 @@ SPEC_CLASSES = [
 ]
 ALL_CLASSES = [LedgePayError, *SPEC_CLASSES, WebhookError, WebhookPayloadError]
 ALL_CLASSES.append(WebhookSignatureError)
+ALL_CLASSES.append(RefundsChangedError)
 
 
 @pytest.mark.parametrize("error_class", [*SPEC_CLASSES, WebhookError])
@@ -138,3 +140,10 @@ def test_every_public_exception_is_listed_here():
     }
 
     assert public == set(ALL_CLASSES)
+
+
+def test_refunds_changed_is_a_refund_error_with_both_totals():
+    error = RefundsChangedError("Changed.", expected=1000, refunded=2500)
+
+    assert isinstance(error, RefundError)
+    assert (error.expected, error.refunded, str(error)) == (1000, 2500, "Changed.")

@@ -19,6 +19,7 @@ from django_ledgepay.exceptions import (
     InvalidRequestError,
     NotFoundError,
     RefundError,
+    RefundsChangedError,
 )
 from django_ledgepay.models import Payment, Refund
 from tests.conftest import API, concurrent_writers
@@ -766,8 +767,9 @@ def test_expected_refunded_refuses_a_double_submit_of_a_partial_refund(api):
     api.post(f"{API}/refunds", json=refund_answer(payment, amount=2000), status=201)
     shown = payment.amount_refunded  # What the form showed when it was drawn.
     services.refund_payment(payment, amount=2000, expected_refunded=shown)
-    with pytest.raises(RefundError, match="2000 refunded now, 0 expected"):
+    with pytest.raises(RefundsChangedError, match="2000 refunded now, 0 expected") as excinfo:
         services.refund_payment(payment, amount=2000, expected_refunded=shown)
+    assert (excinfo.value.expected, excinfo.value.refunded) == (0, 2000)
     assert len(api.calls) == 1
 
 
