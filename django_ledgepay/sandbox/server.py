@@ -28,6 +28,7 @@ from django_ledgepay.sandbox.state import (
     Driver,
     LedgePayState,
     event_payload,
+    is_http_url,
 )
 from django_ledgepay.webhooks import SIGNATURE_HEADER, signature_header
 
@@ -546,7 +547,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def is_webhook_url(url: str) -> bool:
     """Whether webhooks can be delivered to ``url``: an absolute http(s) URL with a host."""
-    if not url.isprintable() or " " in url:
+    if not is_http_url(url):
         return False
     try:
         parts = urlsplit(url)
@@ -556,7 +557,7 @@ def is_webhook_url(url: str) -> bool:
         port = parts.port
     except ValueError:  # UnicodeError included.
         return False
-    return parts.scheme in {"http", "https"} and bool(parts.hostname) and port != 0
+    return bool(parts.hostname) and port != 0
 
 
 def location_header(url: str) -> str:

@@ -92,7 +92,7 @@ def _parse_time(value: str, param: str) -> str:
         ) from err
 
 
-def _is_url(value: object) -> bool:
+def is_http_url(value: object) -> bool:
     """Whether ``value`` is an absolute http(s) URL that can go in a Location header."""
     if not isinstance(value, str):
         return False
@@ -216,7 +216,7 @@ class LedgePayState:
         if not is_currency(params.get("currency")):
             raise APIFailure(400, "currency must be an ISO 4217 code.", param="currency")
         for name in ("success_url", "cancel_url"):
-            if not _is_url(params.get(name)):
+            if not is_http_url(params.get(name)):
                 raise APIFailure(400, f"{name} must be an absolute http(s) URL.", param=name)
         description = params.get("description", "")
         if not isinstance(description, str):
