@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q, Sum
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_ledgepay.currencies import format_amount
@@ -157,6 +159,11 @@ class WebhookEvent(models.Model):
         _("status"), max_length=16, choices=Status.choices, default=Status.RECEIVED
     )
     error = models.TextField(_("error"), blank=True)
+    note = models.TextField(
+        _("note"),
+        blank=True,
+        help_text=_("What in the event contradicted the mirror's fixed facts, if anything."),
+    )
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     received_at = models.DateTimeField(_("received at"), auto_now_add=True)
     processed_at = models.DateTimeField(_("processed at"), null=True, blank=True)
@@ -173,3 +180,214 @@ class WebhookEvent(models.Model):
     @property
     def is_processed(self) -> bool:
         return self.status in {self.Status.PROCESSED, self.Status.IGNORED}
+
+
+class Transition(models.Model):
+    """One change of the mirror that sends a signal, written in the change's transaction.
+
+    Its receivers run from :func:`django_ledgepay.tasks.deliver_transition`; ``delivered_at``
+    is set once every receiver has succeeded. It is the payment's audit trail, too.
+    """
+
+    class Source(models.TextChoices):
+        WEBHOOK = "webhook", _("Webhook")
+        SYNC = "sync", _("Sync")
+        API = "api", _("Service call")
+        ADMIN = "admin", _("Admin")
+
+    class Signal(models.TextChoices):
+        PAYMENT_SUCCEEDED = "payment_succeeded"
+        PAYMENT_FAILED = "payment_failed"
+        PAYMENT_CANCELED = "payment_canceled"
+        REFUND_CREATED = "refund_created"
+        REFUND_SUCCEEDED = "refund_succeeded"
+        REFUND_FAILED = "refund_failed"
+
+    signal = models.CharField(_("signal"), max_length=32, choices=Signal.choices)
+    payment = models.ForeignKey(
+        Payment, on_delete=models.CASCADE, related_name="transitions", verbose_name=_("payment")
+    )
+    refund = models.ForeignKey(
+        Refund,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="transitions",
+        verbose_name=_("refund"),
+    )
+    source = models.CharField(_("source"), max_length=16, choices=Source.choices)
+    event = models.ForeignKey(
+        WebhookEvent,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="transitions",
+        verbose_name=_("webhook event"),
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("actor"),
+        help_text=_("The staff user behind an admin action."),
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    delivered_at = models.DateTimeField(
+        _("delivered at"),
+        null=True,
+        blank=True,
+        help_text=_("When every receiver had succeeded; empty until then."),
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(
+        _("next attempt at"),
+        null=True,
+        blank=True,
+        help_text=_("When ledgepay_deliver tries again; empty once delivered or given up."),
+    )
+    error = models.TextField(_("error"), blank=True)
+
+    class Meta:
+        verbose_name = _("transition")
+        verbose_name_plural = _("transitions")
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="ledgepay_tr_undelivered_idx",
+                condition=Q(delivered_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.signal} of {self.payment_id} ({self.source})"
+
+    @property
+    def is_delivered(self) -> bool:
+        return self.delivered_at is not None
+
+
+class Reaction(models.Model):
+    """One receiver's delivery of one transition: written in the receiver's transaction
+    when it succeeds, so that it is never run again; its last error while it fails."""
+
+    transition = models.ForeignKey(Transition, on_delete=models.CASCADE, related_name="reactions")
+    receiver = models.CharField(
+        _("receiver"), max_length=255, help_text=_("Its dispatch_uid, or module.qualname.")
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    succeeded_at = models.DateTimeField(_("succeeded at"), null=True, blank=True)
+    last_attempt_at = models.DateTimeField(_("last attempt at"), null=True, blank=True)
+    error = models.TextField(_("error"), blank=True, help_text=_("The last traceback."))
+
+    class Meta:
+        verbose_name = _("reaction")
+        verbose_name_plural = _("reactions")
+        ordering = ["transition", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["transition", "receiver"], name="ledgepay_reaction_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.receiver} for transition {self.transition_id}"
+
+
+class RefundRequest(models.Model):
+    """A refund asked of LedgePay, recorded before the call with its idempotency key.
+
+    While its outcome is unknown (the call ended without an answer), every refund of its
+    payment first sends it again with the same key.
+    """
+
+    class Outcome(models.TextChoices):
+        UNKNOWN = "unknown", _("Unknown")
+        MADE = "made", _("Made")
+        REFUSED = "refused", _("Refused")
+
+    payment = models.ForeignKey(
+        Payment,
+        on_delete=models.PROTECT,
+        related_name="refund_requests",
+        verbose_name=_("payment"),
+    )
+    amount = models.BigIntegerField(_("amount"), help_text=_("In the currency's minor unit."))
+    reason = models.CharField(_("reason"), max_length=32, choices=Refund.Reason.choices)
+    idempotency_key = models.CharField(_("idempotency key"), max_length=255, unique=True)
+    source = models.CharField(_("source"), max_length=16, choices=Transition.Source.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("asked by"),
+    )
+    outcome = models.CharField(
+        _("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.UNKNOWN
+    )
+    refund = models.ForeignKey(
+        Refund,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="requests",
+        verbose_name=_("refund"),
+    )
+    error = models.TextField(_("error"), blank=True)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("refund request")
+        verbose_name_plural = _("refund requests")
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(
+                fields=["payment"],
+                name="ledgepay_rr_unknown_idx",
+                condition=Q(outcome="unknown"),
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="ledgepay_rr_amount_gt_0"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{format_amount(self.amount, self.payment.currency)} of {self.payment_id} ({self.outcome})"
+
+
+class Reconciliation(models.Model):
+    """One run of ``manage.py ledgepay_reconcile``: its window and the drift it found."""
+
+    class Outcome(models.TextChoices):
+        RUNNING = "running", _("Running")
+        CLEAN = "clean", _("No drift")
+        DRIFT = "drift", _("Drift")
+        FAILED = "failed", _("LedgePay could not be read")
+
+    started_at = models.DateTimeField(_("started at"), default=timezone.now)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    since = models.DateTimeField(_("since"))
+    until = models.DateTimeField(_("until"))
+    applied = models.BooleanField(_("applied"), default=False)
+    outcome = models.CharField(
+        _("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.RUNNING
+    )
+    checked = models.PositiveIntegerField(_("payments checked"), default=0)
+    repaired = models.PositiveIntegerField(_("repaired"), default=0)
+    drift = models.JSONField(_("drift"), default=list, blank=True)
+    error = models.TextField(_("error"), blank=True)
+
+    class Meta:
+        verbose_name = _("reconciliation")
+        verbose_name_plural = _("reconciliations")
+        ordering = ["-started_at", "-id"]
+        get_latest_by = "started_at"
+
+    def __str__(self) -> str:
+        return f"{self.since:%Y-%m-%d} to {self.until:%Y-%m-%d}: {self.outcome}"
