@@ -11,6 +11,7 @@ from django.core.checks import CheckMessage, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
+from django_ledgepay.client import API_KEY_PATTERN
 from django_ledgepay.conf import conf
 from django_ledgepay.models import Payment
 
@@ -30,6 +31,7 @@ def check_settings(
                 id="django_ledgepay.W001",
             )
         )
+    messages.extend(_check_api_key_form(conf.LEDGEPAY_API_KEY))
     secret = conf.LEDGEPAY_WEBHOOK_SECRET
     if not _is_secret_setting(secret):
         messages.append(
@@ -87,6 +89,27 @@ def check_settings(
             )
         )
     return messages
+
+
+def _check_api_key_form(api_key: str) -> list[CheckMessage]:
+    """W008 for a key every call would refuse: whitespace around or in it (a newline read
+    from a file, say), or characters other than printable ASCII. The key is never shown."""
+    if not api_key or API_KEY_PATTERN.fullmatch(api_key):
+        return []
+    if api_key != api_key.strip():
+        problem = "begins or ends with whitespace (a trailing newline, say)"
+    elif any(character.isspace() for character in api_key):
+        problem = "holds whitespace"
+    else:
+        problem = "holds characters other than printable ASCII"
+    return [
+        Warning(
+            f"LEDGEPAY_API_KEY {problem}: every call to LedgePay will fail.",
+            hint="Set it to the key exactly as LedgePay shows it; strip what is read from a "
+            "file or the environment (for example env('LEDGEPAY_API_KEY').strip()).",
+            id="django_ledgepay.W008",
+        )
+    ]
 
 
 def _is_secret_setting(value: object) -> bool:

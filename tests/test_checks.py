@@ -244,3 +244,52 @@ def test_w007_for_a_number_setting_that_is_not_one(settings):
         "LEDGEPAY_TIMEOUT must be a number of seconds above 0.",
         "LEDGEPAY_WEBHOOK_TOLERANCE must be a number.",
     ]
+
+
+W008 = "django_ledgepay.W008"
+
+
+@pytest.mark.parametrize(
+    ("api_key", "problem"),
+    [
+        ("sk_test_abc123\n", "begins or ends with whitespace"),
+        ("sk_test_abc123\r\n", "begins or ends with whitespace"),
+        (" sk_test_abc123", "begins or ends with whitespace"),
+        ("sk_test_abc123\t", "begins or ends with whitespace"),
+        ("sk_test abc123", "holds whitespace"),
+        ("sk_test_abc\u00e9123", "holds characters other than printable ASCII"),
+        ("sk_test_abc\x00123", "holds characters other than printable ASCII"),
+        ("sk_test_abc\u200b123", "holds characters other than printable ASCII"),
+    ],
+)
+def test_w008_for_an_api_key_every_call_would_refuse(settings, api_key, problem):
+    settings.LEDGEPAY_API_KEY = api_key
+
+    messages = check_settings()
+
+    assert ids(messages) == [W008]
+    assert messages[0].msg.startswith(f"LEDGEPAY_API_KEY {problem}")
+    assert "abc" not in f"{messages[0].msg} {messages[0].hint}"  # The key is never shown.
+
+
+@pytest.mark.parametrize("api_key", ["sk_test_abc123", "sk_live_A-b.C~!#$%&'*+/=?^_`|"])
+def test_no_w008_for_a_key_of_printable_ascii(settings, api_key):
+    settings.LEDGEPAY_API_KEY = api_key
+
+    assert check_settings() == []
+
+
+@override_settings(LEDGEPAY_API_KEY="sk_live_from_a_file_abc123\n")
+def test_manage_py_check_reports_w008_without_the_key():
+    output = run_check_command()
+
+    assert W008 in output
+    assert "LEDGEPAY_API_KEY begins or ends with whitespace" in output
+    assert "sk_live_from_a_file_abc123" not in output
+    assert W001 not in output
+
+
+@override_settings(LEDGEPAY_API_KEY="sk_test_abc123\n")
+def test_w008_fails_manage_py_check_at_warning_level():
+    with pytest.raises(SystemCheckError, match=W008):
+        call_command("check", "--fail-level", "WARNING", stdout=StringIO(), stderr=StringIO())
