@@ -7,6 +7,7 @@ status rules (a final status never changes again) and send each signal once, aft
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -552,19 +553,52 @@ def sync_payment(payment_or_ledgepay_id: Payment | str) -> Payment:
     return payment
 
 
+ONE_SECOND: Final = datetime.timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class UnlistedSecond:
+    """A second holding more payments of one status than LedgePay's list can page through.
+
+    ``listed`` of them could be listed; at least one more could not. LedgePay's list
+    gives no count, so that is all that is known of the rest.
+    """
+
+    second: datetime.datetime
+    status: str
+    listed: int
+
+    def __str__(self) -> str:
+        second, status, listed = _api_time(self.second, "second"), self.status, self.listed
+        return (
+            f"{second} holds more than {listed} {status} payment{pluralize(listed)}: "
+            f"{listed} could be listed, at least 1 more could not"
+        )
+
+
 @dataclass
 class SyncResult:
-    """What :func:`sync_payments` did: counts of payments by outcome, and pages read."""
+    """What :func:`sync_payments` did: counts of payments by outcome, and pages read.
+
+    ``unlisted`` holds the seconds LedgePay's list could not page through, even by status:
+    their payments beyond the first page of each status were not mirrored.
+    """
 
     created: int = 0
     updated: int = 0
     unchanged: int = 0
     skipped: int = 0
     pages: int = 0
+    unlisted: list[UnlistedSecond] = dataclasses.field(default_factory=list)
 
     @property
     def total(self) -> int:
         return self.created + self.updated + self.unchanged + self.skipped
+
+    @property
+    def complete(self) -> bool:
+        """Whether every matching payment could be listed."""
+        return not self.unlisted
 
     def __str__(self) -> str:
         total, pages = self.total, self.pages
@@ -584,11 +618,55 @@ def sync_payments(
 ) -> SyncResult:
     """Mirror every payment that matches, newest first, a page of 100 at a time.
 
+    The pages come from :func:`payment_pages`. A second it cannot page through, even by
+    status, is logged and kept in the result's ``unlisted``, and the sync goes on: what it
+    mirrored stays. ``progress`` is called with the running result after each page.
+    """
+    result = SyncResult()
+    pages = payment_pages(
+        status=status, created_after=created_after, created_before=created_before
+    )
+    for page in pages:
+        result.pages += 1
+        _apply_payment_page(page.items, result)
+        for unlisted in page.unlisted:
+            logger.warning("LedgePay's list cannot page through a second: %s.", unlisted)
+            result.unlisted.append(unlisted)
+        if progress is not None:
+            progress(result)
+    return result
+
+
+@dataclass
+class PaymentPage:
+    """What one list call of :func:`payment_pages` brought."""
+
+    #: The payments not on an earlier page.
+    items: list[dict[str, Any]]
+    #: Every payment created at or after this moment has now been listed (the seconds in
+    #: ``unlisted`` aside); None when this page closes no further second.
+    listed_down_to: datetime.datetime | None = None
+    #: Seconds found to hold more payments of one status than a page.
+    unlisted: list[UnlistedSecond] = dataclasses.field(default_factory=list)
+    #: Whether this is the listing's last page: every payment has been listed.
+    last: bool = False
+
+
+def payment_pages(
+    *,
+    status: str | None = None,
+    created_after: datetime.datetime | str | None = None,
+    created_before: datetime.datetime | str | None = None,
+) -> Iterable[PaymentPage]:
+    """LedgePay's payments that match, newest first, one page per list call.
+
     LedgePay names no cursor, so pages follow ``created_before``. Several payments can share
     one second, and whether ``created_before`` includes its own instant is not documented:
     each next page starts one second after the oldest ``created_at`` seen and the payments
-    already seen are dropped, so none is lost or repeated either way. ``progress`` is
-    called with the running result after each page.
+    already seen are dropped, so none is lost or repeated either way. A second holding more
+    than a page is listed again once per status; one that still holds more than a page of
+    one status is reported in the page's ``unlisted`` and the listing goes on past it. Only
+    the ids of the last seconds seen are remembered, so memory stays flat.
     """
     if status is not None and status not in Payment.Status.values:
         raise InvalidRequestError(
@@ -597,40 +675,115 @@ def sync_payments(
     after = _api_time(created_after, "created_after")
     before = _api_time(created_before, "created_before")
     client = get_client()
-    result = SyncResult()
-    seen: set[str] = set()
+    seen: dict[str, datetime.datetime | None] = {}
+    split: set[datetime.datetime] = set()
     while True:
         items, has_more = client.list_payments(
             limit=MAX_PAGE_SIZE, status=status, created_after=after, created_before=before
         )
-        result.pages += 1
-        fresh = [item for item in items if _item_id(item) not in seen]
-        seen.update(_item_id(item) for item in items)
-        _apply_payment_page(fresh, result)
-        if progress is not None:
-            progress(result)
-        oldest = min(
-            (moment for item in items if (moment := _datetime(item.get("created_at")))),
-            default=None,
-        )
+        fresh = _fresh(items, seen)
+        oldest = min(filter(None, map(_created_second, items)), default=None)
         if not has_more:
-            return result
+            yield PaymentPage(fresh, last=True)
+            return
         if oldest is None:
             logger.warning("LedgePay's page has no created_at to page by; sync stopped early.")
-            return result
-        next_before = oldest.replace(microsecond=0) + datetime.timedelta(seconds=1)
+            yield PaymentPage(fresh, last=True)
+            return
+        next_before = oldest + ONE_SECOND
         current = _datetime(before) if before else None
-        if current is not None and next_before >= current:
-            if fresh:
-                continue  # Same window again: the items already seen are dropped.
-            # A full page of one second was all seen: step past it to make progress.
-            next_before = current - datetime.timedelta(seconds=1)
-            logger.warning(
-                "More than %d payments share one second before %s; some may be missed.",
-                MAX_PAGE_SIZE,
-                before,
-            )
+        if current is None or next_before < current:
+            yield PaymentPage(fresh, next_before)
+        elif fresh:
+            yield PaymentPage(fresh)
+            continue  # Same window again: the payments already seen are dropped.
+        elif any(_created_second(item) != oldest for item in items):
+            # Payments of later seconds share the page (created_before includes its own
+            # instant): the next page starts at the oldest second alone.
+            yield PaymentPage(fresh)
+            next_before = current - ONE_SECOND
+        elif status is None and oldest not in split:
+            # A full page of one second, all seen already: list that second by status.
+            yield PaymentPage(fresh)
+            split.add(oldest)
+            yield from _second_pages(client, oldest, after, seen)
+            next_before = current - ONE_SECOND
+        else:
+            # Listed by status already: nothing finer can be asked for. Step past it.
+            listed = sum(1 for second in seen.values() if second == oldest)
+            unlisted = [] if oldest in split else [UnlistedSecond(oldest, str(status), listed)]
+            split.add(oldest)
+            yield PaymentPage(fresh, oldest, unlisted)
+            next_before = current - ONE_SECOND
         before = _api_time(next_before, "created_before")
+        # Only the seconds the next page can show again need to be remembered.
+        horizon = next_before - ONE_SECOND
+        for ledgepay_id, second in list(seen.items()):
+            if second is not None and second < horizon:
+                del seen[ledgepay_id]
+
+
+def _second_pages(
+    client: LedgePayClient,
+    second: datetime.datetime,
+    after: str | None,
+    seen: dict[str, datetime.datetime | None],
+) -> Iterable[PaymentPage]:
+    """The payments created in ``second``, listed once per status, for :func:`payment_pages`.
+
+    Each list brackets the second: ``created_after`` one second before it, ``created_before``
+    one second after it (or the second itself, when LedgePay turns out to include
+    ``created_before``'s own instant); only the payments of that second are kept.
+    """
+    bracket_after = _api_time(second - ONE_SECOND, "created_after")
+    if after is not None and bracket_after is not None and after > bracket_after:
+        bracket_after = after
+    statuses = Payment.Status.values
+    for number, status in enumerate(statuses, start=1):
+        before = second + ONE_SECOND
+        while True:
+            items, has_more = client.list_payments(
+                limit=MAX_PAGE_SIZE,
+                status=status,
+                created_after=bracket_after,
+                created_before=_api_time(before, "created_before"),
+            )
+            moments = [_created_second(item) for item in items]
+            ours = [item for item, moment in zip(items, moments, strict=True) if moment == second]
+            complete = not has_more or any(m is not None and m < second for m in moments)
+            # Payments of the next second fill the page: created_before includes its own
+            # instant, so ask again from the second itself.
+            again = (
+                not complete
+                and before > second
+                and any(m is not None and m > second for m in moments)
+            )
+            unlisted = [] if complete or again else [UnlistedSecond(second, status, len(ours))]
+            done = number == len(statuses) and not again
+            yield PaymentPage(_fresh(ours, seen), second if done else None, unlisted)
+            if not again:
+                break
+            before = second
+
+
+def _fresh(
+    items: Iterable[dict[str, Any]], seen: dict[str, datetime.datetime | None]
+) -> list[dict[str, Any]]:
+    """The ``items`` not in ``seen``, which they join with their second."""
+    fresh = []
+    for item in items:
+        ledgepay_id = _item_id(item)
+        if ledgepay_id in seen:
+            continue
+        if ledgepay_id:
+            seen[ledgepay_id] = _created_second(item)
+        fresh.append(item)
+    return fresh
+
+
+def _created_second(item: Mapping[str, Any]) -> datetime.datetime | None:
+    moment = _datetime(item.get("created_at"))
+    return moment.replace(microsecond=0) if moment is not None else None
 
 
 def _item_id(item: Mapping[str, Any]) -> str:

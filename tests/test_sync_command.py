@@ -1,17 +1,27 @@
 from __future__ import annotations
 
+import datetime
+import json
 from io import StringIO
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
+import responses
 
 from django.core.management import CommandError, call_command
 
+from django_ledgepay import services
 from django_ledgepay.models import Payment
+from django_ledgepay.testing import FakeLedgePay
 from tests.conftest import API
-from tests.factories import make_payment, payment_data
+from tests.factories import make_payment, next_id, payment_data
 
 pytestmark = pytest.mark.django_db
+
+URLS = {"success_url": "https://shop.test/ok", "cancel_url": "https://shop.test/no"}
+#: 2024-01-15T10:30:00Z in Unix seconds.
+SECOND = int(datetime.datetime(2024, 1, 15, 10, 30, tzinfo=datetime.timezone.utc).timestamp())
 
 
 def test_sync_command_prints_progress_and_summary(api):
@@ -132,3 +142,127 @@ def test_sync_command_counts_in_words_that_agree(api):
     call_command("ledgepay_sync", stdout=out)
     assert "Page 1: 1 payment so far" in out.getvalue()
     assert "Synced 1 payment in 1 page: 1 created" in out.getvalue()
+
+
+# Seconds holding more than a page of payments
+
+
+def seed(fake, count, *, at, status="pending"):
+    """``count`` payments created in LedgePay's state at the Unix second ``at``."""
+    fake.state.clock = lambda: at
+    ids = []
+    for _ in range(count):
+        payment = fake.state.create_payment({"amount": 700, "currency": "EUR", **URLS})
+        if status != "pending":
+            fake.state.settle(payment["id"], status)
+        ids.append(payment["id"])
+    return ids
+
+
+def list_queries(fake):
+    return [dict(parse_qsl(urlsplit(r.url).query)) for r in fake.requests if r.method == "GET"]
+
+
+def test_sync_lists_a_crowded_second_again_by_status():
+    with FakeLedgePay() as fake:
+        crowded = {
+            status: seed(fake, count, at=SECOND, status=status)
+            for status, count in (
+                ("pending", 90),
+                ("succeeded", 80),
+                ("failed", 50),
+                ("canceled", 30),
+            )
+        }
+        earlier = seed(fake, 20, at=SECOND - 5, status="succeeded")
+        out = StringIO()
+        call_command("ledgepay_sync", stdout=out)
+
+    assert Payment.objects.count() == 270
+    for status, ids in crowded.items():
+        assert set(
+            Payment.objects.filter(status=status).values_list("ledgepay_id", flat=True)
+        ) >= set(ids)
+    assert Payment.objects.filter(ledgepay_id__in=earlier).count() == 20
+    assert "Synced 270 payments" in out.getvalue()
+    by_status = [q for q in list_queries(fake) if "status" in q]
+    assert sorted(q["status"] for q in by_status) == sorted(Payment.Status.values)
+    assert {(q["created_after"], q["created_before"]) for q in by_status} == {
+        ("2024-01-15T10:29:59Z", "2024-01-15T10:30:01Z")
+    }
+
+
+def test_sync_names_a_second_it_cannot_page_through_and_keeps_the_rest():
+    with FakeLedgePay() as fake:
+        seed(fake, 150, at=SECOND, status="pending")
+        seed(fake, 30, at=SECOND, status="succeeded")
+        seed(fake, 10, at=SECOND - 60, status="failed")
+        out = StringIO()
+        with pytest.raises(CommandError) as excinfo:
+            call_command("ledgepay_sync", stdout=out)
+
+    message = str(excinfo.value)
+    assert "2024-01-15T10:30:00Z holds more than 100 pending payments" in message
+    assert "at least 1 more could not" in message
+    assert Payment.objects.filter(status="pending").count() == 100
+    assert Payment.objects.filter(status="succeeded").count() == 30
+    assert Payment.objects.filter(status="failed").count() == 10
+    assert "Synced 140 payments" in out.getvalue()
+
+
+def test_sync_by_status_names_a_crowded_second_without_listing_it_again():
+    with FakeLedgePay() as fake:
+        seed(fake, 120, at=SECOND, status="succeeded")
+        seed(fake, 3, at=SECOND - 1, status="succeeded")
+        result = services.sync_payments(status="succeeded")
+
+    assert [str(u) for u in result.unlisted] == [
+        "2024-01-15T10:30:00Z holds more than 100 succeeded payments: 100 could be listed, "
+        "at least 1 more could not"
+    ]
+    assert result.created == 103
+    assert all(q.get("status") == "succeeded" for q in list_queries(fake))
+    assert not result.complete
+
+
+class InclusiveList:
+    """A list endpoint whose created_after and created_before include their own instant."""
+
+    def __init__(self, payments):
+        self.payments = sorted(payments, key=lambda p: (p["created_at"], p["id"]), reverse=True)
+        self.queries = []
+
+    def __call__(self, request):
+        query = dict(parse_qsl(urlsplit(request.url).query))
+        self.queries.append(query)
+        items = [
+            p
+            for p in self.payments
+            if p["status"] == query.get("status", p["status"])
+            and p["created_at"] <= query.get("created_before", p["created_at"])
+            and p["created_at"] >= query.get("created_after", p["created_at"])
+        ]
+        body = {"data": items[:100], "has_more": len(items) > 100}
+        return 200, {}, json.dumps(body)
+
+
+def test_sync_splits_a_crowded_second_when_the_bounds_include_their_instant(api):
+    payments = [
+        payment_data(id=next_id("pay"), status=status, created_at=stamp)
+        for stamp, counts in (
+            ("2024-01-15T10:30:01Z", {"succeeded": 60}),
+            ("2024-01-15T10:30:00Z", {"pending": 70, "succeeded": 70, "canceled": 5}),
+            ("2024-01-15T10:29:59Z", {"failed": 90}),
+        )
+        for status, count in counts.items()
+        for _ in range(count)
+    ]
+    server = InclusiveList(payments)
+    api.add_callback(responses.GET, f"{API}/payments", callback=server)
+
+    result = services.sync_payments()
+
+    assert result.complete
+    assert result.created == Payment.objects.count() == len(payments) == 295
+    assert {q["status"] for q in server.queries if "status" in q} == set(Payment.Status.values)
+    assert result.pages == len(server.queries)

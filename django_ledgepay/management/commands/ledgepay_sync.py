@@ -19,7 +19,9 @@ class Command(BaseCommand):
 
     help = (
         "Mirror LedgePay's payments into the local database, page by page, and print what "
-        "changed. Signals fire for payments that reach a final status."
+        "changed. Signals fire for payments that reach a final status. A second holding more "
+        "payments of one status than LedgePay's list can page through ends the command with "
+        "an error naming it, after the rest is mirrored."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -54,6 +56,16 @@ class Command(BaseCommand):
         except (LedgePayError, ImproperlyConfigured) as err:
             # ImproperlyConfigured names the setting to fix (LEDGEPAY_API_KEY), never its value.
             raise CommandError(self._stopped(err)) from err
+        if result.unlisted:
+            # What was mirrored stays; the run still fails, so that cron or CI notices.
+            self.stdout.write(f"Synced {result}.")
+            seconds = len(result.unlisted)
+            raise CommandError(
+                f"Sync incomplete: LedgePay's list could not page through {seconds} "
+                f"second{pluralize(seconds)}, even by status: "
+                + "; ".join(str(unlisted) for unlisted in result.unlisted)
+                + ". The payments it could not list are not mirrored; the rest are."
+            )
         self.stdout.write(self.style.SUCCESS(f"Synced {result}."))
 
     def _stopped(self, err: Exception) -> str:
