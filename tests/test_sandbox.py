@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -26,7 +27,8 @@ import requests
 from django.core.management import CommandError, call_command
 
 from django_ledgepay.management.commands.ledgepay_sandbox import Command as SandboxCommand
-from django_ledgepay.sandbox import Sandbox
+from django_ledgepay.sandbox import Sandbox, StateFileError, storage
+from django_ledgepay.sandbox.server import _Handler
 from django_ledgepay.sandbox.state import LedgePayState
 from django_ledgepay.webhooks import signature_header, verify_signature
 
@@ -77,12 +79,15 @@ def post_refund(sandbox: Sandbox, payment_id: str, **fields: Any) -> requests.Re
 class Receiver:
     """A shop's webhook endpoint on loopback that records signed deliveries.
 
-    It answers 500 to the first ``failures`` deliveries, and to every delivery whose body
-    ``refuse`` returns True for.
+    It answers 500 to the first ``failures`` deliveries, and ``refusal`` (500 with no body
+    unless told) to every delivery whose body ``refuse`` returns True for.
     """
 
     def __init__(
-        self, failures: int = 0, refuse: Callable[[dict[str, Any]], bool] | None = None
+        self,
+        failures: int = 0,
+        refuse: Callable[[dict[str, Any]], bool] | None = None,
+        refusal: tuple[int, bytes] = (500, b""),
     ) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.failures = failures
@@ -96,16 +101,19 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 verify_signature(body, self.headers["LedgePay-Signature"], [SECRET])
+                answer = b""
                 if receiver.failures > 0:
                     receiver.failures -= 1
                     self.send_response(500)
                 elif receiver.refuse is not None and receiver.refuse(json.loads(body)):
-                    self.send_response(500)
+                    status, answer = refusal
+                    self.send_response(status)
                 else:
                     receiver.bodies.append(json.loads(body))
                     self.send_response(200)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
+                self.wfile.write(answer)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/"
@@ -910,3 +918,327 @@ def test_sandbox_command_logs_each_webhook_attempt_once(settings_module, path):
     attempts = re.findall(r"Webhook payment\.succeeded \S+ to \S+, attempt (\d+): failed", output)
     assert attempts, output
     assert len(attempts) == len(set(attempts)), output
+
+
+# Loopback speed: no Nagle stall
+
+
+def test_answers_leave_with_tcp_nodelay_in_one_send(sandbox, monkeypatch):
+    # Headers and body in two sends, without TCP_NODELAY, made every keep-alive answer wait
+    # for the client's delayed ACK (about 40 ms).
+    nodelay: list[int] = []
+    setup = _Handler.setup
+
+    def recording_setup(handler: _Handler) -> None:
+        setup(handler)
+        nodelay.append(handler.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    sent: list[bytes] = []
+    send = socket.socket.send
+
+    def recording_send(sock: socket.socket, data: Any, *args: Any) -> int:
+        sent.append(bytes(data))
+        return send(sock, data, *args)
+
+    monkeypatch.setattr(_Handler, "setup", recording_setup)
+    monkeypatch.setattr(socket.socket, "send", recording_send)
+    payment = sandbox.state.create_payment(NEW)
+    with requests.Session() as session:
+        answers = [
+            session.get(f"{sandbox.api_base}/payments/{payment['id']}", headers=AUTH, timeout=5)
+            for _ in range(2)
+        ]
+    monkeypatch.undo()
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert nodelay and all(nodelay)
+    assert len(nodelay) == 1  # Both requests on one kept-alive connection.
+    whole = [data for data in sent if data.startswith(b"HTTP/1.1 200")]
+    assert len(whole) == 2
+    assert all(data.endswith(answers[0].content) for data in whole)
+
+
+# The list index
+
+
+def reference_page(
+    state: LedgePayState, limit: int, status: str | None, after: str | None, before: str | None
+) -> tuple[list[str], bool]:
+    """What a page held when it was made by sorting every payment (the former way)."""
+    ordered = sorted(
+        state.payments.values(),
+        key=lambda p: (p["created_at"], state._sequence[p["id"]]),
+        reverse=True,
+    )
+    matching = [
+        p["id"]
+        for p in ordered
+        if (status is None or p["status"] == status)
+        and (after is None or p["created_at"] > after)
+        and (before is None or p["created_at"] < before)
+    ]
+    return matching[:limit], len(matching) > limit
+
+
+def test_list_pages_from_the_index_match_a_full_sort():
+    generator = random.Random(12)
+    moments = [1_700_000_000 + generator.randrange(40) for _ in range(300)]
+    clock = iter(moments)  # Out of order and many in one second, as clocks allow.
+    state = LedgePayState(clock=lambda: float(next(clock, moments[-1])))
+    ids = [state.create_payment({**NEW, "amount": n + 1})["id"] for n in range(200)]
+    for payment_id in generator.sample(ids, 120):
+        state.settle(payment_id, generator.choice(["succeeded", "failed", "canceled"]))
+    stamps = sorted({p["created_at"] for p in state.payments.values()})
+    bounds = [None, stamps[0], stamps[len(stamps) // 2], stamps[-1], "2000-01-01T00:00:00Z"]
+    checked = 0
+    for status in (None, "pending", "succeeded", "failed", "canceled"):
+        for after in bounds:
+            for before in bounds:
+                for limit in (1, 7, 100):
+                    query = {"limit": str(limit)}
+                    query.update({"status": status} if status else {})
+                    query.update({"created_after": after} if after else {})
+                    query.update({"created_before": before} if before else {})
+                    page = state.list_payments(query)
+                    ids_on_page = [p["id"] for p in page["data"]]
+                    expected = reference_page(state, limit, status, after, before)
+                    assert (ids_on_page, page["has_more"]) == expected, query
+                    checked += bool(ids_on_page)
+    assert checked > 100  # Most queries found payments: the comparison was not of nothing.
+
+
+def test_a_listed_payment_is_a_copy_with_its_current_status():
+    state = LedgePayState()
+    payment = state.create_payment(NEW)
+    state.settle(payment["id"], "succeeded")
+    [listed] = state.list_payments({"status": "succeeded"})["data"]
+    assert listed["status"] == "succeeded"
+    assert state.list_payments({"status": "pending"})["data"] == []
+    listed["status"] = "changed by the caller"
+    assert state.payments[payment["id"]]["status"] == "succeeded"
+
+
+# The state file
+
+
+def test_a_restarted_sandbox_keeps_payments_refunds_and_idempotency(tmp_path):
+    path = tmp_path / "state.json"
+    headers = {**AUTH, "Idempotency-Key": "order-7"}
+    with Sandbox(state_file=path, refund_delay=0.0, port=free_port()) as first:
+        payment = requests.post(
+            f"{first.api_base}/payments", json=NEW, headers=headers, timeout=5
+        ).json()
+        first.pay(payment["id"])
+        refund = post_refund(first, payment["id"], amount=34).json()
+        assert first.wait_for_deliveries()
+        kept = requests.get(f"{first.api_base}/payments/{payment['id']}", headers=AUTH, timeout=5)
+    assert "sk_test_anything" not in path.read_text()  # Only a digest of the key is kept.
+    with Sandbox(state_file=path, port=first.port) as second:
+        fetched = requests.get(
+            f"{second.api_base}/payments/{payment['id']}", headers=AUTH, timeout=5
+        )
+        listed = requests.get(f"{second.api_base}/payments", headers=AUTH, timeout=5).json()
+        again = requests.post(f"{second.api_base}/payments", json=NEW, headers=headers, timeout=5)
+        too_much = post_refund(second, payment["id"], amount=1201)
+        rest = post_refund(second, payment["id"], amount=1200)
+        newer = create(second).json()
+    assert fetched.status_code == 200
+    assert fetched.json() == kept.json()
+    assert fetched.json()["status"] == "succeeded"
+    assert [p["id"] for p in listed["data"]] == [payment["id"]]
+    assert again.json() == payment  # The first answer again, and no second payment.
+    assert second.refunds[refund["id"]]["status"] == "succeeded"
+    assert too_much.status_code == 400  # 34 of 1234 were refunded before the restart.
+    assert rest.status_code == 201
+    assert list(second.payments) == [payment["id"], newer["id"]]
+
+
+def test_refunds_and_deliveries_pending_at_a_restart_go_out_after_it(tmp_path):
+    path = tmp_path / "state.json"
+    refusing = {"on": True}
+    receiver = Receiver(refuse=lambda body: refusing["on"])
+    try:
+        first = Sandbox(
+            webhook_url=receiver.url,
+            webhook_secret=SECRET,
+            state_file=path,
+            refund_delay=-1,  # The refund stays pending until the restart.
+            delivery_backoff=30.0,
+        )
+        with first:
+            payment = create(first).json()
+            first.pay(payment["id"])
+            refund = post_refund(first, payment["id"]).json()
+            assert first.wait_until(lambda: len(first.deliveries) == 1, timeout=5)
+        assert receiver.events == []
+        refusing["on"] = False
+        second = Sandbox(
+            webhook_url=receiver.url,
+            webhook_secret=SECRET,
+            state_file=path,
+            refund_delay=0.05,
+            delivery_backoff=0.01,
+        )
+        assert second.refunds[refund["id"]]["status"] == "pending"
+        with second:
+            assert second.wait_for_deliveries()
+    finally:
+        receiver.close()
+    assert receiver.events == ["payment.succeeded", "refund.created", "refund.succeeded"]
+    assert [body["data"]["id"] for body in receiver.bodies] == [
+        payment["id"],
+        refund["id"],
+        refund["id"],
+    ]
+    # The first event resumes with its attempts counted; nothing is left to deliver.
+    assert [(d.event, d.attempt) for d in second.deliveries][0] == ("payment.succeeded", 2)
+    assert Sandbox(state_file=path)._undelivered == 0
+    assert Sandbox(state_file=path).refunds[refund["id"]]["status"] == "succeeded"
+
+
+def test_deliveries_kept_while_a_restart_has_no_webhook_url(tmp_path):
+    path = tmp_path / "state.json"
+    receiver = Receiver(refuse=lambda body: True)
+    try:
+        with Sandbox(
+            webhook_url=receiver.url, webhook_secret=SECRET, state_file=path, delivery_backoff=30
+        ) as first:
+            payment = create(first).json()
+            first.pay(payment["id"])
+    finally:
+        receiver.close()
+    with Sandbox(state_file=path) as quiet:  # No webhook_url: nothing is sent, nothing lost.
+        create(quiet)
+        assert quiet.wait_for_deliveries(timeout=1)
+    receiver = Receiver()
+    with delivering_to(receiver, state_file=path) as again:
+        assert again.wait_for_deliveries()
+    assert receiver.events == ["payment.succeeded"]
+    assert receiver.bodies[0]["data"]["id"] == payment["id"]
+
+
+def test_changes_are_saved_while_the_sandbox_runs(tmp_path):
+    path = tmp_path / "state.json"
+    writes: list[int] = []
+    write = storage.write_atomically
+
+    def counting(target: Path, data: bytes) -> None:
+        writes.append(len(data))
+        write(target, data)
+
+    with (
+        mock.patch.object(storage, "write_atomically", counting),
+        Sandbox(state_file=path, save_delay=0.2) as sandbox,
+    ):
+        for amount in range(1, 21):
+            sandbox.state.create_payment({**NEW, "amount": amount})
+
+        def saved() -> int:
+            document = storage.load(path)
+            return 0 if document is None else len(document["state"]["payments"])
+
+        # On disk before any stop(): a crash from here on keeps them.
+        assert sandbox.wait_until(lambda: saved() == 20, timeout=5)
+        assert len(writes) < 20  # Changes made together are written together.
+
+
+def test_a_crash_between_writing_and_renaming_keeps_the_previous_state(tmp_path, monkeypatch):
+    class Killed(BaseException):
+        """The process dies."""
+
+    path = tmp_path / "state.json"
+    sandbox = Sandbox(state_file=path, save_delay=60)  # Saved only when told, here.
+    first = sandbox.state.create_payment(NEW)
+    sandbox.save()
+    sandbox.state.create_payment(NEW)
+
+    def killed(*args: Any) -> None:
+        raise Killed
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(Killed):
+        sandbox.save()
+    monkeypatch.undo()
+    # And a temporary file cut short by a crash while it was written, left beside it.
+    (tmp_path / ".state.json.crashed.tmp").write_bytes(path.read_bytes()[:50])
+    restarted = Sandbox(state_file=path)
+    assert list(restarted.payments) == [first["id"]]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'{"format": "ledgepay-sandbox-state", "version": 1, "state": {"paym', "not complete"),
+        (b"", "not complete JSON"),
+        (b'{"payments": []}', "not a LedgePay sandbox state file"),
+        (b'{"format": "ledgepay-sandbox-state", "version": 9}', "of version 9"),
+        (
+            b'{"format": "ledgepay-sandbox-state", "version": 1, "state": {"payments": [{}]}}',
+            "not of the expected shape",
+        ),
+        (
+            b'{"format": "ledgepay-sandbox-state", "version": 1, "state": '
+            b'{"payments": [], "refunds": [], "idempotency": []}, "deliveries": [1]}',
+            "not of the expected shape",
+        ),
+    ],
+)
+def test_a_state_file_that_cannot_be_read_is_a_clear_error(tmp_path, content, reason):
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    with pytest.raises(StateFileError, match=reason) as caught:
+        Sandbox(state_file=path)
+    assert str(path) in str(caught.value)
+    with pytest.raises(CommandError, match=reason):
+        call_command("ledgepay_sandbox", "--port", "0", "--state", str(path))
+    assert path.read_bytes() == content  # Left as it was, for a person to look at.
+
+
+def test_a_missing_state_file_starts_empty(tmp_path):
+    sandbox = Sandbox(state_file=tmp_path / "new.json")
+    assert sandbox.payments == {}
+    sandbox.save()
+    assert Sandbox(state_file=tmp_path / "new.json").payments == {}
+
+
+def test_sandbox_command_refuses_a_state_file_it_cannot_write(tmp_path):
+    path = tmp_path / "missing-directory" / "state.json"
+    with pytest.raises(CommandError, match="Cannot write the state file"):
+        call_command("ledgepay_sandbox", "--port", "0", "--state", str(path))
+
+
+def test_sandbox_command_with_state_remembers_payments_across_a_restart(tmp_path):
+    path = tmp_path / "state.json"
+    with sandbox_command("--state", str(path)) as (api, process):
+        payment = requests.post(f"{api}/payments", json=NEW, headers=AUTH, timeout=5).json()
+        output = stop_with_ctrl_c(process)
+    assert process.returncode == 0, output
+    assert f"State in {path} (0 payments)." in output
+    with sandbox_command("--state", str(path)) as (api, process):
+        fetched = requests.get(f"{api}/payments/{payment['id']}", headers=AUTH, timeout=5)
+        output = stop_with_ctrl_c(process)
+    assert fetched.status_code == 200
+    assert fetched.json()["id"] == payment["id"]
+    assert f"State in {path} (1 payments)." in output
+
+
+# A refused delivery's log line
+
+
+def test_a_refused_delivery_logs_the_shops_answer_cut_short(caplog):
+    reason = b'{"detail": "No valid signature:\n   the secret may be wrong.", "x": "' + b"y" * 500
+    receiver = Receiver(refuse=lambda body: True, refusal=(400, reason + b'"}'))
+    with (
+        caplog.at_level(logging.INFO, logger="django_ledgepay.sandbox"),
+        delivering_to(receiver, delivery_attempts=1) as sandbox,
+    ):
+        payment = create(sandbox).json()
+        sandbox.pay(payment["id"])
+        assert sandbox.wait_for_deliveries()
+    [line] = [r.getMessage() for r in caplog.records if ", attempt 1: " in r.getMessage()]
+    head = f"Webhook payment.succeeded {payment['id']} to {receiver.url}, attempt 1: HTTP 400: "
+    assert line.startswith(head)
+    answer = line.removeprefix(head)
+    assert answer.startswith('{"detail": "No valid signature: the secret may be wrong.", "x": "y')
+    assert len(answer) == 200
+    assert answer.endswith("y…")
+    assert "\n" not in line

@@ -8,10 +8,13 @@ signed webhook deliveries. ``manage.py ledgepay_sandbox`` runs one::
                  webhook_secret="whsec_...") as sandbox:
         settings.LEDGEPAY_API_BASE = sandbox.api_base
         ...
+
+With ``state_file=`` (``--state FILE``) its state outlives a restart.
 """
 
 from __future__ import annotations
 
 from django_ledgepay.sandbox.server import Delivery, Sandbox
+from django_ledgepay.sandbox.storage import StateFileError
 
-__all__ = ["Delivery", "Sandbox"]
+__all__ = ["Delivery", "Sandbox", "StateFileError"]

@@ -8,6 +8,7 @@ import html
 import itertools
 import json
 import logging
+import os
 import random
 import socket
 import threading
@@ -16,17 +17,20 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import requests
 
 from django_ledgepay.currencies import format_amount
+from django_ledgepay.sandbox import storage
 from django_ledgepay.sandbox.state import (
     Answer,
     APIFailure,
     Driver,
     LedgePayState,
+    SnapshotError,
     event_payload,
     is_http_url,
 )
@@ -41,6 +45,8 @@ FAILURES = ("500", "429", "drop")
 LOST_ANSWERS = ("500-after", "drop-after")
 #: Threads that deliver webhooks, so that a slow endpoint holds up few events.
 DELIVERY_THREADS = 4
+#: How much of a refusing shop's answer a log line shows.
+ANSWER_EXCERPT = 200
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,29 @@ class _Outgoing:
     body: bytes
     attempts: int = 0
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "object_id": self.object_id,
+            "key": self.key,
+            "body": self.body.decode(),
+            "attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> _Outgoing:
+        if not isinstance(value, dict):
+            raise SnapshotError("a delivery is not an object")
+        fields = ("event", "object_id", "key", "body")
+        if not all(isinstance(value.get(name), str) for name in fields):
+            raise SnapshotError("a delivery lacks its event, object, key or body")
+        attempts = value.get("attempts")
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+            raise SnapshotError("a delivery's attempts are not a count")
+        return cls(
+            value["event"], value["object_id"], value["key"], value["body"].encode(), attempts
+        )
+
 
 @dataclass(order=True)
 class _Due:
@@ -89,6 +118,12 @@ class Sandbox(Driver):
     times; after a failed attempt the next waits ``delivery_backoff`` seconds, doubled
     each time up to ``delivery_max_backoff`` (with the defaults, about 3 hours 15 minutes
     in all). An event that keeps failing holds up the later events of its payment only.
+
+    With ``state_file``, payments, refunds, idempotency records and the webhook events not
+    yet delivered are read from that file (when it exists) and written back to it whole,
+    atomically, ``save_delay`` seconds after a change (one write for the changes made
+    meanwhile) and on stop(); a restarted sandbox goes on where it stopped. A file that
+    cannot be read back raises :class:`StateFileError`.
     """
 
     def __init__(
@@ -105,6 +140,8 @@ class Sandbox(Driver):
         delivery_backoff: float = 0.5,
         delivery_max_backoff: float = 60.0,
         seed: int | None = None,
+        state_file: str | os.PathLike[str] | None = None,
+        save_delay: float = 0.05,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError("port must be between 0 and 65535 (0 picks a free port).")
@@ -121,6 +158,8 @@ class Sandbox(Driver):
             )
         if webhook_url and not webhook_secret:
             raise ValueError("Deliveries need a webhook_secret to sign them.")
+        if save_delay < 0:
+            raise ValueError("save_delay must be at least 0.")
         self.host = host
         self.port = port
         self.webhook_url = webhook_url
@@ -151,6 +190,19 @@ class Sandbox(Driver):
         self._undelivered = 0
         self._refunds_due = 0
         self._sequence = itertools.count()
+        # The state file: saves one at a time, and at most one save waiting to start.
+        self.state_file = None if state_file is None else Path(state_file)
+        self.save_delay = save_delay
+        self._save_lock = threading.Lock()
+        self._save_pending = threading.Lock()
+        self._save_timer: threading.Timer | None = None
+        # Deliveries read from the file while there is no webhook_url: kept, not sent.
+        self._parked: list[dict[str, Any]] = []
+        # Refunds read from the file still pending: their timers start with start().
+        self._refunds_to_resume: list[str] = []
+        if self.state_file is not None:
+            self._load(self.state_file)
+            self.state.change_listeners.append(self._changed)
 
     # Life
 
@@ -161,6 +213,9 @@ class Sandbox(Driver):
         self.port = self._server.server_address[1]
         self.state.checkout_base = f"{self.url}/checkout"
         self._stopping.clear()
+        resume, self._refunds_to_resume = self._refunds_to_resume, []
+        for refund_id in resume:
+            self._start_refund_timer(refund_id)
         self._threads = [
             threading.Thread(
                 target=self._server.serve_forever, args=(0.05,), name="sandbox-http", daemon=True
@@ -179,7 +234,7 @@ class Sandbox(Driver):
     def stop(self) -> None:
         """Stop serving and delivering; events not yet delivered stay scheduled, and
         refunds still complete when their delay is up, their events queued with the rest
-        for the next start()."""
+        for the next start(). With a ``state_file``, the state is saved."""
         with self._schedule:
             self._stopping.set()
             self._schedule.notify_all()
@@ -189,6 +244,10 @@ class Sandbox(Driver):
         deadline = time.monotonic() + 5
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            self.save()
+        except OSError:
+            logger.exception("The sandbox failed to save its state to %s.", self.state_file)
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -268,13 +327,17 @@ class Sandbox(Driver):
             # Queued before the refund can complete, so refund.created goes out first.
             if self.webhook_url:
                 self._schedule_event(event_type, data)
-            if event_type == "refund.created" and self.refund_delay >= 0:
-                self._refunds_due += 1
-                timer = threading.Timer(
-                    self.refund_delay, self._complete_refund, args=(data["id"],)
-                )
-                timer.daemon = True
-                timer.start()
+            if event_type == "refund.created":
+                self._start_refund_timer(data["id"])
+
+    def _start_refund_timer(self, refund_id: str) -> None:
+        if self.refund_delay < 0:
+            return
+        with self._schedule:
+            self._refunds_due += 1
+        timer = threading.Timer(self.refund_delay, self._complete_refund, args=(refund_id,))
+        timer.daemon = True
+        timer.start()
 
     def _complete_refund(self, refund_id: str) -> None:
         """Complete a refund when its delay is up, even while the sandbox is stopped: its
@@ -347,6 +410,7 @@ class Sandbox(Driver):
         outgoing.attempts += 1
         status: int | None = None
         error = ""
+        answer = ""
         unexpected: Exception | None = None
         if url is None:
             error = "no webhook_url"
@@ -358,6 +422,8 @@ class Sandbox(Driver):
             try:
                 response = session.post(url, data=outgoing.body, headers=headers, timeout=10)
                 status = response.status_code
+                if status >= 300:
+                    answer = excerpt(response.content)
             except requests.RequestException as err:
                 error = type(err).__name__
             except Exception as err:
@@ -371,6 +437,8 @@ class Sandbox(Driver):
         with self._schedule:
             self.deliveries.append(delivery)
         outcome = f"HTTP {status}" if status is not None else f"failed ({error})"
+        if answer:
+            outcome = f"{outcome}: {answer}"
         logger.log(
             logging.INFO if unexpected is None else logging.ERROR,
             "Webhook %s %s to %s, attempt %d: %s",
@@ -405,14 +473,86 @@ class Sandbox(Driver):
             else:
                 del self._lines[outgoing.key]
             self._undelivered -= 1
+        self._changed()
+
+    # The state file
+
+    def _load(self, path: Path) -> None:
+        document = storage.load(path)
+        if document is None:
+            return
+        try:
+            self.state.restore(document["state"])
+            deliveries = [_Outgoing.from_json(value) for value in document["deliveries"]]
+        except (SnapshotError, KeyError, TypeError) as err:
+            reason = f"its content is not of the expected shape ({err})"
+            raise storage.unreadable(path, reason) from err
+        self._refunds_to_resume = [
+            refund_id
+            for refund_id, refund in self.state.refunds.items()
+            if refund["status"] == "pending"
+        ]
+        if not self.webhook_url:
+            self._parked = [outgoing.to_json() for outgoing in deliveries]
+            return
+        with self._schedule:
+            now = time.monotonic()
+            for outgoing in deliveries:
+                self._undelivered += 1
+                line = self._lines.setdefault(outgoing.key, deque())
+                line.append(outgoing)
+                if len(line) == 1:
+                    self._push(outgoing, now)
+
+    def save(self) -> None:
+        """Write the state file now (nothing without one); raises OSError if it cannot."""
+        if self.state_file is None:
+            return
+        with self._save_lock:
+            # Lock order: the state's, then the schedule's, as everywhere.
+            with self.state.lock:
+                state = self.state.snapshot()
+                with self._schedule:
+                    deliveries = [o.to_json() for line in self._lines.values() for o in line]
+            storage.write_atomically(
+                self.state_file, storage.dump(state, deliveries + self._parked)
+            )
+
+    def _changed(self) -> None:
+        """Save within ``save_delay`` seconds, once for every change made meanwhile."""
+        if self.state_file is None:
+            return
+        with self._save_pending:
+            if self._save_timer is not None:
+                return
+            self._save_timer = threading.Timer(self.save_delay, self._save_in_background)
+            self._save_timer.daemon = True
+            self._save_timer.start()
+
+    def _save_in_background(self) -> None:
+        with self._save_pending:
+            # A change from now on needs a save after this one's snapshot: it starts a timer.
+            self._save_timer = None
+        try:
+            self.save()
+        except Exception:
+            logger.exception("The sandbox failed to save its state to %s.", self.state_file)
 
 
 class _Handler(BaseHTTPRequestHandler):
     sandbox: Sandbox
     protocol_version = "HTTP/1.1"
     server_version = "LedgePaySandbox/1"
+    #: Buffered writes: an answer's headers and body leave in one send (see _send).
+    wbufsize = 64 * 1024
     #: Whether this request's answer has begun (or its connection was dropped on purpose).
     _responded = False
+
+    def setup(self) -> None:
+        super().setup()
+        # Without it, a body sent after the headers waits for the client's delayed ACK of
+        # them (Nagle's algorithm): about 40 ms on every keep-alive request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
@@ -543,6 +683,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        # Sent here, in one piece when it fits the buffer, and where _route hears of a
+        # client that has gone.
+        self.wfile.flush()
 
 
 def is_webhook_url(url: str) -> bool:
@@ -558,6 +701,15 @@ def is_webhook_url(url: str) -> bool:
     except ValueError:  # UnicodeError included.
         return False
     return bool(parts.hostname) and port != 0
+
+
+def excerpt(content: bytes) -> str:
+    """The start of an answer's body on one line, for a log: whitespace runs as one space,
+    at most ANSWER_EXCERPT characters."""
+    text = " ".join(content.decode("utf-8", "replace").split())
+    if len(text) > ANSWER_EXCERPT:
+        text = text[: ANSWER_EXCERPT - 1] + "…"
+    return text
 
 
 def location_header(url: str) -> str:

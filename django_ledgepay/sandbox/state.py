@@ -7,6 +7,7 @@ both serve it, so both behave alike.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import hashlib
 import itertools
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +32,15 @@ MAX_LIMIT = 100
 MAX_NESTING = 100
 
 EventListener = Callable[[str, dict[str, Any]], None]
+#: An entry of the list index: a payment's ``created_at``, its creation sequence, its id.
+#: Sorted, entries run oldest first; two of one second keep the order they were made in.
+IndexEntry = tuple[str, int, str]
+
+_created_at = itemgetter(0)
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be restored: not of this format, or not of its shape."""
 
 
 class APIFailure(Exception):
@@ -123,9 +134,18 @@ class LedgePayState:
         self.payments: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
         self.listeners: list[EventListener] = []
+        #: Called, with the lock held, after each change of what a snapshot holds.
+        self.change_listeners: list[Callable[[], None]] = []
+        # By (a digest of the API key, the Idempotency-Key): the request's fingerprint and
+        # the first answer. The key itself is never kept, so a snapshot never holds it.
         self._idempotency: dict[tuple[str, str], tuple[str, Answer]] = {}
         self._order = itertools.count()
         self._sequence: dict[str, int] = {}
+        # The list index: every payment, and the payments of each status, sorted by
+        # (created_at, sequence), so that a page is two binary searches and a slice.
+        self._index: list[IndexEntry] = []
+        self._index_by_status: dict[str, list[IndexEntry]] = {s: [] for s in PAYMENT_STATUSES}
+        self._refunds_of: dict[str, list[str]] = {}
 
     # Requests
 
@@ -174,9 +194,10 @@ class LedgePayState:
         if key is not None and not 0 < len(key) <= 255:
             raise APIFailure(400, "Idempotency-Key must be 1 to 255 characters.")
         fingerprint = hashlib.sha256(f"{method} {path} ".encode() + body).hexdigest()
+        owner = hashlib.sha256(api_key.encode()).hexdigest()
         with self.lock:
             if key is not None:
-                stored = self._idempotency.get((api_key, key))
+                stored = self._idempotency.get((owner, key))
                 if stored is not None:
                     if stored[0] != fingerprint:
                         raise APIFailure(
@@ -190,7 +211,8 @@ class LedgePayState:
             except APIFailure as failure:
                 answer = _failure(failure)
             if key is not None and answer.status < 500:
-                self._idempotency[(api_key, key)] = (fingerprint, answer)
+                self._idempotency[(owner, key)] = (fingerprint, answer)
+                self._changed()
             return answer
 
     def _post(self, path: str, params: dict[str, Any]) -> Answer:
@@ -245,9 +267,19 @@ class LedgePayState:
             "completed_at": None,
         }
         with self.lock:
-            self.payments[payment_id] = payment
-            self._sequence[payment_id] = next(self._order)
+            self._add_payment(payment)
+            self._changed()
         return dict(payment)
+
+    def _add_payment(self, payment: dict[str, Any]) -> None:
+        # The caller holds the lock.
+        payment_id = payment["id"]
+        sequence = next(self._order)
+        self.payments[payment_id] = payment
+        self._sequence[payment_id] = sequence
+        entry = (payment["created_at"], sequence, payment_id)
+        bisect.insort(self._index, entry)
+        bisect.insort(self._index_by_status[payment["status"]], entry)
 
     def retrieve_payment(self, payment_id: str) -> dict[str, Any]:
         with self.lock:
@@ -272,19 +304,18 @@ class LedgePayState:
         after = _parse_time(after, "created_after") if after else None
         before = _parse_time(before, "created_before") if before else None
         with self.lock:
-            items = sorted(
-                self.payments.values(),
-                key=lambda p: (p["created_at"], self._sequence[p["id"]]),
-                reverse=True,
+            index = self._index if status is None else self._index_by_status[status]
+            # Oldest first: [low, high) are the entries created after ``after`` and before
+            # ``before``; the page is the newest ``limit`` of them.
+            low = 0 if after is None else bisect.bisect_right(index, after, key=_created_at)
+            high = (
+                len(index)
+                if before is None
+                else bisect.bisect_left(index, before, key=_created_at, lo=low)
             )
-            items = [
-                dict(p)
-                for p in items
-                if (status is None or p["status"] == status)
-                and (after is None or p["created_at"] > after)
-                and (before is None or p["created_at"] < before)
-            ]
-        return {"data": items[:limit], "has_more": len(items) > limit}
+            start = max(low, high - limit)
+            items = [dict(self.payments[entry[2]]) for entry in reversed(index[start:high])]
+        return {"data": items, "has_more": start > low}
 
     def settle(self, payment_id: str, status: str) -> dict[str, Any]:
         """Move a pending payment to ``status`` (a shopper pressed Pay, Fail or Cancel)."""
@@ -296,9 +327,14 @@ class LedgePayState:
                 raise APIFailure(404, f"No such payment: {payment_id}.")
             if payment["status"] != "pending":
                 return dict(payment)
+            entry = (payment["created_at"], self._sequence[payment_id], payment_id)
+            pending = self._index_by_status["pending"]
+            del pending[bisect.bisect_left(pending, entry)]
+            bisect.insort(self._index_by_status[status], entry)
             payment["status"] = status
             payment["completed_at"] = iso(self.clock())
             data = dict(payment)
+            self._changed()
             self._emit(f"payment.{status}", data)
         return data
 
@@ -338,18 +374,21 @@ class LedgePayState:
                 "status": "pending",
                 "created_at": iso(self.clock()),
             }
-            self.refunds[refund["id"]] = refund
+            self._add_refund(refund)
             data = dict(refund)
+            self._changed()
             self._emit("refund.created", data)
         return data
 
+    def _add_refund(self, refund: dict[str, Any]) -> None:
+        # The caller holds the lock.
+        self.refunds[refund["id"]] = refund
+        self._refunds_of.setdefault(refund["payment_id"], []).append(refund["id"])
+
     def refunded(self, payment_id: str) -> int:
         with self.lock:
-            return sum(
-                r["amount"]
-                for r in self.refunds.values()
-                if r["payment_id"] == payment_id and r["status"] != "failed"
-            )
+            refunds = (self.refunds[key] for key in self._refunds_of.get(payment_id, ()))
+            return sum(r["amount"] for r in refunds if r["status"] != "failed")
 
     def complete_refund(self, refund_id: str, status: str = "succeeded") -> dict[str, Any]:
         """Move a pending refund to ``succeeded`` or ``failed``."""
@@ -361,8 +400,64 @@ class LedgePayState:
                 return dict(refund)
             refund["status"] = status
             data = dict(refund)
+            self._changed()
             self._emit(f"refund.{status}", data)
         return data
+
+    # Snapshots
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything LedgePay knows, as JSON-ready data: payments in the order they were
+        made, refunds, idempotency records. :meth:`restore` takes it back.
+
+        Taken under the lock, with each object copied, so it stays as it was while it is
+        written out. Nested values (a payment's metadata) are shared: nothing changes them.
+        """
+        with self.lock:
+            return {
+                "payments": [dict(payment) for payment in self.payments.values()],
+                "refunds": [dict(refund) for refund in self.refunds.values()],
+                "idempotency": [
+                    [owner, key, fingerprint, answer.status, answer.body, answer.headers]
+                    for (owner, key), (fingerprint, answer) in self._idempotency.items()
+                ],
+            }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Replace the state with a :meth:`snapshot`'s; :class:`SnapshotError` if it is not
+        one (the state is then left as it was)."""
+        fresh = LedgePayState(checkout_base=self.checkout_base, clock=self.clock)
+        try:
+            for payment in snapshot["payments"]:
+                _check_payment(payment)
+                fresh._add_payment(dict(payment))
+            for refund in snapshot["refunds"]:
+                _check_refund(refund, fresh.payments)
+                fresh._add_refund(dict(refund))
+            for owner, key, fingerprint, status, body, headers in snapshot["idempotency"]:
+                if not all(isinstance(value, str) for value in (owner, key, fingerprint)):
+                    raise SnapshotError("an idempotency record is not of strings")
+                answer = Answer(_int(status, "an idempotency record's status"), body)
+                answer.headers.update(headers)
+                fresh._idempotency[(owner, key)] = (fingerprint, answer)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            if isinstance(err, SnapshotError):
+                raise
+            raise SnapshotError(f"{type(err).__name__}: {err}") from err
+        with self.lock:
+            self.payments = fresh.payments
+            self.refunds = fresh.refunds
+            self._idempotency = fresh._idempotency
+            self._order = fresh._order
+            self._sequence = fresh._sequence
+            self._index = fresh._index
+            self._index_by_status = fresh._index_by_status
+            self._refunds_of = fresh._refunds_of
+
+    def _changed(self) -> None:
+        # The caller holds the lock.
+        for listener in list(self.change_listeners):
+            listener()
 
     # Events
 
@@ -457,6 +552,32 @@ def _nests_deeper(value: Any, levels: int) -> bool:
                 return True
             pending.extend((child, depth + 1) for child in item)
     return False
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SnapshotError(f"{what} is not an integer: {value!r}")
+    return value
+
+
+def _check_payment(payment: Any) -> None:
+    if not isinstance(payment, dict) or not isinstance(payment.get("id"), str):
+        raise SnapshotError("a payment is not an object with a string id")
+    if payment.get("status") not in PAYMENT_STATUSES:
+        raise SnapshotError(f"payment {payment['id']} has no known status")
+    if not isinstance(payment.get("created_at"), str):
+        raise SnapshotError(f"payment {payment['id']} has no created_at")
+    _int(payment.get("amount"), f"payment {payment['id']}'s amount")
+
+
+def _check_refund(refund: Any, payments: Mapping[str, Any]) -> None:
+    if not isinstance(refund, dict) or not isinstance(refund.get("id"), str):
+        raise SnapshotError("a refund is not an object with a string id")
+    if refund.get("payment_id") not in payments:
+        raise SnapshotError(f"refund {refund['id']} is of no payment in the file")
+    if refund.get("status") not in ("pending", "succeeded", "failed"):
+        raise SnapshotError(f"refund {refund['id']} has no known status")
+    _int(refund.get("amount"), f"refund {refund['id']}'s amount")
 
 
 def _failure(failure: APIFailure) -> Answer:

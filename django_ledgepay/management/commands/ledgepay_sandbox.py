@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_ledgepay.conf import conf
-from django_ledgepay.sandbox import Sandbox
+from django_ledgepay.sandbox import Sandbox, StateFileError
 from django_ledgepay.sandbox.server import is_webhook_url
 
 
@@ -44,6 +44,14 @@ class Command(BaseCommand):
             metavar="S",
             help="Seconds before a refund succeeds (default 1).",
         )
+        parser.add_argument(
+            "--state",
+            metavar="FILE",
+            help=(
+                "Keep payments, refunds, idempotency keys and undelivered webhooks in FILE "
+                "(JSON, created if missing) across restarts."
+            ),
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not 0 <= options["port"] <= 65535:
@@ -62,14 +70,25 @@ class Command(BaseCommand):
             raise CommandError(
                 "Set LEDGEPAY_WEBHOOK_SECRET: the sandbox signs deliveries with it."
             )
-        sandbox = Sandbox(
-            port=options["port"],
-            webhook_url=options["webhook_url"],
-            webhook_secret=secrets[0] if secrets else "",
-            failure_rate=options["failure_rate"],
-            rate_limit=options["rate_limit"],
-            refund_delay=options["refund_delay"],
-        )
+        try:
+            sandbox = Sandbox(
+                port=options["port"],
+                webhook_url=options["webhook_url"],
+                webhook_secret=secrets[0] if secrets else "",
+                failure_rate=options["failure_rate"],
+                rate_limit=options["rate_limit"],
+                refund_delay=options["refund_delay"],
+                state_file=options["state"],
+            )
+        except StateFileError as err:
+            raise CommandError(str(err)) from err
+        if options["state"] is not None:
+            try:
+                sandbox.save()  # Now, so that a file that cannot be written fails here.
+            except OSError as err:
+                raise CommandError(
+                    f"Cannot write the state file {options['state']}: {err.strerror}."
+                ) from err
         stopping = threading.Event()
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
@@ -87,6 +106,9 @@ class Command(BaseCommand):
             self.stdout.write(f"Set LEDGEPAY_API_BASE = {sandbox.api_base!r} (any API key works).")
             if options["webhook_url"]:
                 self.stdout.write(f"Delivering webhooks to {options['webhook_url']}")
+            if options["state"] is not None:
+                held = len(sandbox.payments)
+                self.stdout.write(f"State in {options['state']} ({held} payments).")
             self.stdout.write("Quit with Ctrl-C.")
             try:
                 stopping.wait()
