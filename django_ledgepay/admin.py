@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib import admin, messages
@@ -15,8 +16,9 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
-from django.db import OperationalError
-from django.db.models import QuerySet
+from django.db import OperationalError, connection
+from django.db.models import OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -28,7 +30,7 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from django_ledgepay import services, webhooks
+from django_ledgepay import reactions, services, webhooks
 from django_ledgepay.currencies import format_amount
 from django_ledgepay.exceptions import (
     AuthenticationError,
@@ -39,7 +41,14 @@ from django_ledgepay.exceptions import (
     RefundsChangedError,
 )
 from django_ledgepay.forms import RefundForm, RefundReasonForm, unrefundable_reason
-from django_ledgepay.models import Payment, PaymentQuerySet, Refund, WebhookEvent
+from django_ledgepay.models import (
+    Payment,
+    Reaction,
+    Refund,
+    RefundRequest,
+    Transition,
+    WebhookEvent,
+)
 
 if TYPE_CHECKING:
     # The admin's classes are generic only in django-stubs, not at run time.
@@ -47,9 +56,15 @@ if TYPE_CHECKING:
     RefundAdminBase = admin.ModelAdmin[Refund]
     WebhookEventAdminBase = admin.ModelAdmin[WebhookEvent]
     RefundInlineBase = admin.TabularInline[Refund, Payment]
+    TransitionAdminBase = admin.ModelAdmin[Transition]
+    TransitionInlineBase = admin.TabularInline[Transition, Payment]
+    ReactionInlineBase = admin.TabularInline[Reaction, Transition]
+    RefundRequestInlineBase = admin.TabularInline[RefundRequest, Payment]
 else:
     PaymentAdminBase = RefundAdminBase = WebhookEventAdminBase = admin.ModelAdmin
-    RefundInlineBase = admin.TabularInline
+    TransitionAdminBase = admin.ModelAdmin
+    RefundInlineBase = TransitionInlineBase = admin.TabularInline
+    ReactionInlineBase = RefundRequestInlineBase = admin.TabularInline
 
 #: The most payments one action handles: each costs a call to LedgePay within the request.
 #: To mirror more, ``manage.py ledgepay_sync`` pages through LedgePay's list instead.
@@ -74,6 +89,75 @@ def nowrap(text: str) -> SafeString:
     """``text`` on one line, with the admin's own ``nowrap`` class: ``12.345 KWD`` split in
     two reads as two values."""
     return format_html('<span class="nowrap">{}</span>', text)
+
+
+def refunded_total() -> Coalesce:
+    """The refunded total of the outer payment (its refunds that have not failed), as a
+    correlated subquery: evaluated only for the rows a query returns."""
+    refunds = (
+        Refund.objects.filter(payment=OuterRef("pk"))
+        .exclude(status=Refund.Status.FAILED)
+        .order_by()
+        .values("payment")
+        .annotate(total=Sum("amount"))
+        .values("total")
+    )
+    return Coalesce(Subquery(refunds), 0)
+
+
+class CurrencyListFilter(admin.AllValuesFieldListFilter):
+    """The currencies in use, as Django's filter lists them, without reading every row.
+
+    ``SELECT DISTINCT currency`` reads the whole table on every page of the list; this
+    walks the currency index instead, one probe per currency (a "loose index scan", in a
+    recursive query). A model admin whose queryset is filtered (one shop's payments, say)
+    gets Django's own query, so that it lists only the currencies of the rows it shows.
+    """
+
+    def __init__(
+        self,
+        field: Any,
+        request: HttpRequest,
+        params: Any,
+        model: Any,
+        model_admin: Any,
+        field_path: str,
+    ) -> None:
+        super().__init__(field, request, params, model, model_admin, field_path)
+        choices = cast(QuerySet[Any, Any], self.lookup_choices)
+        fast = not field.null and connection.vendor in ("postgresql", "sqlite")
+        if fast and not choices.query.where:
+            self.lookup_choices = _LazyList(lambda: _distinct_values(model, field))
+
+
+class _LazyList:
+    """A list computed on first use: the filter's choices are read only if shown."""
+
+    def __init__(self, load: Callable[[], list[Any]]) -> None:
+        self._load = load
+        self._values: list[Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._values is None:
+            self._values = self._load()
+        return iter(self._values)
+
+
+def _distinct_values(model: Any, field: Any) -> list[Any]:
+    """The distinct values of the NOT NULL ``field``, sorted: one probe of an index that
+    starts with the field per value."""
+    quote = connection.ops.quote_name
+    table, column = quote(model._meta.db_table), quote(field.column)
+    sql = (
+        f"WITH RECURSIVE found (value) AS ("
+        f"SELECT MIN({column}) FROM {table} "
+        f"UNION ALL SELECT (SELECT MIN({column}) FROM {table} WHERE {column} > found.value) "
+        f"FROM found WHERE found.value IS NOT NULL"
+        f") SELECT value FROM found WHERE value IS NOT NULL"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return [row[0] for row in cursor.fetchall()]
 
 
 class ReadOnlyMixin:
@@ -110,6 +194,53 @@ class RefundInline(AmountMixin, ReadOnlyMixin, RefundInlineBase):
     fields = ("ledgepay_id", "amount_display", "status", "reason", "created_at")
     readonly_fields = fields
     ordering = ("-created_at", "-id")
+    # Django's tabular inline without the line above each row: read-only rows need no
+    # name beside their fields (it repeated them); the LedgePay id links to the refund.
+    template = "admin/django_ledgepay/payment/refund_inline.html"
+
+
+def _change_link(obj: Any, text: object) -> SafeString:
+    """A link to ``obj``'s admin page (the default site's)."""
+    opts = obj._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=(obj.pk,))
+    return format_html('<a href="{}">{}</a>', url, text)
+
+
+class TransitionInline(ReadOnlyMixin, TransitionInlineBase):
+    """The payment's audit trail: each change that sent a signal, in order."""
+
+    model = Transition
+    extra = 0
+    can_delete = False
+    verbose_name = _("change")
+    verbose_name_plural = _("history (each change that sent a signal)")
+    fields = ("created_at", "signal", "refund", "source", "event_link", "actor", "delivery")
+    readonly_fields = fields
+    ordering = ("created_at", "id")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Transition]:
+        return super().get_queryset(request).select_related("refund", "event", "actor")
+
+    @admin.display(description=_("webhook event"))
+    def event_link(self, transition: Transition) -> SafeString | str:
+        if transition.event is None:
+            return "-"
+        return _change_link(transition.event, transition.event.event_type)
+
+    @admin.display(description=_("delivered"))
+    def delivery(self, transition: Transition) -> SafeString:
+        return _change_link(transition, delivery_state(transition))
+
+
+def delivery_state(transition: Transition) -> str:
+    """Delivered, waiting, failing (with its attempts) or given up, in words."""
+    if transition.delivered_at is not None:
+        return str(_("delivered"))
+    if not transition.attempts:
+        return str(_("waiting"))
+    if transition.next_attempt_at is None:
+        return str(_("gave up after %(n)d attempts") % {"n": transition.attempts})
+    return str(_("failing (%(n)d attempts)") % {"n": transition.attempts})
 
 
 @admin.register(Payment)
@@ -123,7 +254,7 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
         "created_display",
         "completed_display",
     )
-    list_filter = ("status", "currency", "created_at")
+    list_filter = ("status", ("currency", CurrencyListFilter), "created_at")
     search_fields = ("ledgepay_id", "customer_email", "customer_name", "description")
     readonly_fields = (
         "amount_display",
@@ -152,7 +283,7 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
         ),
         (_("Dates"), {"fields": ("created_at", "completed_at", "updated_at")}),
     )
-    inlines = (RefundInline,)
+    inlines = (RefundInline, TransitionInline)
     actions = ("refund_payments", "sync_payments")
     refund_template = "admin/django_ledgepay/payment/refund.html"
     refund_confirmation_template = (
@@ -160,8 +291,10 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Payment]:
-        # The refunded total comes with each row: no query per row in the list.
-        return cast(PaymentQuerySet, super().get_queryset(request)).with_amount_refunded()
+        # The refunded total comes with each row (no query per row in the list), as a
+        # subquery per row rather than a join: the list's count, its filters and its
+        # page then never read the refunds, and only the rows shown compute their total.
+        return super().get_queryset(request).annotate(annotated_amount_refunded=refunded_total())
 
     # Columns and fields
 
@@ -169,7 +302,7 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
     def refunded_display(self, payment: Payment) -> SafeString:
         return nowrap(format_amount(payment.amount_refunded, payment.currency))
 
-    @admin.display(description=_("refundable"))
+    @admin.display(description=_("left to refund"))
     def refundable_display(self, payment: Payment) -> str:
         return format_amount(payment.refundable_amount, payment.currency)
 
@@ -511,7 +644,7 @@ class RefundAdmin(AmountMixin, ReadOnlyMixin, RefundAdminBase):
         "reason",
         "created_at",
     )
-    list_filter = ("status", "reason", "currency", "created_at")
+    list_filter = ("status", "reason", ("currency", CurrencyListFilter), "created_at")
     search_fields = ("ledgepay_id", "payment__ledgepay_id", "payment__customer_email")
     list_select_related = ("payment",)
     fields = (
@@ -608,4 +741,135 @@ class WebhookEventAdmin(ReadOnlyMixin, WebhookEventAdminBase):
             )
             % {"count": total, "summary": summary},
             messages.SUCCESS if WebhookEvent.Status.FAILED not in counts else messages.WARNING,
+        )
+
+
+class ReactionInline(ReadOnlyMixin, ReactionInlineBase):
+    """Each receiver's delivery: when it succeeded, or its attempts and last traceback."""
+
+    model = Reaction
+    extra = 0
+    can_delete = False
+    fields = ("receiver", "succeeded_at", "attempts", "last_attempt_at", "traceback")
+    readonly_fields = fields
+
+    @admin.display(description=_("last error"))
+    def traceback(self, reaction: Reaction) -> SafeString | str:
+        if not reaction.error:
+            return ""
+        return format_html('<pre class="ledgepay-traceback">{}</pre>', reaction.error)
+
+
+class DeliveryFilter(admin.SimpleListFilter):
+    title = _("delivery")
+    parameter_name = "delivery"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [
+            ("undelivered", _("Not delivered")),
+            ("failing", _("Failing")),
+            ("given_up", _("Given up")),
+            ("delivered", _("Delivered")),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value == "undelivered":
+            return queryset.filter(delivered_at__isnull=True)
+        if value == "failing":
+            return queryset.filter(delivered_at__isnull=True, attempts__gt=0)
+        if value == "given_up":
+            return queryset.filter(
+                delivered_at__isnull=True, attempts__gt=0, next_attempt_at__isnull=True
+            )
+        if value == "delivered":
+            return queryset.filter(delivered_at__isnull=False)
+        return queryset
+
+
+@admin.register(Transition)
+class TransitionAdmin(ReadOnlyMixin, TransitionAdminBase):
+    list_display = (
+        "created_at",
+        "signal",
+        "payment_link",
+        "source",
+        "actor",
+        "delivery",
+        "next_attempt_at",
+    )
+    list_filter = (DeliveryFilter, "signal", "source", "created_at")
+    search_fields = ("payment__ledgepay_id", "refund__ledgepay_id")
+    list_select_related = ("payment", "actor")
+    fields = (
+        "signal",
+        "payment_link",
+        "refund",
+        "source",
+        "event",
+        "actor",
+        "created_at",
+        "delivered_at",
+        "attempts",
+        "next_attempt_at",
+        "error_display",
+    )
+    readonly_fields = ("payment_link", "error_display")
+    inlines = (ReactionInline,)
+    actions = ("deliver_transitions",)
+
+    @admin.display(description=_("payment"), ordering="payment__ledgepay_id")
+    def payment_link(self, transition: Transition) -> SafeString:
+        return _change_link(transition.payment, transition.payment.ledgepay_id)
+
+    @admin.display(description=_("delivery"))
+    def delivery(self, transition: Transition) -> str:
+        return delivery_state(transition)
+
+    @admin.display(description=_("error"))
+    def error_display(self, transition: Transition) -> SafeString | str:
+        if not transition.error:
+            return ""
+        return format_html('<pre class="ledgepay-traceback">{}</pre>', transition.error)
+
+    def has_deliver_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """``django_ledgepay.change_transition``: delivering runs the project's receivers."""
+        return _has_model_perm(request, self.opts, "change")
+
+    @admin.action(description=_("Deliver selected transitions again"), permissions=("deliver",))
+    def deliver_transitions(self, request: HttpRequest, queryset: QuerySet[Transition]) -> None:
+        if queryset.count() > ACTION_LIMIT:
+            self.message_user(
+                request,
+                _(
+                    "Select at most %(limit)s transitions at once; for more, run "
+                    "“manage.py ledgepay_deliver --all”."
+                )
+                % {"limit": ACTION_LIMIT},
+                messages.ERROR,
+            )
+            return
+        delivered = 0
+        for transition_id in queryset.filter(delivered_at__isnull=True).values_list(
+            "pk", flat=True
+        ):
+            outcome = reactions.deliver(transition_id)
+            if outcome.delivered:
+                delivered += 1
+            elif outcome.transition is not None:
+                self.message_user(
+                    request,
+                    _("Transition %(id)s: %(receivers)s raised again; see its error.")
+                    % {"id": transition_id, "receivers": ", ".join(outcome.failed)},
+                    messages.ERROR,
+                )
+        self.message_user(
+            request,
+            ngettext(
+                "Delivered %(count)d transition.",
+                "Delivered %(count)d transitions.",
+                delivered,
+            )
+            % {"count": delivered},
+            messages.SUCCESS,
         )

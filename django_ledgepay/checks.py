@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.apps import AppConfig
-from django.core.checks import CheckMessage, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
@@ -22,6 +22,8 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
+    """The warnings ``manage.py check`` shows for django-ledgepay's settings and database
+    (``django_ledgepay.W001`` to ``W008``); each names the setting, never its value."""
     messages: list[CheckMessage] = []
     if not conf.LEDGEPAY_API_KEY:
         messages.append(
@@ -118,3 +120,43 @@ def _is_secret_setting(value: object) -> bool:
     if isinstance(value, (list, tuple)):
         return all(isinstance(secret, (str, bytes)) for secret in value)
     return False
+
+
+@register()
+def check_tasks(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """The task backend and the webhook processing mode: errors, since a webhook or a
+    delivery would fail on them at run time."""
+    from django_ledgepay import tasks
+
+    messages: list[CheckMessage] = []
+    alias = conf.LEDGEPAY_TASK_BACKEND
+    try:
+        tasks.backend()
+    except tasks.InvalidTaskBackend:
+        messages.append(
+            Error(
+                f"LEDGEPAY_TASK_BACKEND names {alias!r}, which is not a backend in TASKS.",
+                hint="Set LEDGEPAY_TASK_BACKEND to an alias of the TASKS setting "
+                '(default "default"), or add that backend to TASKS.',
+                id="django_ledgepay.E001",
+            )
+        )
+    try:
+        getattr(conf, "LEDGEPAY_WEBHOOK_PROCESSING")  # noqa: B009  (a property that checks)
+    except ImproperlyConfigured as err:
+        messages.append(
+            Error(
+                str(err),
+                hint='"inline" applies each delivery in its request; "task" in a task worker.',
+                id="django_ledgepay.E002",
+            )
+        )
+    try:
+        getattr(conf, "LEDGEPAY_DELIVERY_MAX_ATTEMPTS")  # noqa: B009
+    except ImproperlyConfigured as err:
+        messages.append(
+            Warning(str(err), hint="Remove it to use the default.", id="django_ledgepay.W007")
+        )
+    return messages

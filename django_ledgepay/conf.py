@@ -10,6 +10,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 DEFAULT_API_BASE = "https://api.ledgepay.com/v1"
+WEBHOOK_PROCESSING_INLINE = "inline"
+WEBHOOK_PROCESSING_TASK = "task"
+WEBHOOK_PROCESSING_MODES = (WEBHOOK_PROCESSING_INLINE, WEBHOOK_PROCESSING_TASK)
 
 #: A webhook signing secret: text (as read from the environment) or bytes.
 Secret: TypeAlias = "str | bytes"
@@ -60,6 +63,27 @@ class Settings:
     @property
     def LEDGEPAY_MAX_RETRIES(self) -> int:
         return max(0, int(_number("LEDGEPAY_MAX_RETRIES", 3)))
+
+    @property
+    def LEDGEPAY_TASK_BACKEND(self) -> str:
+        """The alias in ``TASKS`` of the backend that runs this app's tasks."""
+        return str(getattr(settings, "LEDGEPAY_TASK_BACKEND", "default"))
+
+    @property
+    def LEDGEPAY_DELIVERY_MAX_ATTEMPTS(self) -> int:
+        """How many times a transition's failing receivers are tried before giving up."""
+        return max(1, int(_number("LEDGEPAY_DELIVERY_MAX_ATTEMPTS", 10)))
+
+    @property
+    def LEDGEPAY_WEBHOOK_PROCESSING(self) -> str:
+        """``"inline"``: a delivery is applied in the request; ``"task"``: in a worker."""
+        mode = getattr(settings, "LEDGEPAY_WEBHOOK_PROCESSING", WEBHOOK_PROCESSING_INLINE)
+        if mode not in WEBHOOK_PROCESSING_MODES:
+            raise ImproperlyConfigured(
+                "LEDGEPAY_WEBHOOK_PROCESSING must be one of "
+                f"{', '.join(map(repr, WEBHOOK_PROCESSING_MODES))}."
+            )
+        return str(mode)
 
 
 def _number(name: str, default: float) -> float:

@@ -58,6 +58,8 @@ class Payment(models.Model):
         indexes = [
             models.Index(fields=["status", "-created_at"], name="ledgepay_pay_status_idx"),
             models.Index(fields=["-created_at"], name="ledgepay_pay_created_idx"),
+            # The admin's currency filter: its choices and its page.
+            models.Index(fields=["currency", "-created_at"], name="ledgepay_pay_currency_idx"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="ledgepay_payment_amount_gt_0"),
@@ -121,6 +123,11 @@ class Refund(models.Model):
         verbose_name = _("refund")
         verbose_name_plural = _("refunds")
         ordering = ["-created_at", "-id"]
+        indexes = [
+            # The admin's list and the dashboard's window; its currency filter.
+            models.Index(fields=["-created_at"], name="ledgepay_refund_created_idx"),
+            models.Index(fields=["currency", "-created_at"], name="ledgepay_refund_currency_idx"),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="ledgepay_refund_amount_gt_0"),
         ]
@@ -358,7 +365,8 @@ class RefundRequest(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{format_amount(self.amount, self.payment.currency)} of {self.payment_id} ({self.outcome})"
+        amount = format_amount(self.amount, self.payment.currency)
+        return f"{amount} of payment {self.payment_id} ({self.outcome})"
 
 
 class Reconciliation(models.Model):

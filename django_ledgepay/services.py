@@ -24,7 +24,7 @@ from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from django_ledgepay import signals
+from django_ledgepay import reactions
 from django_ledgepay.client import MAX_PAGE_SIZE, LedgePayClient
 from django_ledgepay.currencies import is_currency
 from django_ledgepay.exceptions import (
@@ -33,7 +33,7 @@ from django_ledgepay.exceptions import (
     RefundError,
     RefundsChangedError,
 )
-from django_ledgepay.models import Payment, Refund, WebhookEvent
+from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +42,19 @@ MAX_IDEMPOTENCY_KEY_LENGTH: Final = 255
 #: The largest amount a BigIntegerField holds.
 MAX_AMOUNT: Final = 2**63 - 1
 
-PAYMENT_SIGNALS: Final[Mapping[str, Signal]] = {
-    Payment.Status.SUCCEEDED: signals.payment_succeeded,
-    Payment.Status.FAILED: signals.payment_failed,
-    Payment.Status.CANCELED: signals.payment_canceled,
+#: The transition (and signal) each final status of a payment or a refund records.
+PAYMENT_TRANSITIONS: Final[Mapping[str, str]] = {
+    Payment.Status.SUCCEEDED: Transition.Signal.PAYMENT_SUCCEEDED,
+    Payment.Status.FAILED: Transition.Signal.PAYMENT_FAILED,
+    Payment.Status.CANCELED: Transition.Signal.PAYMENT_CANCELED,
 }
-REFUND_SIGNALS: Final[Mapping[str, Signal]] = {
-    Refund.Status.SUCCEEDED: signals.refund_succeeded,
-    Refund.Status.FAILED: signals.refund_failed,
+REFUND_TRANSITIONS: Final[Mapping[str, str]] = {
+    Refund.Status.SUCCEEDED: Transition.Signal.REFUND_SUCCEEDED,
+    Refund.Status.FAILED: Transition.Signal.REFUND_FAILED,
+}
+#: The signals of the payments' final statuses, as the module once named them.
+PAYMENT_SIGNALS: Final[Mapping[str, Signal]] = {
+    status: reactions.SIGNALS[name][0] for status, name in PAYMENT_TRANSITIONS.items()
 }
 
 
@@ -321,38 +326,26 @@ def _merge(instance: Payment | Refund, values: Mapping[str, Any]) -> list[str]:
     return changed
 
 
-def _on_commit_send(signal: Signal, sender: type[Any], **kwargs: Any) -> None:
-    """Send ``signal`` once the current transaction commits. A receiver that raises is
-    logged (by Django, on ``django.dispatch``) and does not stop the others."""
-
-    # A named function, not a partial: Django's robust on_commit logs the callback's
-    # __qualname__, which a partial lacks.
-    def send() -> None:
-        signal.send_robust(sender=sender, **kwargs)
-
-    transaction.on_commit(send, robust=True)
-
-
 def announce_payment(payment: Payment, event: WebhookEvent | None) -> None:
-    """Send the signal of ``payment``'s final status after commit (at once outside a
-    transaction). For a caller that moved the payment itself, under the status rules."""
+    """Record the transition of ``payment``'s final status; its signal goes out after
+    commit. For a caller that moved the payment itself, under the status rules."""
     _payment_signal(payment, event)
 
 
 def _payment_signal(payment: Payment, event: WebhookEvent | None) -> None:
-    signal = PAYMENT_SIGNALS.get(payment.status)
-    if signal is not None:
-        _on_commit_send(signal, Payment, payment=payment, event=event)
+    name = PAYMENT_TRANSITIONS.get(payment.status)
+    if name is not None:
+        reactions.record(name, payment=payment, event=event)
 
 
 def _refund_signals(refund: Refund, event: WebhookEvent | None, *, created: bool) -> None:
     if created:
-        _on_commit_send(
-            signals.refund_created, Refund, refund=refund, payment=refund.payment, event=event
+        reactions.record(
+            Transition.Signal.REFUND_CREATED, payment=refund.payment, refund=refund, event=event
         )
-    signal = REFUND_SIGNALS.get(refund.status)
-    if signal is not None:
-        _on_commit_send(signal, Refund, refund=refund, payment=refund.payment, event=event)
+    name = REFUND_TRANSITIONS.get(refund.status)
+    if name is not None:
+        reactions.record(name, payment=refund.payment, refund=refund, event=event)
 
 
 def apply_payment(
@@ -409,17 +402,21 @@ def apply_payment_event(
     """
     ledgepay_id = _object_id(data, "payment")
     payment = None
-    if status in PAYMENT_SIGNALS:
+    if status in PAYMENT_TRANSITIONS:
         payment = Payment.objects.filter(ledgepay_id=ledgepay_id).first()
     if payment is not None and not payment.is_final:
         now = timezone.now()
         values = {**payment_values(data), "status": status, "updated_at": now}
         values.setdefault("completed_at", now)
-        if Payment.objects.filter(pk=payment.pk, status=Payment.Status.PENDING).update(**values):
-            for field, value in values.items():
-                setattr(payment, field, value)
-            _payment_signal(payment, event)
-            return payment, True
+        with transaction.atomic():
+            moved = Payment.objects.filter(pk=payment.pk, status=Payment.Status.PENDING).update(
+                **values
+            )
+            if moved:
+                for field, value in values.items():
+                    setattr(payment, field, value)
+                _payment_signal(payment, event)
+                return payment, True
         payment.refresh_from_db()  # Another caller moved it first.
     if payment is not None and payment.is_final:
         return payment, False
@@ -549,7 +546,8 @@ def sync_payment(payment_or_ledgepay_id: Payment | str) -> Payment:
     """Fetch one payment from LedgePay and apply it to the mirror."""
     ledgepay_id = _ledgepay_id(payment_or_ledgepay_id)
     data = get_client().retrieve_payment(ledgepay_id)
-    payment, _ = apply_payment({**data, "id": data.get("id") or ledgepay_id})
+    with reactions.origin(Transition.Source.SYNC):
+        payment, _ = apply_payment({**data, "id": data.get("id") or ledgepay_id})
     return payment
 
 
@@ -623,17 +621,18 @@ def sync_payments(
     mirrored stays. ``progress`` is called with the running result after each page.
     """
     result = SyncResult()
-    pages = payment_pages(
-        status=status, created_after=created_after, created_before=created_before
-    )
-    for page in pages:
-        result.pages += 1
-        _apply_payment_page(page.items, result)
-        for unlisted in page.unlisted:
-            logger.warning("LedgePay's list cannot page through a second: %s.", unlisted)
-            result.unlisted.append(unlisted)
-        if progress is not None:
-            progress(result)
+    with reactions.origin(Transition.Source.SYNC):
+        pages = payment_pages(
+            status=status, created_after=created_after, created_before=created_before
+        )
+        for page in pages:
+            result.pages += 1
+            _apply_payment_page(page.items, result)
+            for unlisted in page.unlisted:
+                logger.warning("LedgePay's list cannot page through a second: %s.", unlisted)
+                result.unlisted.append(unlisted)
+            if progress is not None:
+                progress(result)
     return result
 
 
@@ -819,7 +818,8 @@ def _apply_payment_page(items: Iterable[Mapping[str, Any]], result: SyncResult) 
         return
     for attempt in range(2):
         try:
-            counts = _write_payment_page(values_by_id)
+            with reactions.origin(Transition.Source.SYNC):
+                counts = _write_payment_page(values_by_id)
         except IntegrityError:
             # Another process inserted one of these payments meanwhile: read them again.
             if attempt:
@@ -873,8 +873,12 @@ def _write_payment_page(values_by_id: Mapping[str, dict[str, Any]]) -> tuple[int
             for payment in changed:
                 payment.updated_at = now
             Payment.objects.bulk_update(changed, sorted(fields | {"updated_at"}))
-        for payment in finished:
-            _payment_signal(payment, None)
+        reactions.record_many(
+            [
+                reactions.new_transition(PAYMENT_TRANSITIONS[payment.status], payment=payment)
+                for payment in finished
+            ]
+        )
     return len(new), len(changed), unchanged, skipped
 
 

@@ -12,8 +12,8 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from django_ledgepay import webhooks
-from django_ledgepay.conf import conf
+from django_ledgepay import tasks, webhooks
+from django_ledgepay.conf import WEBHOOK_PROCESSING_TASK, conf
 from django_ledgepay.exceptions import WebhookSignatureError
 from django_ledgepay.models import WebhookEvent
 
@@ -68,6 +68,8 @@ class WebhookView(View):
 
     def apply(self, body: bytes) -> HttpResponse:
         """Store and apply a delivery whose signature passed."""
+        if conf.LEDGEPAY_WEBHOOK_PROCESSING == WEBHOOK_PROCESSING_TASK:
+            return self.store(body)
         fast = webhooks.settle_in_one_statement(body)
         if fast is not None and fast.settled is not None:
             return _answer(200, WebhookEvent.Status.PROCESSED)
@@ -84,6 +86,27 @@ class WebhookView(View):
         if event.status == WebhookEvent.Status.FAILED:
             return _answer(503, "The event could not be applied now; it is kept for redelivery.")
         return _answer(200, event.status)
+
+    def store(self, body: bytes) -> HttpResponse:
+        """Store a delivery and hand it to ``django_ledgepay.tasks.process_event``.
+
+        A backend that fails to enqueue loses nothing: the event stays ``received`` and
+        ``manage.py ledgepay_reprocess --all`` applies it.
+        """
+        event, created, invalid = webhooks.record_event(body)
+        if invalid is not None:
+            logger.warning("Webhook event %s kept as ignored: %s", event.pk, invalid.message)
+            return _answer(400, invalid.message)
+        if event.is_processed:
+            return _answer(200, "duplicate")
+        try:
+            tasks.enqueue(tasks.process_event, event.pk)
+        except Exception:
+            logger.exception(
+                "Could not enqueue webhook event %s; ledgepay_reprocess --all will apply it.",
+                event.pk,
+            )
+        return _answer(200, WebhookEvent.Status.RECEIVED if created else "duplicate")
 
 
 def _answer(status: int, detail: str) -> JsonResponse:

@@ -22,10 +22,10 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from django_ledgepay import services
+from django_ledgepay import reactions, services
 from django_ledgepay.conf import Secret
 from django_ledgepay.exceptions import LedgePayError, WebhookPayloadError, WebhookSignatureError
-from django_ledgepay.models import Payment, Refund, WebhookEvent
+from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
 
 if TYPE_CHECKING:
     from django.db.models import Field
@@ -434,16 +434,23 @@ def settle_in_one_statement(body: bytes) -> FastOutcome | None:
         received_at=now,
         processed_at=now,
     )
+    transition = reactions.new_transition(
+        services.PAYMENT_TRANSITIONS[announced], payment=Payment(), event=event, now=now
+    )
     try:
-        rows = list(Payment.objects.raw(*_settle_sql(data["id"], values, event)))
+        rows = list(Payment.objects.raw(*_settle_sql(data["id"], values, event, transition)))
     except IntegrityError:
         rows = []  # The same body, stored meanwhile by a rival worker.
     if rows:
         payment = rows[0]
-        event.pk = payment.__dict__["ledgepay_event_id"]  # The raw query's extra column.
-        event._state.adding = False
-        event._state.db = payment._state.db
-        services.announce_payment(payment, event)
+        # The raw query's extra columns.
+        event.pk = payment.__dict__["ledgepay_event_id"]
+        transition.pk = payment.__dict__["ledgepay_transition_id"]
+        for instance in (event, transition):
+            instance._state.adding = False
+            instance._state.db = payment._state.db
+        transition.payment = payment
+        reactions.deliver_on_commit(transition)
         return FastOutcome(settled=event, stored=event)
     return FastOutcome(
         settled=None, stored=WebhookEvent.objects.filter(body_sha256=digest).first()
@@ -455,31 +462,36 @@ def _field(model: type[Payment] | type[WebhookEvent], name: str) -> Field[Any, A
 
 
 def _settle_sql(
-    ledgepay_id: str, values: Mapping[str, Any], event: WebhookEvent
+    ledgepay_id: str, values: Mapping[str, Any], event: WebhookEvent, transition: Transition
 ) -> tuple[str, list[Any]]:
+    """One statement: the payment's UPDATE, the event's INSERT and the transition's INSERT,
+    each only if the one before it took place."""
     quote = connection.ops.quote_name
-    payments, events = Payment._meta, WebhookEvent._meta
+    payments, events, transitions = Payment._meta, WebhookEvent._meta, Transition._meta
     assignments, params = [], []
     for name, value in values.items():
         field = _field(Payment, name)
         assignments.append(f"{quote(field.column)} = %s")
         params.append(field.get_db_prep_save(value, connection))
     params += [ledgepay_id, Payment.Status.PENDING]
-    names = [
-        "event_type",
-        "object_id",
-        "payload",
-        "body_sha256",
-        "status",
-        "error",
-        "attempts",
-        "received_at",
-        "processed_at",
-    ]
+    # Every column of the event but its id, so none is left to a default the database
+    # does not know (Django's defaults are not in the schema).
+    names = [f.name for f in events.concrete_fields if not f.primary_key]
     fields = [_field(WebhookEvent, name) for name in names]
     params += [
         field.get_db_prep_save(getattr(event, field.attname), connection) for field in fields
     ]
+    # The transition's columns but its id and those the statement fills from the others.
+    noted_names = [
+        f.name
+        for f in transitions.concrete_fields
+        if not f.primary_key and f.name not in {"payment", "event", "refund"}
+    ]
+    noted = [_field(Transition, name) for name in noted_names]
+    params += [
+        field.get_db_prep_save(getattr(transition, field.attname), connection) for field in noted
+    ]
+    columns = ", ".join(quote(f.column) for f in noted)
     sql = (
         f"WITH settled AS ("
         f"UPDATE {quote(payments.db_table)} SET {', '.join(assignments)} "
@@ -488,6 +500,13 @@ def _settle_sql(
         f"INSERT INTO {quote(events.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
         f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS (SELECT 1 FROM settled) "
         f"RETURNING {quote('id')}"
-        f") SELECT settled.*, stored.{quote('id')} AS ledgepay_event_id FROM settled, stored"
+        f"), noted AS ("
+        f"INSERT INTO {quote(transitions.db_table)} "
+        f"({columns}, {quote('payment_id')}, {quote('event_id')}, {quote('refund_id')}) "
+        f"SELECT {', '.join(['%s'] * len(noted))}, settled.{quote('id')}, stored.{quote('id')}, "
+        f"NULL "
+        f"FROM settled, stored RETURNING {quote('id')}"
+        f") SELECT settled.*, stored.{quote('id')} AS ledgepay_event_id, "
+        f"noted.{quote('id')} AS ledgepay_transition_id FROM settled, stored, noted"
     )
     return sql, params

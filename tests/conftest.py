@@ -45,13 +45,16 @@ API = "https://api.ledgepay.test/v1"
 
 
 class Receiver:
-    """A signal receiver that records each call's kwargs."""
+    """A signal receiver that records each call's kwargs; the ``transition`` each call
+    carries is kept apart, in ``transitions``."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.transitions: list[Any] = []
 
     def __call__(self, sender: Any, **kwargs: Any) -> None:
         kwargs.pop("signal", None)
+        self.transitions.append(kwargs.pop("transition"))
         self.calls.append({"sender": sender, **kwargs})
 
 
@@ -156,3 +159,36 @@ concurrent_writers = pytest.mark.skipif(
     not writers_wait_for_each_other(),
     reason="needs PostgreSQL's row locks or SQLite's IMMEDIATE transactions",
 )
+
+
+# Deliveries held in a queue instead of run after each commit
+
+DUMMY_BACKEND = (
+    "django.tasks.backends.dummy.DummyBackend"
+    if importlib.util.find_spec("django.tasks")
+    else "django_tasks.backends.dummy.DummyBackend"
+)
+
+
+@pytest.fixture
+def held_deliveries(settings: Any) -> Callable[[], list[Any]]:
+    """Deliveries and event processing queued on Django's dummy task backend, not run:
+    ``run_held()`` runs what was queued (in order) and returns the tasks' results.
+
+    A query count of a webhook then counts the webhook's own statements, not those of the
+    receivers' delivery after its commit.
+    """
+    from django_ledgepay import tasks
+
+    settings.TASKS = {
+        "default": {"BACKEND": DUMMY_BACKEND},
+        "held": {"BACKEND": DUMMY_BACKEND},
+    }
+    settings.LEDGEPAY_TASK_BACKEND = "held"
+
+    def run_held() -> list[Any]:
+        queued = tasks.task_backends["held"]
+        results, queued.results = list(queued.results), []
+        return [result.task.call(*result.args, **result.kwargs) for result in results]
+
+    return run_held

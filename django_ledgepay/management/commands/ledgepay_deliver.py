@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.template.defaultfilters import pluralize
+
+from django_ledgepay import reactions
+
+
+class Command(BaseCommand):
+    help = (
+        "Deliver the transitions whose receivers have not all succeeded: those whose next "
+        "attempt is due, or with --all every undelivered one. Run it from cron (every few "
+        "minutes) to catch up deliveries that a crash or a lost task left behind."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--all",
+            action="store_true",
+            help="Every undelivered transition, ignoring the backoff and those given up.",
+        )
+        parser.add_argument(
+            "--id",
+            type=int,
+            action="append",
+            dest="ids",
+            metavar="N",
+            help="Deliver this transition (repeat for several), whatever its schedule.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        verbosity = int(options["verbosity"])
+        ids: list[int] | None = options["ids"]
+        if ids:
+            rows = reactions.undelivered(everything=True).filter(pk__in=ids)
+            pending = list(rows.values_list("pk", flat=True))
+        else:
+            # Only the ids in memory, so a long backlog costs little while it is delivered.
+            pending = list(
+                reactions.undelivered(everything=options["all"]).values_list("pk", flat=True)
+            )
+        delivered = failed = 0
+        for transition_id in pending:
+            outcome = reactions.deliver(transition_id)
+            if outcome.transition is None:
+                continue
+            if outcome.delivered:
+                delivered += 1
+                if verbosity >= 2:
+                    self.stdout.write(f"Transition {transition_id}: delivered.")
+            else:
+                failed += 1
+                self.stdout.write(
+                    self.style.ERROR(
+                        f"Transition {transition_id} ({outcome.transition.signal}): "
+                        f"{', '.join(outcome.failed)} raised; see its error in the admin."
+                    )
+                )
+        summary = (
+            f"Delivered {delivered} transition{pluralize(delivered)}; {failed} still failing."
+        )
+        if failed:
+            raise CommandError(summary)
+        self.stdout.write(self.style.SUCCESS(summary))

@@ -1,0 +1,386 @@
+"""Transitions and their delivery: every signal reaches each receiver at least once.
+
+A change that sends a signal writes a :class:`~django_ledgepay.models.Transition` in its own
+transaction (:func:`record`). Once that commits, the task
+:func:`django_ledgepay.tasks.deliver_transition` is enqueued on ``LEDGEPAY_TASK_BACKEND``;
+with Django's default ``ImmediateBackend`` it runs at once, in the same process.
+
+:func:`deliver` runs each receiver that has not yet succeeded for the transition inside a
+transaction together with the :class:`~django_ledgepay.models.Reaction` that records its
+success: a receiver whose work is only in the default database takes effect exactly once,
+and one that raises leaves nothing behind and is tried again later, with backoff, up to
+``LEDGEPAY_DELIVERY_MAX_ATTEMPTS`` attempts. ``manage.py ledgepay_deliver`` catches up what
+a crash between the commit and the task lost.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import logging
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from inspect import iscoroutinefunction
+from typing import TYPE_CHECKING, Any, Final
+
+from asgiref.sync import async_to_sync
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from django_ledgepay import signals
+from django_ledgepay.conf import conf
+from django_ledgepay.models import Payment, Reaction, Refund, Transition, WebhookEvent
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+logger = logging.getLogger(__name__)
+
+#: Each signal by its name in ``Transition.signal``, with its sender.
+SIGNALS: Final[Mapping[str, tuple[signals.Signal, type[Payment] | type[Refund]]]] = {
+    Transition.Signal.PAYMENT_SUCCEEDED: (signals.payment_succeeded, Payment),
+    Transition.Signal.PAYMENT_FAILED: (signals.payment_failed, Payment),
+    Transition.Signal.PAYMENT_CANCELED: (signals.payment_canceled, Payment),
+    Transition.Signal.REFUND_CREATED: (signals.refund_created, Refund),
+    Transition.Signal.REFUND_SUCCEEDED: (signals.refund_succeeded, Refund),
+    Transition.Signal.REFUND_FAILED: (signals.refund_failed, Refund),
+}
+
+#: How long a new transition is left to its task before ``ledgepay_deliver`` takes it up.
+GRACE: Final = datetime.timedelta(minutes=5)
+#: The first retry's delay; each next one doubles, up to :data:`MAX_BACKOFF`.
+FIRST_BACKOFF: Final = datetime.timedelta(minutes=1)
+MAX_BACKOFF: Final = datetime.timedelta(hours=6)
+#: How much of a receiver's traceback is kept.
+MAX_ERROR_CHARS: Final = 10_000
+
+
+# Where a change comes from
+
+
+@dataclass(frozen=True)
+class Origin:
+    source: str
+    actor: AbstractBaseUser | None = None
+
+
+_origin: contextvars.ContextVar[Origin | None] = contextvars.ContextVar(
+    "ledgepay_origin", default=None
+)
+
+
+@contextmanager
+def origin(source: str, actor: Any = None) -> Iterator[None]:
+    """Record the changes made inside the block as coming from ``source`` (a
+    ``Transition.Source``) on behalf of ``actor``, the staff user of an admin action.
+
+    The outermost block wins: an admin action that syncs stays an admin action.
+    """
+    if source not in Transition.Source.values:
+        raise ValueError(f"source must be one of {', '.join(Transition.Source.values)}.")
+    if _origin.get() is not None:
+        yield
+        return
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    token = _origin.set(Origin(source, user))
+    try:
+        yield
+    finally:
+        _origin.reset(token)
+
+
+def current_origin(event: WebhookEvent | None = None) -> Origin:
+    """Where a change made now comes from: a webhook when ``event`` brought it, else the
+    enclosing :func:`origin`, else a service call from code."""
+    if event is not None:
+        return Origin(Transition.Source.WEBHOOK)
+    return _origin.get() or Origin(Transition.Source.API)
+
+
+# Recording
+
+
+def has_receivers(signal_name: str) -> bool:
+    signal, sender = SIGNALS[signal_name]
+    return bool(signal.named_receivers(sender))
+
+
+def new_transition(
+    signal_name: str,
+    *,
+    payment: Payment,
+    refund: Refund | None = None,
+    event: WebhookEvent | None = None,
+    now: datetime.datetime | None = None,
+) -> Transition:
+    """An unsaved transition. One whose signal has no receivers is delivered as it is
+    written: there is nothing to run."""
+    now = now or timezone.now()
+    where = current_origin(event)
+    waiting = has_receivers(signal_name)
+    return Transition(
+        signal=signal_name,
+        payment=payment,
+        refund=refund,
+        source=where.source,
+        event=event,
+        actor=where.actor,
+        created_at=now,
+        delivered_at=None if waiting else now,
+        next_attempt_at=now + GRACE if waiting else None,
+    )
+
+
+def record(
+    signal_name: str,
+    *,
+    payment: Payment,
+    refund: Refund | None = None,
+    event: WebhookEvent | None = None,
+) -> Transition:
+    """Write the transition of a change, in the change's transaction, and deliver it once
+    that commits."""
+    transition = new_transition(signal_name, payment=payment, refund=refund, event=event)
+    transition.save(force_insert=True)
+    deliver_on_commit(transition)
+    return transition
+
+
+def record_many(transitions: Sequence[Transition]) -> None:
+    """Write several unsaved transitions in one query, and deliver each after commit."""
+    Transition.objects.bulk_create(transitions)
+    for transition in transitions:
+        deliver_on_commit(transition)
+
+
+def deliver_on_commit(transition: Transition) -> None:
+    """Enqueue the transition's delivery once the current transaction commits (at once
+    outside one). A transition without receivers is delivered already: nothing to do."""
+    if transition.delivered_at is None:
+        transaction.on_commit(partial(enqueue, transition.pk), robust=True)
+
+
+def enqueue(transition_id: int, *, run_after: datetime.datetime | None = None) -> None:
+    """Hand the delivery to the task backend. A backend that fails loses nothing: the
+    transition stays undelivered in the database, and ``ledgepay_deliver`` catches it up."""
+    from django_ledgepay import tasks
+
+    try:
+        tasks.enqueue(tasks.deliver_transition, transition_id, run_after=run_after)
+    except Exception:
+        logger.exception(
+            "Could not enqueue the delivery of transition %s; ledgepay_deliver will deliver it.",
+            transition_id,
+        )
+
+
+# Delivering
+
+
+@dataclass
+class Outcome:
+    """What one :func:`deliver` did: the receivers that succeeded now, and those that
+    raised, by name."""
+
+    transition: Transition | None
+    succeeded: list[str]
+    failed: list[str]
+
+    @property
+    def delivered(self) -> bool:
+        return self.transition is not None and self.transition.delivered_at is not None
+
+
+def deliver(transition_id: int) -> Outcome:
+    """Run each receiver of the transition that has not yet succeeded, each in a
+    transaction with the record of its success; then mark the transition delivered, or
+    schedule its next attempt. Never raises for a receiver's sake."""
+    transition = (
+        Transition.objects.select_related("payment", "refund", "event")
+        .filter(pk=transition_id)
+        .first()
+    )
+    outcome = Outcome(transition, [], [])
+    if transition is None or transition.delivered_at is not None:
+        return outcome
+    signal, sender = SIGNALS[transition.signal]
+    kwargs: dict[str, Any] = {
+        "payment": transition.payment,
+        "event": transition.event,
+        "transition": transition,
+    }
+    if transition.refund is not None:
+        kwargs["refund"] = transition.refund
+    receivers = signal.named_receivers(sender)
+    done: set[str] = set()
+    if transition.attempts:
+        # Tried before: skip those that succeeded then. (On a first attempt a rival's
+        # success is caught by the unique row of successes instead.)
+        done.update(
+            Reaction.objects.filter(transition=transition, succeeded_at__isnull=False).values_list(
+                "receiver", flat=True
+            )
+        )
+    errors: list[str] = []
+    for name, receiver in receivers:
+        if name in done:
+            continue
+        try:
+            ran = _run_once(transition, name, receiver, signal, sender, kwargs)
+        except Exception as err:
+            error = traceback.format_exc()[-MAX_ERROR_CHARS:]
+            _record_failure(transition, name, error)
+            logger.error(
+                "Receiver %s of %s (transition %s) raised %s; it will be tried again.",
+                name,
+                transition.signal,
+                transition.pk,
+                type(err).__name__,
+                exc_info=True,
+            )
+            outcome.failed.append(name)
+            errors.append(f"{name}:\n{error}")
+        else:
+            if ran:
+                outcome.succeeded.append(name)
+    _finish(transition, errors)
+    return outcome
+
+
+def _run_once(
+    transition: Transition,
+    name: str,
+    receiver: signals.Receiver,
+    signal: signals.Signal,
+    sender: type[Any],
+    kwargs: dict[str, Any],
+) -> bool:
+    """Run ``receiver`` and record its success in one transaction; False (and the run's
+    work undone) when another worker recorded its success first: that row is unique."""
+    with transaction.atomic():
+        if iscoroutinefunction(receiver):
+            async_to_sync(receiver)(signal=signal, sender=sender, **kwargs)
+        else:
+            receiver(signal=signal, sender=sender, **kwargs)
+        if not _record_success(transition, name):
+            transaction.set_rollback(True)
+            return False
+    return True
+
+
+def _record_success(transition: Transition, name: str) -> bool:
+    """Insert the receiver's success, or mark its row of failures succeeded; False when it
+    had succeeded already. One statement where the database can upsert."""
+    now = timezone.now()
+    vendor = connection.vendor
+    if vendor in {"postgresql", "sqlite"}:
+        table = connection.ops.quote_name(Reaction._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} "
+                "(transition_id, receiver, attempts, succeeded_at, last_attempt_at, error) "
+                "VALUES (%s, %s, 1, %s, %s, '') "
+                "ON CONFLICT (transition_id, receiver) DO UPDATE SET "
+                "succeeded_at = EXCLUDED.succeeded_at, attempts = "
+                f"{table}.attempts + 1, last_attempt_at = EXCLUDED.last_attempt_at, error = '' "
+                f"WHERE {table}.succeeded_at IS NULL RETURNING id",
+                [
+                    transition.pk,
+                    name,
+                    _db_time(now),
+                    _db_time(now),
+                ],
+            )
+            return cursor.fetchone() is not None
+    rows = Reaction.objects.filter(transition=transition, receiver=name)
+    if rows.filter(succeeded_at__isnull=True).update(
+        succeeded_at=now, last_attempt_at=now, attempts=F("attempts") + 1, error=""
+    ):
+        return True
+    try:
+        with transaction.atomic():
+            Reaction.objects.create(
+                transition=transition,
+                receiver=name,
+                succeeded_at=now,
+                last_attempt_at=now,
+                attempts=1,
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+def _db_time(moment: datetime.datetime) -> Any:
+    return Reaction._meta.get_field("succeeded_at").get_db_prep_save(moment, connection)
+
+
+def _record_failure(transition: Transition, name: str, error: str) -> None:
+    now = timezone.now()
+    updated = Reaction.objects.filter(
+        transition=transition, receiver=name, succeeded_at__isnull=True
+    ).update(attempts=F("attempts") + 1, last_attempt_at=now, error=error)
+    if not updated:
+        try:
+            with transaction.atomic():
+                Reaction.objects.create(
+                    transition=transition,
+                    receiver=name,
+                    attempts=1,
+                    last_attempt_at=now,
+                    error=error,
+                )
+        except IntegrityError:
+            pass  # Recorded meanwhile by another worker.
+
+
+def _finish(transition: Transition, errors: list[str]) -> None:
+    now = timezone.now()
+    rows = Transition.objects.filter(pk=transition.pk, delivered_at__isnull=True)
+    if not errors:
+        rows.update(delivered_at=now, next_attempt_at=None, error="")
+        transition.delivered_at, transition.next_attempt_at, transition.error = now, None, ""
+        return
+    attempts = transition.attempts + 1
+    next_attempt = None
+    if attempts < conf.LEDGEPAY_DELIVERY_MAX_ATTEMPTS:
+        next_attempt = now + backoff(attempts)
+    error = "\n".join(errors)[-MAX_ERROR_CHARS:]
+    rows.update(attempts=F("attempts") + 1, next_attempt_at=next_attempt, error=error)
+    transition.attempts, transition.next_attempt_at, transition.error = (
+        attempts,
+        next_attempt,
+        error,
+    )
+    if next_attempt is None:
+        logger.error(
+            "Gave up delivering transition %s (%s) after %d attempts; "
+            "run ledgepay_deliver --all once its receivers are fixed.",
+            transition.pk,
+            transition.signal,
+            attempts,
+        )
+    else:
+        from django_ledgepay import tasks
+
+        if tasks.supports_defer():
+            enqueue(transition.pk, run_after=next_attempt)
+
+
+def backoff(attempts: int) -> datetime.timedelta:
+    """The wait after ``attempts`` failed attempts: 1 minute, doubling, at most 6 hours."""
+    return min(FIRST_BACKOFF * 2 ** max(0, attempts - 1), MAX_BACKOFF)
+
+
+def undelivered(*, everything: bool = False) -> Any:
+    """The transitions ``ledgepay_deliver`` delivers: those due, or with ``everything``
+    every undelivered one (those given up included), oldest first."""
+    rows = Transition.objects.filter(delivered_at__isnull=True)
+    if not everything:
+        rows = rows.filter(next_attempt_at__lte=timezone.now())
+    return rows.order_by("pk")

@@ -1,0 +1,374 @@
+"""Transitions and their delivery: at least once per receiver, exactly once for database
+work, retried with backoff, caught up by ledgepay_deliver, on Django's Tasks framework."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import io
+from typing import Any
+
+import pytest
+
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from django_ledgepay import reactions, services, signals, tasks
+from django_ledgepay.checks import check_tasks
+from django_ledgepay.models import Payment, Reaction, Transition, WebhookEvent
+from django_ledgepay.testing import signed_webhook
+from tests.conftest import API
+from tests.factories import make_payment, payment_data
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("without_shop_receivers"),
+]
+
+URL = "/ledgepay/webhook/"
+
+
+def succeeded_body(payment: Payment) -> tuple[bytes, dict[str, str]]:
+    data = {"id": payment.ledgepay_id, "amount": payment.amount, "currency": payment.currency}
+    return signed_webhook({"event": "payment.succeeded", "data": data})
+
+
+def post(client: Any, body: bytes, headers: dict[str, str]) -> Any:
+    return client.post(URL, body, content_type="application/json", headers=headers)
+
+
+class Flaky:
+    """A receiver that raises its first ``failures`` calls, then records a database write."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def __call__(
+        self, sender: Any, payment: Payment, transition: Transition, **kwargs: Any
+    ) -> None:
+        self.calls += 1
+        # Database work that must happen exactly once: the receiver's transaction.
+        Payment.objects.filter(pk=payment.pk).update(description=f"{payment.description}+")
+        if self.calls <= self.failures:
+            raise RuntimeError(f"boom {self.calls}")
+
+
+@pytest.fixture
+def connect():
+    connected: list[tuple[signals.Signal, Any, str | None]] = []
+
+    def do(signal: signals.Signal, receiver: Any, dispatch_uid: str | None = None) -> Any:
+        signal.connect(receiver, weak=False, dispatch_uid=dispatch_uid)
+        connected.append((signal, receiver, dispatch_uid))
+        return receiver
+
+    yield do
+    for signal, receiver, uid in connected:
+        signal.disconnect(receiver, dispatch_uid=uid)
+
+
+# Recording
+
+
+def test_a_change_writes_its_transition_with_source_and_event(client, receive):
+    payment = make_payment(status="pending")
+    paid = receive(signals.payment_succeeded)
+    assert post(client, *succeeded_body(payment)).status_code == 200
+    transition = Transition.objects.get()
+    event = WebhookEvent.objects.get()
+    assert (transition.signal, transition.payment_id, transition.event_id) == (
+        "payment_succeeded",
+        payment.pk,
+        event.pk,
+    )
+    assert transition.source == Transition.Source.WEBHOOK
+    assert transition.delivered_at is not None
+    assert paid.transitions == [transition]
+    assert paid.calls[0]["event"] == event
+
+
+def test_a_rolled_back_change_leaves_no_transition_and_sends_nothing(receive):
+    payment = make_payment(status="pending")
+    paid = receive(signals.payment_succeeded)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+        assert Transition.objects.count() == 1
+        raise RuntimeError("the caller's transaction fails")
+    assert Transition.objects.count() == 0
+    assert paid.calls == []
+
+
+def test_without_receivers_a_transition_is_delivered_as_it_is_written():
+    payment = make_payment(status="pending")
+    services.apply_payment({"id": payment.ledgepay_id, "status": "failed"})
+    transition = Transition.objects.get()
+    assert transition.delivered_at == transition.created_at
+    assert transition.next_attempt_at is None
+
+
+def test_sources_sync_api_and_admin_with_its_actor(api, receive):
+    receive(signals.payment_succeeded)
+    synced = make_payment(status="pending")
+    api.get(
+        f"{API}/payments/{synced.ledgepay_id}",
+        json=payment_data(id=synced.ledgepay_id, status="succeeded"),
+    )
+    services.sync_payment(synced)
+    by_code = make_payment(status="pending")
+    services.apply_payment({"id": by_code.ledgepay_id, "status": "succeeded"})
+    clerk = User.objects.create_user("clerk", is_staff=True)
+    by_admin = make_payment(status="pending")
+    with reactions.origin(Transition.Source.ADMIN, actor=clerk):
+        # The outermost origin wins: a sync inside an admin action stays the admin's.
+        api.get(
+            f"{API}/payments/{by_admin.ledgepay_id}",
+            json=payment_data(id=by_admin.ledgepay_id, status="succeeded"),
+        )
+        services.sync_payment(by_admin)
+    rows = {t.payment_id: (t.source, t.actor_id) for t in Transition.objects.all()}
+    assert rows == {
+        synced.pk: ("sync", None),
+        by_code.pk: ("api", None),
+        by_admin.pk: ("admin", clerk.pk),
+    }
+
+
+def test_an_unknown_source_is_refused():
+    with pytest.raises(ValueError, match="source"), reactions.origin("cron"):
+        pass
+
+
+# Delivering
+
+
+def test_a_raising_receiver_never_makes_the_webhook_fail_and_is_retried(client, connect):
+    flaky = connect(signals.payment_succeeded, Flaky(failures=1))
+    payment = make_payment(status="pending", description="order")
+    response = post(client, *succeeded_body(payment))
+    assert response.status_code == 200
+    payment.refresh_from_db()
+    assert payment.status == "succeeded"
+    # The receiver's write was rolled back with it; its error and traceback are kept.
+    assert payment.description == "order"
+    transition = Transition.objects.get()
+    assert transition.delivered_at is None and transition.attempts == 1
+    assert transition.next_attempt_at > timezone.now()
+    reaction = Reaction.objects.get()
+    assert reaction.succeeded_at is None
+    assert "RuntimeError: boom 1" in reaction.error and "Traceback" in reaction.error
+    # Not due yet: the plain command leaves it; --all delivers it now.
+    call_command("ledgepay_deliver", stdout=io.StringIO())
+    assert flaky.calls == 1
+    call_command("ledgepay_deliver", "--all", stdout=io.StringIO())
+    payment.refresh_from_db()
+    assert payment.description == "order+"
+    transition.refresh_from_db()
+    assert transition.delivered_at is not None and transition.error == ""
+    # Delivered: never run again.
+    call_command("ledgepay_deliver", "--all", stdout=io.StringIO())
+    assert reactions.deliver(transition.pk).succeeded == []
+    assert flaky.calls == 2
+
+
+def test_a_receiver_that_succeeded_is_not_run_again_while_another_fails(connect):
+    steady = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="steady")
+    flaky = connect(signals.payment_succeeded, Flaky(failures=2), dispatch_uid="flaky")
+    payment = make_payment(status="pending", description="")
+    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+    transition = Transition.objects.get()
+    for _ in range(3):
+        reactions.deliver(transition.pk)
+    assert (steady.calls, flaky.calls) == (1, 3)
+    payment.refresh_from_db()
+    assert payment.description == "++"  # Each receiver's write once.
+    states = dict(Reaction.objects.values_list("receiver", "attempts"))
+    assert states == {"steady": 1, "flaky": 3}
+    transition.refresh_from_db()
+    assert transition.delivered_at is not None
+
+
+def test_backoff_then_giving_up_after_max_attempts(connect, settings):
+    settings.LEDGEPAY_DELIVERY_MAX_ATTEMPTS = 3
+    connect(signals.payment_succeeded, Flaky(failures=99))
+    payment = make_payment(status="pending")
+    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+    transition = Transition.objects.get()  # Attempt 1 ran after the commit.
+    waits = [transition.next_attempt_at - transition.created_at]
+    before = timezone.now()
+    reactions.deliver(transition.pk)
+    transition.refresh_from_db()
+    waits.append(transition.next_attempt_at - before)
+    assert waits[0] >= datetime.timedelta(seconds=59)
+    assert waits[1] >= 2 * datetime.timedelta(seconds=59)
+    with pytest.raises(CommandError, match="1 still failing"):
+        call_command("ledgepay_deliver", "--all", stdout=io.StringIO())
+    transition.refresh_from_db()
+    assert (transition.attempts, transition.next_attempt_at) == (3, None)
+    assert reactions.backoff(30) == reactions.MAX_BACKOFF
+
+
+def test_a_task_backend_that_fails_loses_nothing(client, receive, monkeypatch):
+    paid = receive(signals.payment_succeeded)
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("the broker is down")
+
+    monkeypatch.setattr(tasks, "enqueue", down)
+    payment = make_payment(status="pending")
+    assert post(client, *succeeded_body(payment)).status_code == 200
+    assert paid.calls == []
+    transition = Transition.objects.get()
+    assert transition.delivered_at is None
+    # A crash between commit and task looks the same: the cron job catches it up.
+    Transition.objects.update(next_attempt_at=timezone.now())
+    call_command("ledgepay_deliver", stdout=io.StringIO())
+    assert len(paid.calls) == 1
+
+
+def test_deliveries_run_on_the_configured_backend(receive, held_deliveries):
+    paid = receive(signals.payment_succeeded)
+    payment = make_payment(status="pending")
+    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+    assert paid.calls == []
+    assert tasks.task_backends["held"].results[0].args == [Transition.objects.get().pk]
+    held_deliveries()
+    assert len(paid.calls) == 1
+
+
+def test_a_receiver_connected_for_another_sender_is_not_run(connect):
+    from django_ledgepay.models import Refund
+
+    only_refunds = connect(signals.payment_succeeded, Flaky(failures=0))
+    signals.payment_succeeded.disconnect(only_refunds)
+    signals.payment_succeeded.connect(only_refunds, sender=Refund, weak=False)
+    try:
+        payment = make_payment(status="pending")
+        services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+        assert only_refunds.calls == 0
+        assert Transition.objects.get().delivered_at is not None
+    finally:
+        signals.payment_succeeded.disconnect(only_refunds, sender=Refund)
+
+
+def test_receiver_names_are_stable_and_weak_receivers_go_away():
+    def handler(sender: Any, **kwargs: Any) -> None:
+        pass
+
+    signal = signals.Signal()
+    signal.connect(handler)
+    signal.connect(handler, dispatch_uid="orders.mark_paid")
+    names = [name for name, _ in signal.named_receivers(Payment)]
+    assert names == [
+        f"{__name__}.test_receiver_names_are_stable_and_weak_receivers_go_away.<locals>.handler",
+        "orders.mark_paid",
+    ]
+    assert signal.disconnect(handler)
+    assert [name for name, _ in signal.named_receivers(Payment)] == ["orders.mark_paid"]
+    del handler
+    gc.collect()
+    assert signal.named_receivers(Payment) == []
+    assert not signal.has_listeners(Payment)
+
+
+def test_two_receivers_of_one_class_get_numbered_names(connect):
+    first = connect(signals.payment_failed, Flaky(failures=0))
+    second = connect(signals.payment_failed, Flaky(failures=0))
+    names = [name for name, _ in signals.payment_failed.named_receivers(Payment)]
+    assert names == ["tests.test_reactions.Flaky", "tests.test_reactions.Flaky#2"]
+    payment = make_payment(status="pending")
+    services.apply_payment({"id": payment.ledgepay_id, "status": "failed"})
+    assert (first.calls, second.calls) == (1, 1)
+
+
+# Webhooks applied in task workers
+
+
+def test_task_processing_stores_and_answers_at_once(
+    client, api, receive, settings, held_deliveries
+):
+    settings.LEDGEPAY_WEBHOOK_PROCESSING = "task"
+    paid = receive(signals.payment_succeeded)
+    # Never seen: fetched in the worker, never in the request.
+    body, headers = signed_webhook({"event": "payment.succeeded", "data": {"id": "pay_unseen"}})
+    response = post(client, body, headers)
+    assert (response.status_code, response.json()) == (200, {"detail": "received"})
+    assert len(api.calls) == 0
+    assert WebhookEvent.objects.get().status == "received"
+    api.get(f"{API}/payments/pay_unseen", json=payment_data(id="pay_unseen", status="pending"))
+    held_deliveries()  # process_event, which records the transition
+    assert len(api.calls) == 1
+    assert WebhookEvent.objects.get().status == "processed"
+    held_deliveries()  # deliver_transition
+    assert len(paid.calls) == 1
+    assert post(client, body, headers).json() == {"detail": "duplicate"}
+
+
+def test_a_lost_processing_task_is_caught_up_by_reprocess(client, settings, monkeypatch, receive):
+    settings.LEDGEPAY_WEBHOOK_PROCESSING = "task"
+    paid = receive(signals.payment_succeeded)
+    monkeypatch.setattr(tasks, "enqueue", lambda *a, **k: (_ for _ in ()).throw(OSError("down")))
+    payment = make_payment(status="pending")
+    assert post(client, *succeeded_body(payment)).status_code == 200
+    monkeypatch.undo()
+    settings.LEDGEPAY_WEBHOOK_PROCESSING = "task"
+    call_command("ledgepay_reprocess", "--all", stdout=io.StringIO())
+    payment.refresh_from_db()
+    assert payment.status == "succeeded"
+    assert len(paid.calls) == 1
+
+
+# Checks and the admin
+
+
+def test_checks_name_an_unknown_backend_and_mode(settings):
+    assert check_tasks() == []
+    settings.LEDGEPAY_TASK_BACKEND = "nowhere"
+    settings.LEDGEPAY_WEBHOOK_PROCESSING = "later"
+    settings.LEDGEPAY_DELIVERY_MAX_ATTEMPTS = "ten"
+    assert [m.id for m in check_tasks()] == [
+        "django_ledgepay.E001",
+        "django_ledgepay.E002",
+        "django_ledgepay.W007",
+    ]
+    with pytest.raises(Exception, match="E001"):
+        call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
+
+
+def test_the_payment_page_shows_its_history_and_the_action_delivers(client, connect, admin_user):
+    connect(signals.payment_succeeded, Flaky(failures=1), dispatch_uid="shop.mark_paid")
+    payment = make_payment(status="pending")
+    with reactions.origin(Transition.Source.ADMIN, actor=admin_user):
+        services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+    client.force_login(admin_user)
+    page = client.get(reverse("admin:django_ledgepay_payment_change", args=(payment.pk,)))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "payment_succeeded" in html and "failing (1 attempts)" in html
+    assert admin_user.username in html
+    transition = Transition.objects.get()
+    detail = client.get(reverse("admin:django_ledgepay_transition_change", args=(transition.pk,)))
+    assert "RuntimeError: boom 1" in detail.content.decode()
+    response = client.post(
+        reverse("admin:django_ledgepay_transition_changelist"),
+        {"action": "deliver_transitions", "_selected_action": [transition.pk]},
+        follow=True,
+    )
+    assert "Delivered 1 transition." in response.content.decode()
+    transition.refresh_from_db()
+    assert transition.delivered_at is not None
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement path")
+def test_the_hot_path_stays_one_statement_without_receivers(client, django_assert_num_queries):
+    payment = make_payment(status="pending")
+    body, headers = succeeded_body(payment)
+    with django_assert_num_queries(1):
+        assert post(client, body, headers).status_code == 200
+    transition = Transition.objects.get()
+    assert transition.event_id == WebhookEvent.objects.get().pk
+    assert transition.delivered_at is not None
