@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import datetime
+import itertools
+from io import StringIO
+
+import pytest
+
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_ledgepay.models import Transition, WebhookEvent
+from tests.factories import make_payment
+
+pytestmark = pytest.mark.django_db
+
+_bodies = itertools.count()
+
+
+def event(status, *, days_ago, event_type="payment.succeeded"):
+    created = WebhookEvent.objects.create(
+        event_type=event_type,
+        payload={"event": event_type, "data": {"id": "pay_1"}},
+        body_sha256=f"{next(_bodies):064x}",
+        status=status,
+    )
+    received = timezone.now() - datetime.timedelta(days=days_ago)
+    WebhookEvent.objects.filter(pk=created.pk).update(received_at=received)
+    return created
+
+
+def transition(webhook_event, *, delivered):
+    return Transition.objects.create(
+        signal="payment_succeeded",
+        payment=make_payment(),
+        source="webhook",
+        event=webhook_event,
+        delivered_at=timezone.now() if delivered else None,
+    )
+
+
+def prune(*args):
+    out = StringIO()
+    call_command("ledgepay_prune", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_prune_deletes_only_old_processed_and_ignored_events():
+    old_processed = event("processed", days_ago=31)
+    old_ignored = event("ignored", days_ago=40, event_type="customer.created")
+    kept = {
+        event("failed", days_ago=60).pk,
+        event("received", days_ago=60).pk,
+        event("processed", days_ago=29).pk,
+        event("ignored", days_ago=1).pk,
+    }
+    waiting = event("processed", days_ago=90)
+    transition(waiting, delivered=False)
+    kept.add(waiting.pk)
+    done = event("processed", days_ago=90)
+    delivered = transition(done, delivered=True)
+
+    output = prune("--days", "30")
+
+    assert "Deleted 3 webhook events received before " in output
+    assert set(WebhookEvent.objects.values_list("pk", flat=True)) == kept
+    assert not WebhookEvent.objects.filter(pk__in=[old_processed.pk, old_ignored.pk]).exists()
+    delivered.refresh_from_db()
+    assert delivered.event is None  # The audit trail stays, without the event.
+    assert Transition.objects.count() == 2
+
+
+def test_prune_with_nothing_to_delete_says_so():
+    event("processed", days_ago=2)
+    assert "Deleted 0 webhook events" in prune("--days=7")
+    assert WebhookEvent.objects.count() == 1
+
+
+def test_prune_dry_run_counts_and_deletes_nothing():
+    for _ in range(3):
+        event("processed", days_ago=10)
+    assert "Would delete 3 webhook events received before" in prune("--days=7", "--dry-run")
+    assert WebhookEvent.objects.count() == 3
+
+
+def queries_to_prune(count, batch_size):
+    WebhookEvent.objects.all().delete()
+    for _ in range(count):
+        event("processed", days_ago=100)
+    with CaptureQueriesContext(connection) as captured:
+        output = prune("--days=30", f"--batch-size={batch_size}")
+    assert f"Deleted {count} webhook event" in output
+    assert not WebhookEvent.objects.exists()
+    return len(captured)
+
+
+def test_prune_deletes_in_batches_of_constant_queries():
+    one_batch = queries_to_prune(4, batch_size=4)
+    three_batches = queries_to_prune(12, batch_size=4)
+    # Each batch costs the same; the whole run a few more, once.
+    per_batch = (three_batches - one_batch) // 2
+    assert three_batches - one_batch == 2 * per_batch
+    assert one_batch == per_batch + 1
+    assert per_batch <= 8
+
+
+def test_prune_never_loads_more_than_a_batch():
+    for _ in range(5):
+        event("ignored", days_ago=100)
+    selects = []
+
+    def record(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith("SELECT") and "ledgepay_webhookevent" in sql:
+            selects.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        prune("--days=30", "--batch-size=2")
+    assert WebhookEvent.objects.count() == 0
+    assert selects and all("LIMIT 2" in sql or "IN (" in sql for sql in selects)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "the following arguments are required: --days"),
+        (("--days=0",), "--days must be a whole number of days, at least 1"),
+        (("--days=-3",), "--days must be a whole number of days, at least 1"),
+        (("--days=week",), "invalid int value"),
+        (("--days=3", "--batch-size=0"), "--batch-size must be at least 1"),
+    ],
+)
+def test_prune_refuses_bad_days(args, message):
+    event("processed", days_ago=100)
+    with pytest.raises(CommandError, match=message):
+        call_command("ledgepay_prune", *args, stdout=StringIO())
+    assert WebhookEvent.objects.count() == 1
