@@ -3,7 +3,9 @@
 
     python3 example_project/demo.py [--shop-port 8000] [--sandbox-port 8765]
 
-Standard library only, Python 3.10+. Ctrl-C stops everything.
+Standard library only, Python 3.10+. Ctrl-C stops everything. The shop's database
+(example_project/db.sqlite3) and the sandbox's state (example_project/sandbox-state.json)
+are kept for the next run; delete both to start afresh.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from types import FrameType
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 VENV = REPO / ".venv-demo"
+STATE = HERE / "sandbox-state.json"
 
 
 def main() -> int:
@@ -59,6 +62,10 @@ def main() -> int:
                 str(args.sandbox_port),
                 "--webhook-url",
                 webhook_url,
+                # Payments, refunds and pending webhooks survive a restart of the demo, as the
+                # shop's database does: an old order can still be synced and refunded.
+                "--state",
+                str(STATE),
             ],
             cwd=HERE,
             env=env,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from django_ledgepay.currencies import format_amount
@@ -32,6 +33,15 @@ class Order(models.Model):
 
     product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="orders")
     email = models.EmailField(blank=True)
+    # Who may see the order: this user, or the browser session that made it (the session
+    # keeps the ids of its orders; see views.visible_orders).
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="shop_orders",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     payment = models.OneToOneField(
         Payment, on_delete=models.SET_NULL, null=True, blank=True, related_name="order"
