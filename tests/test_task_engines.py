@@ -1,0 +1,447 @@
+"""Delivery and webhook processing on real task engines, with their real workers.
+
+Each engine runs as a project runs it: a web server (``runserver``), a worker
+(``db_worker`` of django-tasks-db, or django-rq's ``rqworker`` for django-tasks-rq on the
+local Redis, database 15) and ``ledgepay_deliver``, each a process of its own on the test
+database (tests/settings_tasks.py), with the database receiver of tests/task_receivers.py
+connected in each. This process only posts webhooks, kills workers and reads the database.
+
+PostgreSQL only: on SQLite a worker in another process would fight the suite for one file.
+An engine that is missing (its package, or Redis) skips its tests, with the reason;
+``LEDGEPAY_REQUIRE_ENGINES=1`` (as CI sets) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from django.db import connection
+from django.utils import timezone
+
+from django_ledgepay.models import Payment, Reaction, Transition, WebhookEvent
+from django_ledgepay.sandbox import Sandbox
+from django_ledgepay.sandbox.state import event_payload
+from django_ledgepay.testing import signed_webhook
+from tests.factories import make_payment
+
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = "tests.settings_tasks"
+REDIS_URL = "redis://127.0.0.1:6379/15"
+TASKS_TABLE = "django_tasks_database_dbtaskresult"
+RECEIVER = "tests.count_effect"
+#: How long anything a worker does may take before the test gives up on it.
+TIMEOUT = 20.0
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
+    """Poll ``condition`` every 20 ms until it returns something true; fail after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"Timed out after {timeout:.0f} s waiting for {what or condition}.")
+        time.sleep(0.02)
+
+
+def unavailable(engine: str) -> str:
+    """Why ``engine`` cannot run here, or "" when it can."""
+    packages = {"db": ["django_tasks_db"], "rq": ["django_tasks_rq", "django_rq", "rq"]}[engine]
+    for package in packages:
+        if importlib.util.find_spec(package) is None:
+            return f"{package} is not installed (pip install -e '.[tasks]')"
+    if engine == "rq":
+        try:
+            with socket.create_connection(("127.0.0.1", 6379), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if not sock.recv(64).startswith(b"+PONG"):
+                    return "the server at 127.0.0.1:6379 does not answer PING as Redis does"
+        except OSError as err:
+            return f"Redis is not reachable at 127.0.0.1:6379 ({err.strerror or err})"
+    return ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def database_url() -> str:
+    """The test database, as a URL for tests.settings in another process."""
+    db = connection.settings_dict
+    user = quote(db.get("USER") or "postgres")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    host = db.get("HOST") or "127.0.0.1"
+    port = db.get("PORT") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{quote(db['NAME'])}"
+
+
+class Project:
+    """The processes of a project on one engine: web servers (one per processing mode),
+    a worker, and commands, all on the test database."""
+
+    def __init__(self, engine: str, sandbox: Sandbox, logs: Path) -> None:
+        self.engine = engine
+        self.sandbox = sandbox
+        self.logs = logs
+        self.webs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.started = 0
+
+    def env(self, processing: str = "inline") -> dict[str, str]:
+        return {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": SETTINGS,
+            "DATABASE_URL": database_url(),
+            "LEDGEPAY_TEST_ENGINE": self.engine,
+            "LEDGEPAY_TEST_PROCESSING": processing,
+            "LEDGEPAY_TEST_API_BASE": self.sandbox.api_base,
+            "LEDGEPAY_TEST_REDIS_URL": REDIS_URL,
+            "PYTHONPATH": str(ROOT),
+        }
+
+    def spawn(self, name: str, args: list[str], processing: str = "inline") -> Any:
+        log = (self.logs / f"{self.engine}-{name}.log").open("ab")
+        # A session of its own: a kill reaches the worker's children too (RQ's work horse).
+        return subprocess.Popen(
+            [sys.executable, "-m", "django", *args],
+            cwd=ROOT,
+            env=self.env(processing),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "django", *args],
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def web(self, processing: str = "inline") -> str:
+        """The URL of the webhook view of a web server with that processing mode."""
+        if processing in self.webs and self.webs[processing][0].poll() is None:
+            return self.webs[processing][1]
+        port = free_port()
+        process = self.spawn(
+            f"web-{processing}",
+            ["runserver", f"127.0.0.1:{port}", "--noreload", "--skip-checks"],
+            processing,
+        )
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"runserver exited with {process.returncode}; see {self.logs}.")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for(listening, what="the web server")
+        url = f"http://127.0.0.1:{port}/ledgepay/webhook/"
+        self.webs[processing] = (process, url)
+        return url
+
+    def start_worker(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            return
+        self.started += 1
+        if self.engine == "db":
+            args = ["db_worker", "--interval", "0.05", "--no-startup-delay", "--no-reload"]
+        else:
+            args = [
+                "rqworker",
+                "default",
+                "--job-class",
+                "django_tasks_rq.Job",
+                "--with-scheduler",
+                "--name",
+                f"ledgepay-tests-{os.getpid()}-{self.started}",
+            ]
+        self.worker = self.spawn("worker", args)
+
+    def kill_worker(self) -> None:
+        """``kill -9`` the worker and its children (RQ's work horse has a session of its
+        own), as when the machine loses them."""
+        assert self.worker is not None
+        for pid in [self.worker.pid, *descendants(self.worker.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.worker.wait(timeout=5)
+
+    def running_tasks(self) -> int:
+        """How many tasks a worker has taken and not finished."""
+        if self.engine == "db":
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT count(*) FROM {TASKS_TABLE} WHERE status = 'RUNNING'")
+                return int(cursor.fetchone()[0])
+        from rq.registry import StartedJobRegistry
+
+        return len(StartedJobRegistry("default", connection=redis()).get_job_ids())
+
+    def clear_tasks(self) -> None:
+        if self.engine == "db":
+            with connection.cursor() as cursor:
+                cursor.execute(f"DELETE FROM {TASKS_TABLE}")
+        else:
+            redis().flushdb()
+
+    def close(self) -> None:
+        for process in [self.worker, *(web for web, _ in self.webs.values())]:
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes descended from ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # The command may hold spaces and parentheses: the fields follow the last ")".
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def redis() -> Any:
+    from redis import Redis
+
+    return Redis.from_url(REDIS_URL)
+
+
+@pytest.fixture(scope="module", params=["db", "rq"])
+def project(
+    request: pytest.FixtureRequest,
+    django_db_setup: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Project]:
+    engine: str = request.param
+    if connection.vendor != "postgresql":
+        pytest.skip(
+            "needs PostgreSQL: a worker in another process cannot share the suite's "
+            "SQLite test database"
+        )
+    reason = unavailable(engine)
+    if reason:
+        if os.environ.get("LEDGEPAY_REQUIRE_ENGINES") == "1":
+            pytest.fail(f"LEDGEPAY_REQUIRE_ENGINES=1 but {reason}.")
+        pytest.skip(reason)
+    from django.conf import settings
+
+    # LedgePay, for the workers to fetch from (they get its address when they start).
+    sandbox = Sandbox(webhook_secret=settings.LEDGEPAY_WEBHOOK_SECRET, seed=10).start()
+    project = Project(engine, sandbox, tmp_path_factory.mktemp(f"engine-{engine}"))
+    try:
+        # The engine's own tables (django-tasks-db's) in the test database, as a project
+        # migrates them.
+        migrated = project.manage("migrate", "--no-input", "--skip-checks")
+        assert migrated.returncode == 0, migrated.stderr
+        if engine == "rq":
+            redis().flushdb()
+        yield project
+    finally:
+        project.close()
+        sandbox.stop()
+        if engine == "rq":
+            redis().flushdb()
+
+
+@pytest.fixture
+def engine(project: Project) -> Project:
+    """The project with no task left from an earlier test, and a worker running."""
+    project.clear_tasks()
+    project.start_worker()
+    return project
+
+
+def succeeded_body(payment: Payment) -> tuple[bytes, dict[str, str]]:
+    data = {"id": payment.ledgepay_id, "amount": payment.amount, "currency": payment.currency}
+    return signed_webhook({"event": "payment.succeeded", "data": data})
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> requests.Response:
+    return requests.post(
+        url, data=body, headers={"Content-Type": "application/json", **headers}, timeout=10
+    )
+
+
+def effects(payment: Payment) -> int:
+    """How many runs of the receiver took effect for the payment."""
+    return Payment.objects.get(pk=payment.pk).description.count("+")
+
+
+def delivered(transition_id: int) -> bool:
+    return Transition.objects.filter(pk=transition_id, delivered_at__isnull=False).exists()
+
+
+@pytest.fixture
+def gate(tmp_path: Path) -> Path:
+    """A file the held receiver waits on while it exists."""
+    path = tmp_path / "gate"
+    path.touch()
+    return path
+
+
+def test_the_webhook_is_answered_while_the_worker_runs_the_receiver(engine, gate):
+    payment = make_payment(status="pending", description=f"hold:{gate}")
+    started = time.monotonic()
+    response = post(engine.web(), *succeeded_body(payment))
+    answered = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    assert response.json() == {"detail": "processed"}
+    transition = Transition.objects.get(payment=payment)
+    assert transition.source == Transition.Source.WEBHOOK
+    # The worker runs the receiver, which now holds its transaction open: the webhook was
+    # answered without waiting for it.
+    wait_for(engine.running_tasks, what="the worker to take the delivery")
+    assert answered < 10
+    assert not delivered(transition.pk)
+    assert effects(payment) == 0
+    gate.unlink()
+    wait_for(lambda: delivered(transition.pk), what="the delivery")
+    assert effects(payment) == 1
+    reaction = Reaction.objects.get(transition=transition, receiver=RECEIVER)
+    assert reaction.succeeded_at is not None and reaction.attempts == 1
+
+
+def test_a_raising_receiver_is_retried_by_the_worker_after_its_backoff(engine):
+    payment = make_payment(status="pending", description="raise-once")
+    assert post(engine.web(), *succeeded_body(payment)).status_code == 200
+    transition = Transition.objects.get(payment=payment)
+    wait_for(
+        lambda: Transition.objects.filter(pk=transition.pk, attempts=1).exists(),
+        what="the first attempt",
+    )
+    transition.refresh_from_db()
+    assert transition.delivered_at is None
+    assert effects(payment) == 0  # The failed run's write was rolled back with it.
+    reaction = Reaction.objects.get(transition=transition, receiver=RECEIVER)
+    assert "RuntimeError: first attempt" in reaction.error
+    assert transition.next_attempt_at is not None
+    backoff = transition.next_attempt_at - timezone.now()
+    assert datetime.timedelta(seconds=50) < backoff <= datetime.timedelta(minutes=1)
+
+    # The worker enqueued its next attempt, deferred to the transition's next_attempt_at.
+    if engine.engine == "db":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id, run_after FROM {TASKS_TABLE} WHERE status = 'READY' "
+                "AND task_path = 'django_ledgepay.tasks.deliver_transition' "
+                "AND args_kwargs = %s::jsonb",
+                [json.dumps({"args": [transition.pk], "kwargs": {}})],
+            )
+            rows = cursor.fetchall()
+        assert len(rows) == 1
+        task_id, run_after = rows[0]
+        assert run_after == transition.next_attempt_at
+        # Time passes: the worker takes the task once it is due.
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {TASKS_TABLE} SET run_after = now() WHERE id = %s", [task_id])
+    else:
+        from rq import Queue
+        from rq.job import Job
+        from rq.registry import ScheduledJobRegistry
+
+        queue = Queue("default", connection=redis())
+        registry = ScheduledJobRegistry(queue=queue)
+        jobs = [Job.fetch(job_id, connection=redis()) for job_id in registry.get_job_ids()]
+        retries = [job for job in jobs if list(job.args) == [transition.pk]]
+        assert len(retries) == 1
+        when = registry.get_scheduled_time(retries[0])
+        assert abs(when - transition.next_attempt_at) < datetime.timedelta(seconds=2)
+        # Time passes: RQ's scheduler moves the job to the queue once it is due.
+        queue.schedule_job(retries[0], datetime.datetime.now(datetime.timezone.utc))
+    wait_for(lambda: delivered(transition.pk), what="the retry")
+    assert effects(payment) == 1
+    reaction.refresh_from_db()
+    assert reaction.succeeded_at is not None and reaction.attempts == 2
+
+
+def test_webhooks_processed_in_the_worker_fetch_what_the_mirror_never_saw(engine):
+    sandbox = engine.sandbox
+    created = sandbox.state.create_payment(
+        {
+            "amount": 4200,
+            "currency": "EUR",
+            "description": "never seen",
+            "success_url": "https://shop.test/ok",
+            "cancel_url": "https://shop.test/cancel",
+        }
+    )
+    paid = sandbox.pay(created["id"])
+    body, headers = signed_webhook(event_payload("payment.succeeded", paid))
+    response = post(engine.web(processing="task"), body, headers)
+    # Stored and answered at once; applied by the worker, which fetches the payment.
+    assert response.status_code == 200, response.text
+    assert response.json() == {"detail": "received"}
+    event = WebhookEvent.objects.get()
+    payment = wait_for(
+        lambda: Payment.objects.filter(ledgepay_id=created["id"], status="succeeded").first(),
+        what="the worker to apply the event",
+    )
+    assert (payment.amount, payment.currency) == (4200, "EUR")
+    transition = Transition.objects.get(payment=payment)
+    assert (transition.source, transition.event_id) == (Transition.Source.WEBHOOK, event.pk)
+    wait_for(lambda: delivered(transition.pk), what="the delivery")
+    assert effects(payment) == 1
+    event.refresh_from_db()
+    assert event.status == WebhookEvent.Status.PROCESSED
+    # The same delivery again: a duplicate, nothing run twice.
+    again = post(engine.web(processing="task"), body, headers)
+    assert again.json() == {"detail": "duplicate"}
+    assert effects(payment) == 1
+
+
+def test_a_worker_killed_mid_delivery_loses_nothing_after_ledgepay_deliver(engine, gate):
+    payment = make_payment(status="pending", description=f"hold:{gate}")
+    assert post(engine.web(), *succeeded_body(payment)).status_code == 200
+    transition = Transition.objects.get(payment=payment)
+    wait_for(engine.running_tasks, what="the worker to take the delivery")
+    engine.kill_worker()
+    gate.unlink()
+    # The killed run's write died with its transaction; the transition waits.
+    assert effects(payment) == 0
+    assert not delivered(transition.pk)
+    caught_up = engine.manage("ledgepay_deliver", "--all")
+    assert caught_up.returncode == 0, caught_up.stderr
+    assert "Delivered 1 transition; 0 still failing." in caught_up.stdout
+    assert delivered(transition.pk)
+    assert effects(payment) == 1
+    # A new worker does not run it again: the lost task stays with the dead worker, and a
+    # delivered transition has nothing left to run anyway.
+    engine.start_worker()
+    again = engine.manage("ledgepay_deliver", "--all")
+    assert "Delivered 0 transitions" in again.stdout
+    assert effects(payment) == 1
