@@ -1020,6 +1020,33 @@ def test_a_listed_payment_is_a_copy_with_its_current_status():
 # The state file
 
 
+def test_each_snapshot_holds_every_change_since_the_one_before():
+    # A snapshot encodes only the objects that changed since the last one.
+    state = LedgePayState()
+    payment = state.create_payment(NEW)
+    before = json.loads(state.snapshot())
+    state.settle(payment["id"], "succeeded")
+    refund = state.create_refund({"payment_id": payment["id"], "amount": 34})
+    middle = json.loads(state.snapshot())
+    state.complete_refund(refund["id"], "failed")
+    state.handle(
+        "POST", "/payments", {}, json.dumps(NEW).encode(), {**AUTH, "Idempotency-Key": "k"}
+    )
+    after = json.loads(state.snapshot())
+    assert [p["status"] for p in before["payments"]] == ["pending"]
+    assert [p["status"] for p in middle["payments"]] == ["succeeded"]
+    assert [r["status"] for r in middle["refunds"]] == ["pending"]
+    assert [r["status"] for r in after["refunds"]] == ["failed"]
+    assert len(after["payments"]) == 2
+    assert [record[1] for record in after["idempotency"]] == ["k"]
+    restored = LedgePayState()
+    restored.restore(after)
+    assert restored.payments == state.payments
+    assert restored.refunds == state.refunds
+    assert json.loads(restored.snapshot()) == after
+    assert restored.refunded(payment["id"]) == 0  # The failed refund does not count.
+
+
 def test_a_restarted_sandbox_keeps_payments_refunds_and_idempotency(tmp_path):
     path = tmp_path / "state.json"
     headers = {**AUTH, "Idempotency-Key": "order-7"}

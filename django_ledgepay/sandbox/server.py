@@ -196,6 +196,7 @@ class Sandbox(Driver):
         self._save_lock = threading.Lock()
         self._save_pending = threading.Lock()
         self._save_timer: threading.Timer | None = None
+        self._save_seconds = 0.0  # How long the last save took.
         # Deliveries read from the file while there is no webhook_url: kept, not sent.
         self._parked: list[dict[str, Any]] = []
         # Refunds read from the file still pending: their timers start with start().
@@ -509,23 +510,27 @@ class Sandbox(Driver):
         if self.state_file is None:
             return
         with self._save_lock:
+            started = time.monotonic()
             # Lock order: the state's, then the schedule's, as everywhere.
             with self.state.lock:
                 state = self.state.snapshot()
                 with self._schedule:
                     deliveries = [o.to_json() for line in self._lines.values() for o in line]
-            storage.write_atomically(
-                self.state_file, storage.dump(state, deliveries + self._parked)
-            )
+            data = storage.dump(state, deliveries + self._parked)
+            storage.write_atomically(self.state_file, data)
+            self._save_seconds = time.monotonic() - started
 
     def _changed(self) -> None:
-        """Save within ``save_delay`` seconds, once for every change made meanwhile."""
+        """Save within ``save_delay`` seconds (or as long as the last save took, when that
+        is longer: a large state is saved at most half the time), once for all the changes
+        made meanwhile."""
         if self.state_file is None:
             return
         with self._save_pending:
             if self._save_timer is not None:
                 return
-            self._save_timer = threading.Timer(self.save_delay, self._save_in_background)
+            delay = max(self.save_delay, self._save_seconds)
+            self._save_timer = threading.Timer(delay, self._save_in_background)
             self._save_timer.daemon = True
             self._save_timer.start()
 
@@ -555,7 +560,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s", self.address_string(), format % args)
 
     def do_GET(self) -> None:
         self._route("GET")

@@ -146,6 +146,10 @@ class LedgePayState:
         self._index: list[IndexEntry] = []
         self._index_by_status: dict[str, list[IndexEntry]] = {s: [] for s in PAYMENT_STATUSES}
         self._refunds_of: dict[str, list[str]] = {}
+        # Each object's JSON since it last changed, so that a snapshot encodes only what
+        # changed since the one before. Filled by the first snapshot: empty without one.
+        self._encoded: dict[str, str] = {}
+        self._encoded_records: dict[tuple[str, str], str] = {}
 
     # Requests
 
@@ -333,6 +337,7 @@ class LedgePayState:
             bisect.insort(self._index_by_status[status], entry)
             payment["status"] = status
             payment["completed_at"] = iso(self.clock())
+            self._encoded.pop(payment_id, None)
             data = dict(payment)
             self._changed()
             self._emit(f"payment.{status}", data)
@@ -399,6 +404,7 @@ class LedgePayState:
             if refund["status"] != "pending":
                 return dict(refund)
             refund["status"] = status
+            self._encoded.pop(refund_id, None)
             data = dict(refund)
             self._changed()
             self._emit(f"refund.{status}", data)
@@ -406,22 +412,35 @@ class LedgePayState:
 
     # Snapshots
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything LedgePay knows, as JSON-ready data: payments in the order they were
-        made, refunds, idempotency records. :meth:`restore` takes it back.
+    def snapshot(self) -> str:
+        """Everything LedgePay knows, as a JSON object: payments in the order they were
+        made, refunds, idempotency records. :meth:`restore` takes it back, decoded.
 
-        Taken under the lock, with each object copied, so it stays as it was while it is
-        written out. Nested values (a payment's metadata) are shared: nothing changes them.
+        Taken under the lock. An object unchanged since the last snapshot is not encoded
+        again: nothing changes an object but :meth:`settle` and :meth:`complete_refund`
+        (its nested values, a payment's metadata, never change).
         """
         with self.lock:
-            return {
-                "payments": [dict(payment) for payment in self.payments.values()],
-                "refunds": [dict(refund) for refund in self.refunds.values()],
-                "idempotency": [
-                    [owner, key, fingerprint, answer.status, answer.body, answer.headers]
-                    for (owner, key), (fingerprint, answer) in self._idempotency.items()
-                ],
-            }
+            payments = ",".join(self._encode(p) for p in self.payments.values())
+            refunds = ",".join(self._encode(r) for r in self.refunds.values())
+            records = ",".join(self._encode_record(ident) for ident in self._idempotency)
+        return f'{{"payments":[{payments}],"refunds":[{refunds}],"idempotency":[{records}]}}'
+
+    def _encode(self, item: dict[str, Any]) -> str:
+        # The caller holds the lock. Ids of payments and refunds never collide (pay_, re_).
+        encoded = self._encoded.get(item["id"])
+        if encoded is None:
+            encoded = self._encoded[item["id"]] = json.dumps(item, separators=(",", ":"))
+        return encoded
+
+    def _encode_record(self, ident: tuple[str, str]) -> str:
+        # The caller holds the lock. A record never changes once made.
+        encoded = self._encoded_records.get(ident)
+        if encoded is None:
+            fingerprint, answer = self._idempotency[ident]
+            record = [*ident, fingerprint, answer.status, answer.body, answer.headers]
+            encoded = self._encoded_records[ident] = json.dumps(record, separators=(",", ":"))
+        return encoded
 
     def restore(self, snapshot: Mapping[str, Any]) -> None:
         """Replace the state with a :meth:`snapshot`'s; :class:`SnapshotError` if it is not
@@ -453,6 +472,8 @@ class LedgePayState:
             self._index = fresh._index
             self._index_by_status = fresh._index_by_status
             self._refunds_of = fresh._refunds_of
+            self._encoded = fresh._encoded
+            self._encoded_records = fresh._encoded_records
 
     def _changed(self) -> None:
         # The caller holds the lock.

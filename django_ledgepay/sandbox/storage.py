@@ -25,10 +25,12 @@ class StateFileError(ValueError):
     """A state file that exists but cannot be read back."""
 
 
-def dump(state: dict[str, Any], deliveries: list[dict[str, Any]]) -> bytes:
-    """The file's content: LedgePay's state and the webhook deliveries still to make."""
-    document = {"format": FORMAT, "version": VERSION, "state": state, "deliveries": deliveries}
-    return json.dumps(document, separators=(",", ":")).encode()
+def dump(state: str, deliveries: list[dict[str, Any]]) -> bytes:
+    """The file's content: LedgePay's state (``LedgePayState.snapshot()``, a JSON object)
+    and the webhook deliveries still to make."""
+    head = json.dumps({"format": FORMAT, "version": VERSION})[:-1]
+    tail = json.dumps(deliveries, separators=(",", ":"))
+    return f'{head},"state":{state},"deliveries":{tail}}}'.encode()
 
 
 def load(path: Path) -> dict[str, Any] | None:
