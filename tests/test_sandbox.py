@@ -1168,6 +1168,18 @@ def test_changes_are_saved_while_the_sandbox_runs(tmp_path):
         assert len(writes) < 20  # Changes made together are written together.
 
 
+def test_stop_saves_at_once_and_leaves_no_save_behind(tmp_path):
+    path = tmp_path / "state.json"
+    with Sandbox(state_file=path, save_delay=0.2) as sandbox:
+        payment = sandbox.state.create_payment(NEW)
+    document = storage.load(path)  # Saved by stop(), before its timer was due.
+    assert document is not None
+    assert [p["id"] for p in document["state"]["payments"]] == [payment["id"]]
+    path.unlink()  # As a test's temporary directory goes away after it.
+    time.sleep(0.4)
+    assert not path.exists()  # The timer of that change was canceled: stop() saved it.
+
+
 def test_a_crash_between_writing_and_renaming_keeps_the_previous_state(tmp_path, monkeypatch):
     class Killed(BaseException):
         """The process dies."""

@@ -245,6 +245,11 @@ class Sandbox(Driver):
         deadline = time.monotonic() + 5
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        with self._save_pending:
+            # The save below covers the change that timer was for.
+            if self._save_timer is not None:
+                self._save_timer.cancel()
+                self._save_timer = None
         try:
             self.save()
         except OSError:
