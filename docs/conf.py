@@ -54,7 +54,7 @@ myst_enable_extensions = ["colon_fence", "deflist", "fieldlist", "tasklist"]
 myst_heading_anchors = 3
 
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
+autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
 autodoc_default_options = {"members": False}
 

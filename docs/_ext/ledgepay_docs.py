@@ -73,7 +73,8 @@ class LedgePayCommands(SphinxDirective):
             section += nodes.paragraph(text=str(command.help))
             actions = [a for a in parser._actions if a.dest not in COMMON_OPTIONS]
             usage = " ".join(
-                f"[{option_label(a)}]" if a.option_strings else option_label(a) for a in actions
+                f"[{option_label(a)}]" if a.option_strings and not a.required else option_label(a)
+                for a in actions
             )
             section += nodes.literal_block(text=f"python manage.py {name} {usage}".rstrip())
             if actions:
