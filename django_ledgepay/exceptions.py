@@ -90,6 +90,13 @@ class RefundsChangedError(RefundError):
         self.refunded = refunded
 
 
+class RefundUnresolvedError(RefundError):
+    """An earlier refund request of the payment got no answer, and sending it again got
+    none either: nothing new was sent. Try again once LedgePay can be reached."""
+
+    default_message = "A refund of this payment is being resolved."
+
+
 class WebhookError(LedgePayError):
     """Base class for webhook deliveries that are refused."""
 

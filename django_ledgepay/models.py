@@ -322,6 +322,9 @@ class RefundRequest(models.Model):
         verbose_name=_("payment"),
     )
     amount = models.BigIntegerField(_("amount"), help_text=_("In the currency's minor unit."))
+    whole = models.BooleanField(
+        _("the rest"), default=False, help_text=_("Asked for all that was left to refund.")
+    )
     reason = models.CharField(_("reason"), max_length=32, choices=Refund.Reason.choices)
     idempotency_key = models.CharField(_("idempotency key"), max_length=255, unique=True)
     source = models.CharField(_("source"), max_length=16, choices=Transition.Source.choices)
@@ -346,6 +349,12 @@ class RefundRequest(models.Model):
     )
     error = models.TextField(_("error"), blank=True)
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    sending_since = models.DateTimeField(
+        _("sending since"),
+        null=True,
+        blank=True,
+        help_text=_("Set while a call is sending it; another call leaves it alone meanwhile."),
+    )
     created_at = models.DateTimeField(_("created at"), default=timezone.now)
     resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
 
@@ -367,6 +376,54 @@ class RefundRequest(models.Model):
     def __str__(self) -> str:
         amount = format_amount(self.amount, self.payment.currency)
         return f"{amount} of payment {self.payment_id} ({self.outcome})"
+
+
+class PaymentRequest(models.Model):
+    """A payment asked of LedgePay without an idempotency key of the caller's, recorded
+    before the call with the key it was sent with.
+
+    A call with the same arguments while one is unknown (its answer was lost) sends it
+    again with that key, so a retried ``create_payment`` never makes a second payment.
+    """
+
+    class Outcome(models.TextChoices):
+        UNKNOWN = "unknown", _("Unknown")
+        MADE = "made", _("Made")
+        REFUSED = "refused", _("Refused")
+
+    fingerprint = models.CharField(
+        _("fingerprint"), max_length=64, help_text=_("SHA-256 of the request's arguments.")
+    )
+    idempotency_key = models.CharField(_("idempotency key"), max_length=255, unique=True)
+    outcome = models.CharField(
+        _("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.UNKNOWN
+    )
+    payment = models.ForeignKey(
+        Payment,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("payment"),
+    )
+    error = models.TextField(_("error"), blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("payment request")
+        verbose_name_plural = _("payment requests")
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(
+                fields=["fingerprint", "created_at"],
+                name="ledgepay_pr_unknown_idx",
+                condition=Q(outcome="unknown"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.idempotency_key} ({self.outcome})"
 
 
 class Reconciliation(models.Model):

@@ -11,6 +11,8 @@ import dataclasses
 import datetime
 import json
 import logging
+import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -19,21 +21,32 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.db.models.functions import Coalesce
 from django.dispatch import Signal
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from django_ledgepay import reactions
-from django_ledgepay.client import MAX_PAGE_SIZE, LedgePayClient
-from django_ledgepay.currencies import is_currency
+from django_ledgepay.client import (
+    BACKOFF_CAP,
+    MAX_PAGE_SIZE,
+    RATE_LIMIT_WAIT_CAP,
+    LedgePayClient,
+)
+from django_ledgepay.conf import conf
+from django_ledgepay.currencies import format_amount, is_currency
 from django_ledgepay.exceptions import (
     APIError,
     InvalidRequestError,
+    LedgePayError,
+    NotFoundError,
     RefundError,
     RefundsChangedError,
+    RefundUnresolvedError,
 )
-from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
+from django_ledgepay.models import Payment, Refund, RefundRequest, Transition, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +116,7 @@ def create_payment(
 
     data = get_client().create_payment(params, idempotency_key=idempotency_key)
     # The answer may hold only a few fields: what was sent fills in the rest, field by field.
-    payment, _ = apply_payment(data, known=params)
+    payment, _ = apply_payment(data, known=params, verified=True)
     return payment
 
 
@@ -315,6 +328,19 @@ def _merge(instance: Payment | Refund, values: Mapping[str, Any]) -> list[str]:
         current = getattr(instance, field)
         if current == value:
             continue
+        if field in FIXED_FACTS:
+            # Recorded once, never changed: what says otherwise is wrong (see
+            # contradictions(), which callers check first to ask LedgePay instead).
+            logger.error(
+                "LedgePay's data says %s's %s is %r, but it was recorded as %r and never "
+                "changes; kept %r.",
+                instance.ledgepay_id,
+                field,
+                value,
+                current,
+                current,
+            )
+            continue
         if field == "status":
             if value == "pending":
                 continue
@@ -324,6 +350,40 @@ def _merge(instance: Payment | Refund, values: Mapping[str, Any]) -> list[str]:
         setattr(instance, field, value)
         changed.append(field)
     return changed
+
+
+#: The fields of a payment or a refund that never change once recorded.
+FIXED_FACTS: Final = frozenset({"amount", "currency"})
+
+
+def contradictions(instance: Payment | Refund, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fixed facts (amount, currency) ``values`` holds that differ from ``instance``'s,
+    as ``{field: (recorded, said)}``."""
+    return {
+        field: (getattr(instance, field), values[field])
+        for field in sorted(FIXED_FACTS)
+        if field in values and values[field] != getattr(instance, field)
+    }
+
+
+def describe_contradictions(instance: Payment | Refund, found: Mapping[str, Any]) -> str:
+    kind = type(instance).__name__.lower()
+    said = ", ".join(f"{field} {new!r} (recorded: {old!r})" for field, (old, new) in found.items())
+    return f"The event contradicted the {kind} {instance.ledgepay_id}'s fixed facts: {said}."
+
+
+def _note(event: WebhookEvent | None, note: str) -> None:
+    """Keep ``note`` on the event (outside the caller's transaction's fate: an UPDATE of
+    its own row, so a later failure of the caller still leaves the note)."""
+    logger.error("%s", note)
+    if event is not None and event.pk is not None:
+        WebhookEvent.objects.filter(pk=event.pk).update(note=note)
+        event.note = note
+
+
+class _Contradicted(Exception):
+    def __init__(self, payment: Payment, found: dict[str, Any]) -> None:
+        self.payment, self.found = payment, found
 
 
 def announce_payment(payment: Payment, event: WebhookEvent | None) -> None:
@@ -354,8 +414,14 @@ def apply_payment(
     status: str | None = None,
     event: WebhookEvent | None = None,
     known: Mapping[str, Any] | None = None,
+    verified: bool = False,
 ) -> tuple[Payment, bool]:
     """Apply a LedgePay payment object to the mirror; return the payment and whether it changed.
+
+    A payment's amount and currency never change once recorded. ``data`` that contradicts
+    them is not applied: the payment is fetched from LedgePay and its answer applied
+    instead (the event keeps a note), unless ``verified`` says ``data`` is such an answer
+    already; then the contradicting facts are left out and logged.
 
     ``status`` overrides the object's own (a webhook's type says what happened). ``known``
     is another payment object (what was sent, or fetched) whose fields fill in those that
@@ -365,11 +431,29 @@ def apply_payment(
     IncompleteDataError is raised (fetch it with :func:`sync_payment`).
     """
     ledgepay_id = _object_id(data, "payment")
-    values = payment_values(data)
+    said = payment_values(data)
+    values = said
     if known is not None:
         values = {**payment_values(known), **values}
     if status is not None:
         values["status"] = status
+    try:
+        return _apply_payment(ledgepay_id, values, said, event=event, verified=verified)
+    except _Contradicted as contradicted:
+        # Not applied as it stands: LedgePay is asked, and its answer applied.
+        _note(event, describe_contradictions(contradicted.payment, contradicted.found))
+    remote = get_client().retrieve_payment(ledgepay_id)
+    return apply_payment({**remote, "id": ledgepay_id}, event=event, verified=True)
+
+
+def _apply_payment(
+    ledgepay_id: str,
+    values: dict[str, Any],
+    said: Mapping[str, Any],
+    *,
+    event: WebhookEvent | None,
+    verified: bool,
+) -> tuple[Payment, bool]:
     with transaction.atomic():
         try:
             payment = Payment.objects.select_for_update().get(ledgepay_id=ledgepay_id)
@@ -378,6 +462,9 @@ def apply_payment(
             if created is not None:
                 return created, True
             payment = Payment.objects.select_for_update().get(ledgepay_id=ledgepay_id)
+        found = contradictions(payment, said)
+        if found and not verified:
+            raise _Contradicted(payment, found)
         was_final = payment.is_final
         changed = _merge(payment, values)
         if changed:
@@ -401,12 +488,15 @@ def apply_payment_event(
     raise LedgePayError).
     """
     ledgepay_id = _object_id(data, "payment")
+    said = payment_values(data)
     payment = None
     if status in PAYMENT_TRANSITIONS:
         payment = Payment.objects.filter(ledgepay_id=ledgepay_id).first()
-    if payment is not None and not payment.is_final:
+    if payment is not None and not payment.is_final and not contradictions(payment, said):
         now = timezone.now()
-        values = {**payment_values(data), "status": status, "updated_at": now}
+        values = {**said, "status": status, "updated_at": now}
+        for field in FIXED_FACTS:
+            values.pop(field, None)
         values.setdefault("completed_at", now)
         with transaction.atomic():
             moved = Payment.objects.filter(pk=payment.pk, status=Payment.Status.PENDING).update(
@@ -418,7 +508,7 @@ def apply_payment_event(
                 _payment_signal(payment, event)
                 return payment, True
         payment.refresh_from_db()  # Another caller moved it first.
-    if payment is not None and payment.is_final:
+    if payment is not None and payment.is_final and not contradictions(payment, said):
         return payment, False
     try:
         return apply_payment(data, status=status, event=event)
@@ -547,7 +637,7 @@ def sync_payment(payment_or_ledgepay_id: Payment | str) -> Payment:
     ledgepay_id = _ledgepay_id(payment_or_ledgepay_id)
     data = get_client().retrieve_payment(ledgepay_id)
     with reactions.origin(Transition.Source.SYNC):
-        payment, _ = apply_payment({**data, "id": data.get("id") or ledgepay_id})
+        payment, _ = apply_payment({**data, "id": data.get("id") or ledgepay_id}, verified=True)
     return payment
 
 
@@ -895,14 +985,19 @@ def refund_payment(
 ) -> Refund:
     """Refund ``amount`` minor units of a succeeded payment, or all that is left when None.
 
-    The payment's row is locked while the refundable amount is checked and LedgePay is
-    called, so two clicks cannot refund twice: the second waits, then sees less left. A
-    refund that cannot be made raises RefundError before any call.
+    The request is recorded (:class:`~django_ledgepay.models.RefundRequest`) with its
+    idempotency key before LedgePay is called. A call that ends without an answer leaves
+    it unknown; the next refund of the payment first sends it again with its own key, and a
+    call for the same amount (or again for the rest) returns the refund it made instead of
+    making a second one, whatever webhooks arrived in between. So retrying a call that
+    failed is safe without a key of your own. While LedgePay stays unreachable, that next
+    call raises RefundUnresolvedError and sends nothing new.
 
-    Without an ``idempotency_key`` the key is derived from the payment's refunds as the
-    mirror knows them, so a retry after a lost answer reuses it, as long as no news of that
-    refund arrived in between. Pass a key tied to the request for the refund
-    (``f"return-{rma.pk}"``) and a repeated call never refunds twice, whatever arrived.
+    The payment's row is locked while the refundable amount is checked, so two clicks
+    cannot refund twice: the second waits, then sees less left (a request still in flight
+    counts as refunded). A refund that cannot be made raises RefundError before any call.
+    Pass ``idempotency_key`` to tie the refund to a request of yours (``f"return-{rma.pk}"``):
+    a repeated call with it never refunds twice.
 
     ``expected_refunded`` is what the caller saw refunded already (a form's hidden field):
     when the payment's refunds add up to something else, under the lock, RefundError is
@@ -918,39 +1013,256 @@ def refund_payment(
         Payment.objects.filter(ledgepay_id=payment_or_ledgepay_id).exists()
     ):
         sync_payment(payment_or_ledgepay_id)
+    where = reactions.current_origin()
+    deadline = time.monotonic() + IN_FLIGHT_WAIT
+    while True:
+        try:
+            return _refund_once(
+                payment_or_ledgepay_id,
+                amount=amount,
+                reason=reason,
+                idempotency_key=idempotency_key,
+                expected_refunded=expected_refunded,
+                where=where,
+            )
+        except _InFlight as err:
+            # The same refund is being sent by another call (a second click): wait for it,
+            # then look again, as a second click waiting for a row lock would.
+            if time.monotonic() >= deadline:
+                raise err.error from None
+            time.sleep(IN_FLIGHT_POLL)
+
+
+#: How long a refund waits for the same refund, being sent by another call, to finish.
+IN_FLIGHT_WAIT: Final = 30.0
+IN_FLIGHT_POLL: Final = 0.05
+
+
+class _InFlight(Exception):
+    def __init__(self, error: RefundUnresolvedError) -> None:
+        self.error = error
+
+
+def _refund_once(
+    payment_or_ledgepay_id: Payment | str,
+    *,
+    amount: int | None,
+    reason: str,
+    idempotency_key: str | None,
+    expected_refunded: int | None,
+    where: reactions.Origin,
+) -> Refund:
     with transaction.atomic():
         payment = _locked_payment(payment_or_ledgepay_id)
-        if payment.status != Payment.Status.SUCCEEDED:
-            raise RefundError(f"Payment {payment.ledgepay_id} is {payment.status}, not succeeded.")
-        refunded = payment.amount_refunded
-        if expected_refunded is not None and refunded != expected_refunded:
-            raise RefundsChangedError(
-                f"The refunds of payment {payment.ledgepay_id} changed: {refunded} refunded "
-                f"now, {expected_refunded} expected (minor units). Check and try again.",
-                expected=expected_refunded,
-                refunded=refunded,
-            )
-        refundable = max(0, payment.amount - refunded)
-        if refundable == 0:
-            raise RefundError(f"Payment {payment.ledgepay_id} is already refunded in full.")
-        if amount is None:
-            amount = refundable
-        if not 1 <= amount <= refundable:
-            raise RefundError(
-                f"The refund must be between 1 and {refundable} (minor units), not {amount}."
-            )
-        key = idempotency_key
-        if key is None:
-            attempts = payment.refunds.count()
-            key = f"refund-{payment.ledgepay_id}-{attempts}-{refunded}-{amount}"
-        data = get_client().create_refund(
-            {"payment_id": payment.ledgepay_id, "amount": amount, "reason": reason},
-            idempotency_key=key,
+        # What an earlier call left unknown is settled before anything new is asked.
+        for request in _resolve_unknown(payment, amount=amount, reason=reason):
+            if idempotency_key is None and _same_request(request, amount, reason):
+                assert request.refund is not None
+                return request.refund
+        if idempotency_key is not None:
+            earlier = RefundRequest.objects.filter(idempotency_key=idempotency_key).first()
+            if earlier is not None and earlier.refund is not None:
+                return earlier.refund  # The same request, made already.
+        request = _new_refund_request(
+            payment,
+            amount=amount,
+            reason=reason,
+            idempotency_key=idempotency_key,
+            expected_refunded=expected_refunded,
+            where=where,
         )
+    # The request is committed before the call, marked as being sent: if this process
+    # dies during the call, the next refund of the payment resolves it once the mark is
+    # older than any call can take.
+    outcome = _send_refund_request(request, payment)
+    if isinstance(outcome, LedgePayError):
+        raise outcome  # Refused (the request is recorded so), or no answer (it stays unknown).
+    return outcome
+
+
+def resolve_refund_requests(payment_or_ledgepay_id: Payment | str) -> list[RefundRequest]:
+    """Send each unknown refund request of the payment again with its own key and record
+    what LedgePay answers; return them. RefundUnresolvedError while LedgePay cannot be
+    reached (the requests stay unknown)."""
+    with transaction.atomic():
+        payment = _locked_payment(payment_or_ledgepay_id)
+        return _resolve_unknown(payment)
+
+
+def _same_request(request: RefundRequest, amount: int | None, reason: str) -> bool:
+    """Whether a call for ``amount`` repeats ``request``: the same amount, or the rest
+    again (the rest was then what the request asked)."""
+    if request.outcome != RefundRequest.Outcome.MADE or request.reason != reason:
+        return False
+    return request.whole if amount is None else request.amount == amount and not request.whole
+
+
+def sending_lease() -> datetime.timedelta:
+    """The longest one refund call can take, its retries and waits included: a request
+    marked as being sent for longer than this was left by a process that died."""
+    attempts = conf.LEDGEPAY_MAX_RETRIES + 1
+    per_attempt = 2 * conf.LEDGEPAY_TIMEOUT + max(BACKOFF_CAP, RATE_LIMIT_WAIT_CAP)
+    return datetime.timedelta(seconds=attempts * per_attempt + 30)
+
+
+def _resolve_unknown(
+    payment: Payment, *, amount: int | None = None, reason: str | None = None
+) -> list[RefundRequest]:
+    """Send the payment's unknown refund requests again (under the payment's lock) and
+    return those resolved now. A request another call is sending is left to it, unless it
+    is what this call asks again (same amount and reason): then RefundUnresolvedError."""
+    now = timezone.now()
+    unknown = RefundRequest.objects.filter(
+        payment=payment, outcome=RefundRequest.Outcome.UNKNOWN
+    ).order_by("pk")
+    resolved = []
+    for request in unknown:
+        if request.sending_since is not None and request.sending_since > now - sending_lease():
+            if (
+                reason is not None
+                and request.reason == reason
+                and (request.whole if amount is None else request.amount == amount)
+            ):
+                raise _InFlight(
+                    RefundUnresolvedError(
+                        f"A refund of {format_amount(request.amount, payment.currency)} of "
+                        f"payment {payment.ledgepay_id} is being sent right now; wait for "
+                        "it and load the payment again. Nothing new was sent."
+                    )
+                )
+            continue  # In flight elsewhere; its amount is held back from what is left.
+        outcome = _send_refund_request(request, payment)
+        if isinstance(outcome, LedgePayError) and request.outcome == RefundRequest.Outcome.UNKNOWN:
+            raise RefundUnresolvedError(
+                f"A refund of payment {payment.ledgepay_id} "
+                f"({format_amount(request.amount, payment.currency)}) is being resolved: "
+                f"LedgePay gave no answer to it ({outcome}). Nothing new was sent; try "
+                "again once LedgePay can be reached.",
+                http_status=outcome.http_status,
+            ) from outcome
+        resolved.append(request)
+    return resolved
+
+
+def _new_refund_request(
+    payment: Payment,
+    *,
+    amount: int | None,
+    reason: str,
+    idempotency_key: str | None,
+    expected_refunded: int | None,
+    where: reactions.Origin,
+) -> RefundRequest:
+    """Check the refund under the payment's lock and record its request."""
+    if payment.status != Payment.Status.SUCCEEDED:
+        raise RefundError(f"Payment {payment.ledgepay_id} is {payment.status}, not succeeded.")
+    refunded = payment.amount_refunded
+    if expected_refunded is not None and refunded != expected_refunded:
+        raise RefundsChangedError(
+            f"The refunds of payment {payment.ledgepay_id} changed: {refunded} refunded "
+            f"now, {expected_refunded} expected (minor units). Check and try again.",
+            expected=expected_refunded,
+            refunded=refunded,
+        )
+    in_flight = RefundRequest.objects.filter(
+        payment=payment, outcome=RefundRequest.Outcome.UNKNOWN
+    ).aggregate(total=Coalesce(Sum("amount"), 0))["total"]
+    refundable = max(0, payment.amount - refunded - in_flight)
+    if refundable == 0:
+        if in_flight:
+            raise RefundError(
+                f"Payment {payment.ledgepay_id} has a refund in progress for all that is "
+                "left; wait for it and load the payment again."
+            )
+        raise RefundError(f"Payment {payment.ledgepay_id} is already refunded in full.")
+    whole = amount is None
+    if amount is None:
+        amount = refundable
+    if not 1 <= amount <= refundable:
+        raise RefundError(
+            f"The refund must be between 1 and {refundable} (minor units), not {amount}."
+        )
+    key = idempotency_key or f"refund-{payment.ledgepay_id}-{uuid.uuid4().hex}"
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        key = f"refund-{uuid.uuid4().hex}"
+    request, created = RefundRequest.objects.get_or_create(
+        idempotency_key=key,
+        defaults={
+            "payment": payment,
+            "amount": amount,
+            "whole": whole,
+            "reason": reason,
+            "source": where.source,
+            "actor": where.actor,
+            "sending_since": timezone.now(),
+        },
+    )
+    if not created:
+        request.sending_since = timezone.now()
+        request.save(update_fields=["sending_since"])
+    # The payment's row is written under its lock: under REPEATABLE READ or SERIALIZABLE a
+    # refund waiting for that lock then fails to serialize, instead of reading a snapshot
+    # without this request and asking again.
+    Payment.objects.filter(pk=payment.pk).update(updated_at=timezone.now())
+    return request
+
+
+def _send_refund_request(request: RefundRequest, payment: Payment) -> Refund | LedgePayError:
+    """Send ``request`` with its key and record the outcome, each in its own transaction
+    when called outside one: the refund LedgePay made; or
+    the error, with the request refused (a 4xx: the same request would be refused again)
+    or still unknown (no answer, a 5xx, the rate limit: LedgePay may have acted or not)."""
+    now = timezone.now()
+    params = {
+        "payment_id": payment.ledgepay_id,
+        "amount": request.amount,
+        "reason": request.reason,
+    }
+    try:
+        data = get_client().create_refund(params, idempotency_key=request.idempotency_key)
         if not isinstance(data.get("id"), str) or not data["id"]:
             raise APIError("LedgePay's answer to the refund has no id.")
-        sent = {"amount": amount, "currency": payment.currency, "reason": reason}
-        refund, _ = apply_refund(data, payment=payment, known=sent)
+    except (InvalidRequestError, NotFoundError) as err:
+        request.outcome, request.error, request.resolved_at = (
+            RefundRequest.Outcome.REFUSED,
+            str(err),
+            now,
+        )
+        request.attempts += 1
+        request.sending_since = None
+        request.save(
+            update_fields=["outcome", "error", "resolved_at", "attempts", "sending_since"]
+        )
+        return err
+    except LedgePayError as err:
+        # Unknown still, and no longer being sent: the next call resolves it at once.
+        request.error = str(err)
+        request.attempts += 1
+        request.sending_since = None
+        request.save(update_fields=["error", "attempts", "sending_since"])
+        return err
+    sent = {"amount": request.amount, "currency": payment.currency, "reason": request.reason}
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        refund, _ = apply_refund(data, payment=locked, known=sent)
+        request.outcome, request.refund, request.error, request.resolved_at = (
+            RefundRequest.Outcome.MADE,
+            refund,
+            "",
+            now,
+        )
+        request.attempts += 1
+        request.sending_since = None
+        request.save(
+            update_fields=[
+                "outcome",
+                "refund",
+                "error",
+                "resolved_at",
+                "attempts",
+                "sending_since",
+            ]
+        )
     return refund
 
 

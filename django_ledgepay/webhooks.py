@@ -424,6 +424,9 @@ def settle_in_one_statement(body: bytes) -> FastOutcome | None:
     now = timezone.now()
     values = {**services.payment_values(data), "status": announced, "updated_at": now}
     values.setdefault("completed_at", now)
+    # Fixed facts are not set but required to match: an event that contradicts them
+    # leaves the row alone and takes the general path, which asks LedgePay.
+    facts = {name: values.pop(name) for name in sorted(services.FIXED_FACTS) if name in values}
     event = WebhookEvent(
         event_type=payload["event"],
         object_id=data["id"],
@@ -438,7 +441,9 @@ def settle_in_one_statement(body: bytes) -> FastOutcome | None:
         services.PAYMENT_TRANSITIONS[announced], payment=Payment(), event=event, now=now
     )
     try:
-        rows = list(Payment.objects.raw(*_settle_sql(data["id"], values, event, transition)))
+        rows = list(
+            Payment.objects.raw(*_settle_sql(data["id"], values, facts, event, transition))
+        )
     except IntegrityError:
         rows = []  # The same body, stored meanwhile by a rival worker.
     if rows:
@@ -462,7 +467,11 @@ def _field(model: type[Payment] | type[WebhookEvent], name: str) -> Field[Any, A
 
 
 def _settle_sql(
-    ledgepay_id: str, values: Mapping[str, Any], event: WebhookEvent, transition: Transition
+    ledgepay_id: str,
+    values: Mapping[str, Any],
+    facts: Mapping[str, Any],
+    event: WebhookEvent,
+    transition: Transition,
 ) -> tuple[str, list[Any]]:
     """One statement: the payment's UPDATE, the event's INSERT and the transition's INSERT,
     each only if the one before it took place."""
@@ -474,6 +483,11 @@ def _settle_sql(
         assignments.append(f"{quote(field.column)} = %s")
         params.append(field.get_db_prep_save(value, connection))
     params += [ledgepay_id, Payment.Status.PENDING]
+    conditions = ""
+    for name, value in facts.items():
+        field = _field(Payment, name)
+        conditions += f" AND {quote(field.column)} = %s"
+        params.append(field.get_db_prep_value(value, connection))
     # Every column of the event but its id, so none is left to a default the database
     # does not know (Django's defaults are not in the schema).
     names = [f.name for f in events.concrete_fields if not f.primary_key]
@@ -495,7 +509,8 @@ def _settle_sql(
     sql = (
         f"WITH settled AS ("
         f"UPDATE {quote(payments.db_table)} SET {', '.join(assignments)} "
-        f"WHERE {quote('ledgepay_id')} = %s AND {quote('status')} = %s RETURNING *"
+        f"WHERE {quote('ledgepay_id')} = %s AND {quote('status')} = %s{conditions} "
+        f"RETURNING *"
         f"), stored AS ("
         f"INSERT INTO {quote(events.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
         f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS (SELECT 1 FROM settled) "

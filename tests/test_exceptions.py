@@ -15,6 +15,7 @@ from django_ledgepay.exceptions import (
     RateLimitError,
     RefundError,
     RefundsChangedError,
+    RefundUnresolvedError,
     WebhookError,
     WebhookPayloadError,
     WebhookSignatureError,
@@ -32,6 +33,12 @@ SPEC_CLASSES = [
 ALL_CLASSES = [LedgePayError, *SPEC_CLASSES, WebhookError, WebhookPayloadError]
 ALL_CLASSES.append(WebhookSignatureError)
 ALL_CLASSES.append(RefundsChangedError)
+ALL_CLASSES.append(RefundUnresolvedError)
+
+
+def test_an_unresolved_refund_is_a_refund_error():
+    # Callers that catch RefundError (the admin's actions) show it as a refusal, in words.
+    assert issubclass(RefundUnresolvedError, RefundError)
 
 
 @pytest.mark.parametrize("error_class", [*SPEC_CLASSES, WebhookError])
