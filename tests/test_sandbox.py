@@ -1203,6 +1203,16 @@ def test_a_crash_between_writing_and_renaming_keeps_the_previous_state(tmp_path,
     assert list(restarted.payments) == [first["id"]]
 
 
+SAVED = {"id": "pay_1", "status": "pending", "created_at": "2026-12-01T00:00:00Z", "amount": 1}
+
+
+def state_file_of(**state: Any) -> bytes:
+    """A state file holding ``state``'s lists (payments, refunds, idempotency)."""
+    lists = {"payments": [], "refunds": [], "idempotency": [], **state}
+    document = {"format": "ledgepay-sandbox-state", "version": 1, "state": lists}
+    return json.dumps({**document, "deliveries": []}).encode()
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
@@ -1219,6 +1229,8 @@ def test_a_crash_between_writing_and_renaming_keeps_the_previous_state(tmp_path,
             b'{"payments": [], "refunds": [], "idempotency": []}, "deliveries": [1]}',
             "not of the expected shape",
         ),
+        (state_file_of(payments=[SAVED, SAVED]), "payment pay_1 appears twice"),
+        (state_file_of(refunds=[{**SAVED, "id": "re_1"}]), "refund re_1 is of no payment"),
     ],
 )
 def test_a_state_file_that_cannot_be_read_is_a_clear_error(tmp_path, content, reason):
@@ -1230,6 +1242,18 @@ def test_a_state_file_that_cannot_be_read_is_a_clear_error(tmp_path, content, re
     with pytest.raises(CommandError, match=reason):
         call_command("ledgepay_sandbox", "--port", "0", "--state", str(path))
     assert path.read_bytes() == content  # Left as it was, for a person to look at.
+
+
+def test_a_state_file_of_the_documented_shape_loads(tmp_path):
+    # The same shape as the refused files above, but whole: they fail for their own reason.
+    path = tmp_path / "state.json"
+    refund = {**SAVED, "id": "re_1", "payment_id": "pay_1", "status": "failed"}
+    path.write_bytes(state_file_of(payments=[SAVED], refunds=[refund]))
+    sandbox = Sandbox(state_file=path)
+    assert sandbox.payments == {"pay_1": SAVED}
+    assert sandbox.refunds == {"re_1": refund}
+    page = sandbox.state.list_payments({"status": "pending"})
+    assert [p["id"] for p in page["data"]] == ["pay_1"]
 
 
 def test_a_missing_state_file_starts_empty(tmp_path):

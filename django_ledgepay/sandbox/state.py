@@ -449,9 +449,13 @@ class LedgePayState:
         try:
             for payment in snapshot["payments"]:
                 _check_payment(payment)
+                if payment["id"] in fresh.payments:
+                    raise SnapshotError(f"payment {payment['id']} appears twice")
                 fresh._add_payment(dict(payment))
             for refund in snapshot["refunds"]:
                 _check_refund(refund, fresh.payments)
+                if refund["id"] in fresh.refunds:
+                    raise SnapshotError(f"refund {refund['id']} appears twice")
                 fresh._add_refund(dict(refund))
             for owner, key, fingerprint, status, body, headers in snapshot["idempotency"]:
                 if not all(isinstance(value, str) for value in (owner, key, fingerprint)):
