@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 from typing import Any
 
 from docutils import nodes
@@ -44,6 +45,18 @@ def ledgepay_commands() -> list[tuple[str, Any]]:
     return found
 
 
+def prose(text: str) -> nodes.paragraph:
+    """A paragraph where options and setting names are literals (and so keep their two
+    hyphens, which Sphinx's smart quotes would join into a dash)."""
+    paragraph = nodes.paragraph()
+    for part in re.split(r"(--[a-z][a-z-]*|LEDGEPAY_[A-Z_]+)", text):
+        if part.startswith(("--", "LEDGEPAY_")):
+            paragraph += nodes.literal(text=part)
+        elif part:
+            paragraph += nodes.Text(part)
+    return paragraph
+
+
 def option_label(action: argparse.Action) -> str:
     if not action.option_strings:
         return str(action.metavar or action.dest)
@@ -70,19 +83,21 @@ class LedgePayCommands(SphinxDirective):
             section_id = nodes.make_id(f"command-{name}")
             section = nodes.section(ids=[section_id])
             section += nodes.title("", "", nodes.literal(text=name))
-            section += nodes.paragraph(text=str(command.help))
+            section += prose(str(command.help))
             actions = [a for a in parser._actions if a.dest not in COMMON_OPTIONS]
             usage = " ".join(
                 f"[{option_label(a)}]" if a.option_strings and not a.required else option_label(a)
                 for a in actions
             )
-            section += nodes.literal_block(text=f"python manage.py {name} {usage}".rstrip())
+            usage_block = nodes.literal_block(text=f"python manage.py {name} {usage}".rstrip())
+            usage_block["language"] = "text"
+            section += usage_block
             if actions:
                 options = nodes.definition_list()
                 for action in actions:
                     item = nodes.definition_list_item()
                     item += nodes.term("", "", nodes.literal(text=option_label(action)))
-                    item += nodes.definition("", nodes.paragraph(text=option_help(action)))
+                    item += nodes.definition("", prose(option_help(action)))
                     options += item
                 section += options
             self.env.note_dependency(command.__module__.replace(".", "/") + ".py")
