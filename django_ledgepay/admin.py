@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -17,7 +18,7 @@ from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db import OperationalError, connection
-from django.db.models import OuterRef, QuerySet, Subquery, Sum
+from django.db.models import Exists, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -30,7 +31,7 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from django_ledgepay import reactions, services, webhooks
+from django_ledgepay import dashboard, reactions, services, webhooks
 from django_ledgepay.currencies import format_amount
 from django_ledgepay.exceptions import (
     AuthenticationError,
@@ -85,6 +86,19 @@ def _short_datetime(moment: datetime.datetime | None) -> SafeString | None:
     return nowrap(date_format(timezone.localtime(moment), "SHORT_DATETIME_FORMAT"))
 
 
+def _day_and_time(moment: datetime.datetime | None) -> SafeString | None:
+    """A list's date, short, in the current time zone: on one line where there is room,
+    else the time under the day (never a time split in two)."""
+    if moment is None:
+        return None
+    local = timezone.localtime(moment)
+    return format_html(
+        "{} {}",
+        nowrap(date_format(local, "SHORT_DATE_FORMAT")),
+        nowrap(date_format(local, "TIME_FORMAT")),
+    )
+
+
 def nowrap(text: str) -> SafeString:
     """``text`` on one line, with the admin's own ``nowrap`` class: ``12.345 KWD`` split in
     two reads as two values."""
@@ -124,10 +138,10 @@ class CurrencyListFilter(admin.AllValuesFieldListFilter):
         field_path: str,
     ) -> None:
         super().__init__(field, request, params, model, model_admin, field_path)
-        choices = cast(QuerySet[Any, Any], self.lookup_choices)
         fast = not field.null and connection.vendor in ("postgresql", "sqlite")
-        if fast and not choices.query.where:
-            self.lookup_choices = _LazyList(lambda: _distinct_values(model, field))
+        if fast and not self.lookup_choices.query.where:
+            # Django only iterates its choices (in choices() and for the counts).
+            self.lookup_choices = _LazyList(lambda: _distinct_values(model, field))  # type: ignore[assignment]
 
 
 class _LazyList:
@@ -232,6 +246,43 @@ class TransitionInline(ReadOnlyMixin, TransitionInlineBase):
         return _change_link(transition, delivery_state(transition))
 
 
+class RefundRequestInline(ReadOnlyMixin, RefundRequestInlineBase):
+    """Every refund asked of LedgePay for the payment: who asked, and what came of it.
+    One whose outcome is unknown got no answer; the next refund sends it again first."""
+
+    model = RefundRequest
+    extra = 0
+    can_delete = False
+    verbose_name = _("refund request")
+    verbose_name_plural = _("refund requests (who asked, and what came of it)")
+    fields = ("created_at", "amount_display", "reason", "actor", "source", "outcome", "refund")
+    readonly_fields = fields
+    ordering = ("created_at", "id")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[RefundRequest]:
+        return super().get_queryset(request).select_related("payment", "actor", "refund")
+
+    @admin.display(description=_("amount"))
+    def amount_display(self, request: RefundRequest) -> SafeString:
+        return nowrap(format_amount(request.amount, request.payment.currency))
+
+
+class UnresolvedRefundFilter(admin.SimpleListFilter):
+    title = _("refund requests")
+    parameter_name = "refund_request"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("unknown", _("Unresolved (no answer yet)"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "unknown":
+            unknown = RefundRequest.objects.filter(
+                payment=OuterRef("pk"), outcome=RefundRequest.Outcome.UNKNOWN
+            )
+            return queryset.filter(Exists(unknown))
+        return queryset
+
+
 def delivery_state(transition: Transition) -> str:
     """Delivered, waiting, failing (with its attempts) or given up, in words."""
     if transition.delivered_at is not None:
@@ -245,16 +296,22 @@ def delivery_state(transition: Transition) -> str:
 
 @admin.register(Payment)
 class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
+    # Fits 1280 px beside both sidebars: the status column says when the payment reached
+    # its status (a completed column of its own pushed the dates behind a scroll).
     list_display = (
         "ledgepay_id",
         "amount_display",
         "refunded_display",
-        "status",
+        "status_display",
         "customer",
         "created_display",
-        "completed_display",
     )
-    list_filter = ("status", ("currency", CurrencyListFilter), "created_at")
+    list_filter = (
+        "status",
+        ("currency", CurrencyListFilter),
+        "created_at",
+        UnresolvedRefundFilter,
+    )
     search_fields = ("ledgepay_id", "customer_email", "customer_name", "description")
     readonly_fields = (
         "amount_display",
@@ -283,8 +340,8 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
         ),
         (_("Dates"), {"fields": ("created_at", "completed_at", "updated_at")}),
     )
-    inlines = (RefundInline, TransitionInline)
-    actions = ("refund_payments", "sync_payments")
+    inlines = (RefundInline, RefundRequestInline, TransitionInline)
+    actions = ("refund_payments", "resolve_refund_requests", "sync_payments")
     refund_template = "admin/django_ledgepay/payment/refund.html"
     refund_confirmation_template = (
         "admin/django_ledgepay/payment/refund_selected_confirmation.html"
@@ -312,13 +369,23 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
             return f"{payment.customer_name} <{payment.customer_email}>"
         return payment.customer_name or payment.customer_email
 
+    @admin.display(description=_("status"), ordering="status")
+    def status_display(self, payment: Payment) -> SafeString:
+        """The status and, once final, when it was reached."""
+        completed = _day_and_time(payment.completed_at)
+        if completed is None:
+            return format_html("{}", payment.get_status_display())
+        return format_html(
+            '{} <br><span class="quiet">{}</span>', payment.get_status_display(), completed
+        )
+
     @admin.display(description=_("created"), ordering="created_at")
     def created_display(self, payment: Payment) -> SafeString | None:
-        return _short_datetime(payment.created_at)
+        return _day_and_time(payment.created_at)
 
     @admin.display(description=_("completed"), ordering="completed_at")
     def completed_display(self, payment: Payment) -> SafeString | None:
-        return _short_datetime(payment.completed_at)
+        return _day_and_time(payment.completed_at)
 
     @admin.display(description=_("metadata"))
     def metadata_display(self, payment: Payment) -> SafeString:
@@ -358,6 +425,11 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
         info = (self.opts.app_label, self.opts.model_name)
         urls = [
             path(
+                "dashboard/",
+                self.admin_site.admin_view(partial(dashboard.dashboard_view, model_admin=self)),
+                name="{}_{}_dashboard".format(*info),
+            ),
+            path(
                 "<path:object_id>/refund/",
                 self.admin_site.admin_view(self.refund_view),
                 name="{}_{}_refund".format(*info),
@@ -376,12 +448,13 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
         form = RefundForm(request.POST if request.method == "POST" else None, payment=payment)
         if request.method == "POST" and form.is_valid():
             try:
-                refund = self._refund_once(
-                    payment,
-                    amount=form.cleaned_data["amount"],
-                    reason=form.cleaned_data["reason"],
-                    refunded_before=form.cleaned_data["refunded_before"],
-                )
+                with reactions.origin(Transition.Source.ADMIN, actor=request.user):
+                    refund = self._refund_once(
+                        payment,
+                        amount=form.cleaned_data["amount"],
+                        reason=form.cleaned_data["reason"],
+                        refunded_before=form.cleaned_data["refunded_before"],
+                    )
             except (LedgePayError, OperationalError) as err:
                 error = self._refund_error(err)
                 # Show the payment as it is now, and check the amount against it.
@@ -563,7 +636,8 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
             )
             return
         try:
-            refund = services.refund_payment(payment, reason=reason)
+            with reactions.origin(Transition.Source.ADMIN, actor=request.user):
+                refund = services.refund_payment(payment, reason=reason)
         except RefundError as err:
             self.message_user(
                 request,
@@ -581,6 +655,50 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
             )
         else:
             self.message_user(request, self._refunded_message(payment, refund), messages.SUCCESS)
+
+    @admin.action(description=_("Resolve unanswered refund requests now"), permissions=("refund",))
+    def resolve_refund_requests(self, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
+        """Send each selected payment's unknown refund requests again, with their own keys."""
+        payments = list(
+            queryset.filter(refund_requests__outcome=RefundRequest.Outcome.UNKNOWN).distinct()[
+                : ACTION_LIMIT + 1
+            ]
+        )
+        if len(payments) > ACTION_LIMIT:
+            self.message_user(
+                request,
+                _("Select at most %(limit)s payments at once.") % {"limit": ACTION_LIMIT},
+                messages.ERROR,
+            )
+            return
+        if not payments:
+            self.message_user(
+                request, _("None of the selected payments has an unresolved refund request.")
+            )
+            return
+        for payment in payments:
+            try:
+                with reactions.origin(Transition.Source.ADMIN, actor=request.user):
+                    resolved = services.resolve_refund_requests(payment)
+            except (LedgePayError, OperationalError) as err:
+                self.message_user(
+                    request,
+                    _("Could not resolve %(payment)s: %(error)s")
+                    % {"payment": payment.ledgepay_id, "error": err},
+                    messages.ERROR,
+                )
+                continue
+            made = sum(1 for r in resolved if r.outcome == RefundRequest.Outcome.MADE)
+            self.message_user(
+                request,
+                _("%(payment)s: %(made)d refund request(s) made, %(refused)d refused.")
+                % {
+                    "payment": payment.ledgepay_id,
+                    "made": made,
+                    "refused": len(resolved) - made,
+                },
+                messages.SUCCESS,
+            )
 
     @admin.action(description=_("Sync from LedgePay"), permissions=("sync",))
     def sync_payments(self, request: HttpRequest, queryset: QuerySet[Payment]) -> None:
@@ -604,7 +722,8 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, PaymentAdminBase):
         for payment in queryset:
             before = payment.status
             try:
-                fresh = services.sync_payment(payment)
+                with reactions.origin(Transition.Source.ADMIN, actor=request.user):
+                    fresh = services.sync_payment(payment)
             except LedgePayError as err:
                 self.message_user(
                     request,

@@ -141,7 +141,7 @@ def test_changelist_columns_in_major_units(admin_client):
     assert '<td class="field-customer">solo@example.org</td>' in (
         admin_client.get(CHANGELIST).content.decode()
     )
-    for column in ("status", "created_display", "completed_display", "refunded_display"):
+    for column in ("status_display", "created_display", "refunded_display"):
         assert f"column-{column}" in content
 
 
@@ -152,7 +152,8 @@ def test_list_dates_are_short_and_sort(admin_client):
     content = admin_client.get(CHANGELIST, {"o": "6"}).content.decode()  # By created, up.
 
     assert cells(content, "created_display") == ["01/15/2024 10:30 a.m.", "03/01/2024 8:05 a.m."]
-    assert cells(content, "completed_display")[0] == "-"
+    # The status column says when a final status was reached, if LedgePay said so.
+    assert cells(content, "status_display")[0] == "Succeeded"
 
 
 def test_nothing_refunded_shows_zero(admin_client):
@@ -227,7 +228,7 @@ def test_changelist_offers_the_filters(admin_client):
     response = admin_client.get(CHANGELIST)
 
     titles = {str(spec.title) for spec in response.context["cl"].filter_specs}
-    assert titles == {"status", "currency", "created at"}
+    assert titles == {"status", "currency", "created at", "refund requests"}
 
 
 @pytest.mark.parametrize("term", ["pay_findme", "ann@example.org", "Ann Lee", "Blue teapot"])
@@ -1359,3 +1360,111 @@ def test_process_action_has_a_limit(admin_client, monkeypatch):
             "“manage.py ledgepay_reprocess”.",
         )
     ]
+
+
+# The lists at scale, the refunds inline and the payment page's wording (issues 13 and 14)
+
+
+def test_changelist_counts_and_filters_without_reading_the_refunds(admin_client):
+    build_payments(4)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(CHANGELIST, {"currency": "EUR"})
+
+    rows = response.context["cl"].result_list
+    assert {row.amount_refunded for row in rows} == {100, 150}
+    sql = [q["sql"] for q in queries.captured_queries if "django_ledgepay_" in q["sql"]]
+    counts = [s for s in sql if "COUNT(" in s]
+    assert counts and all("django_ledgepay_refund" not in s for s in counts)
+    # The page's query computes each row's total in a subquery, not a join of the tables.
+    page = [s for s in sql if "LIMIT" in s or "ORDER BY" in s and "COUNT(" not in s]
+    assert any("django_ledgepay_refund" in s for s in page)
+    assert all("JOIN" not in s for s in sql)
+    assert not any("DISTINCT" in s for s in sql)
+
+
+def test_currency_filter_lists_the_currencies_in_use(admin_client):
+    for currency in ("KWD", "EUR", "JPY", "EUR"):
+        make_refund(make_payment(currency=currency, amount=5000), amount=100)
+
+    payments = admin_client.get(CHANGELIST)
+    refunds = admin_client.get("/admin/django_ledgepay/refund/")
+
+    def currencies(response: Any) -> list[str]:
+        spec = next(s for s in response.context["cl"].filter_specs if s.title == "currency")
+        return [str(choice["display"]) for choice in spec.choices(response.context["cl"])]
+
+    assert currencies(payments) == ["All", "EUR", "JPY", "KWD"]
+    assert currencies(refunds) == ["All", "EUR", "JPY", "KWD"]
+    counted = admin_client.get(CHANGELIST, {"_facets": "True"})
+    assert currencies(counted) == ["All", "EUR (2)", "JPY (1)", "KWD (1)"]
+
+
+def test_currency_filter_of_a_narrowed_list_lists_only_its_currencies(rf, admin_user):
+    make_payment(currency="EUR", customer_email="mine@example.com")
+    make_payment(currency="JPY", amount=500, customer_email="theirs@example.com")
+
+    class OneCustomerAdmin(ledgepay_admin.PaymentAdmin):
+        def get_queryset(self, request: Any) -> Any:
+            return super().get_queryset(request).filter(customer_email="mine@example.com")
+
+    model_admin = OneCustomerAdmin(Payment, ledgepay_admin.admin.site)
+    request = rf.get(CHANGELIST)
+    request.user = admin_user
+    changelist = model_admin.get_changelist_instance(request)
+
+    spec = next(s for s in changelist.filter_specs if s.title == "currency")
+    assert [str(c["display"]) for c in spec.choices(changelist)] == ["All", "EUR"]
+
+
+def test_refunds_inline_has_one_line_per_refund(admin_client):
+    payment = make_payment(amount=5000)
+    first = make_refund(payment, amount=1234, created_at="2024-01-15T11:00:00Z")
+    second = make_refund(payment, amount=100, created_at="2024-01-16T11:00:00Z")
+
+    content = admin_client.get(change_url(payment)).content.decode()
+
+    inline = content.split('id="refunds-group"', 1)[1].split("</fieldset>", 1)[0]
+    assert 'class="original"' not in inline
+    assert str(first) not in inline  # The refund's name, above its row in Django's inline.
+    assert inline.count('<tr class="form-row"') == 2
+    for refund in (second, first):  # Newest first.
+        assert f'<a href="{change_url(refund)}">{refund.ledgepay_id}</a>' in inline
+    assert inline.index(second.ledgepay_id) < inline.index(first.ledgepay_id)
+
+
+def test_refunds_inline_says_when_there_is_none(admin_client):
+    content = admin_client.get(change_url(make_payment())).content.decode()
+
+    assert "No refunds." in content.split('id="refunds-group"', 1)[1]
+
+
+def test_payment_page_says_left_to_refund_as_the_refund_page_does(admin_client):
+    payment = make_payment(amount=5000)
+    make_refund(payment, amount=1234)
+
+    page = admin_client.get(change_url(payment)).content.decode()
+    refund_page = admin_client.get(refund_url(payment)).content.decode()
+
+    assert "Left to refund:</label>" in page
+    assert "Refundable" not in page
+    assert summary_rows(refund_page)["Left to refund"] == readonly_value(
+        page, "refundable_display"
+    )
+
+
+def test_status_column_says_when_the_status_was_reached(admin_client):
+    make_payment(
+        status=Payment.Status.SUCCEEDED,
+        created_at="2024-01-15T10:30:00Z",
+        completed_at="2024-01-15T10:31:00Z",
+    )
+    make_payment(status=Payment.Status.PENDING, created_at="2024-01-15T10:00:00Z")
+
+    content = admin_client.get(CHANGELIST).content.decode()
+
+    assert cells(content, "status_display") == ["Succeeded 01/15/2024 10:31 a.m.", "Pending"]
+    # A date breaks between its day and its time, never inside either.
+    assert (
+        '<span class="nowrap">01/15/2024</span> <span class="nowrap">10:30 a.m.</span>' in content
+    )

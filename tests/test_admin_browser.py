@@ -6,13 +6,20 @@ CI), when that is a failure. Playwright is never asked to download a browser.
 
 from __future__ import annotations
 
+import datetime
+import os
+import random
+from pathlib import Path
+from typing import Any
+
 import pytest
 import responses
 from responses import matchers
 
 from django.contrib.auth.models import Permission
+from django.utils import timezone
 
-from django_ledgepay.models import Payment
+from django_ledgepay.models import Payment, Reconciliation, Transition, WebhookEvent
 from tests.conftest import API
 from tests.factories import make_payment, make_refund, refund_data
 
@@ -110,3 +117,264 @@ def test_amounts_stay_on_one_line_in_the_list(chromium, live_server, django_user
 
     assert sorted(text for text, _ in lines) == ["1.000 KWD"] * 3 + ["12.345 KWD"] * 3
     assert {count for _, count in lines} == {1}, lines
+
+
+# The dashboard and the payments list: layout, themes and the documentation's screenshots.
+# Each screenshot is saved in LEDGEPAY_SCREENSHOTS (a directory; LEDGEPAY_SCREENSHOTS=docs
+# retakes the documentation's), or in the test's temporary directory.
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    directory = Path(os.environ.get("LEDGEPAY_SCREENSHOTS") or tmp_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def log_in(page: Any, live_server: Any, path: str) -> None:
+    page.goto(f"{live_server.url}/admin/login/?next={path}")
+    page.fill("#id_username", "root")
+    page.fill("#id_password", "root-pw")
+    page.click("input[type=submit]")
+    page.wait_for_url(f"**{path}")
+
+
+def shop_month() -> None:
+    """Four weeks of a small shop: payments in EUR, USD and JPY, some refunded, a few
+    failed or canceled, two still pending; a failed and an unprocessed webhook event, an
+    undelivered transition and a reconciliation that found drift."""
+    rng = random.Random(13)
+    now = timezone.now()
+    names = ["Ann Lee", "Jean Dupont", "Maria Konstantinopoulou", "Li Wei", "Sam Okafor"]
+    first = None
+    for index in range(160):
+        currency = ("EUR", "EUR", "EUR", "USD", "JPY")[index % 5]
+        roll = rng.random()
+        status = (
+            Payment.Status.SUCCEEDED
+            if roll < 0.82
+            else Payment.Status.FAILED
+            if roll < 0.92
+            else Payment.Status.CANCELED
+        )
+        created = now - datetime.timedelta(days=rng.randrange(28), hours=rng.randrange(12))
+        payment = make_payment(
+            amount=rng.randrange(900, 24000),
+            currency=currency,
+            status=status,
+            customer_name=names[index % len(names)],
+            customer_email=f"{names[index % len(names)].split()[0].lower()}@example.com",
+            created_at=created,
+            completed_at=created + datetime.timedelta(seconds=40),
+        )
+        first = first or payment
+        if status == Payment.Status.SUCCEEDED and index % 6 == 0:
+            make_refund(
+                payment,
+                amount=max(1, payment.amount // 2),
+                created_at=created + datetime.timedelta(days=1),
+            )
+    for _ in range(2):
+        make_payment(status=Payment.Status.PENDING, created_at=now)
+    WebhookEvent.objects.create(
+        event_type="payment.succeeded",
+        object_id="pay_lost",
+        payload={},
+        body_sha256="f" * 64,
+        status=WebhookEvent.Status.FAILED,
+        error="LedgePay could not be reached",
+    )
+    WebhookEvent.objects.create(
+        event_type="refund.succeeded",
+        object_id="re_waiting",
+        payload={},
+        body_sha256="e" * 64,
+        status=WebhookEvent.Status.RECEIVED,
+    )
+    assert first is not None
+    Transition.objects.create(
+        signal=Transition.Signal.PAYMENT_SUCCEEDED,
+        payment=first,
+        source=Transition.Source.WEBHOOK,
+        attempts=2,
+        error="shop.receivers.mark_paid: OperationalError",
+    )
+    Reconciliation.objects.create(
+        started_at=now - datetime.timedelta(hours=3),
+        finished_at=now - datetime.timedelta(hours=3),
+        since=now - datetime.timedelta(days=30),
+        until=now - datetime.timedelta(hours=3),
+        outcome=Reconciliation.Outcome.DRIFT,
+        checked=162,
+        drift=[
+            {
+                "kind": "status",
+                "payment": first.ledgepay_id,
+                "detail": "pending here, succeeded at LedgePay",
+            },
+            {"kind": "missing", "payment": "pay_7f3a9e01c2d4b5a6", "detail": "not mirrored"},
+        ],
+    )
+
+
+def assert_stays_on_the_page(requests: list[str], live_server: Any) -> None:
+    """Every request the page made went to the live server: no CDN, no font, no script."""
+    assert requests
+    assert [url for url in requests if not url.startswith(live_server.url)] == []
+
+
+def test_dashboard_in_light_and_dark_theme(chromium, live_server, django_user_model, screenshots):
+    shop_month()
+    django_user_model.objects.create_superuser("root", password="root-pw")
+    path = "/admin/django_ledgepay/payment/dashboard/"
+    themes = {}
+
+    with chromium() as page:
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.set_viewport_size({"width": 1280, "height": 900})
+        log_in(page, live_server, "/admin/django_ledgepay/payment/")
+        page.click("a.ledgepay-dashboardlink")
+        page.wait_for_url(f"**{path}")
+        for theme in ("light", "dark"):
+            page.emulate_media(color_scheme=theme)
+            page.reload()
+            page.wait_for_selector("#currency-EUR svg rect")
+            themes[theme] = page.evaluate(
+                """() => {
+                    const style = (selector, property) =>
+                        getComputedStyle(document.querySelector(selector))[property];
+                    const chart = document.querySelector('#currency-EUR .ledgepay-money svg');
+                    const box = chart.getBoundingClientRect();
+                    return {
+                        body: style('body', 'backgroundColor'),
+                        text: style('#currency-EUR .ledgepay-volume', 'color'),
+                        volume: style('#currency-EUR rect.ledgepay-bar-volume', 'fill'),
+                        refunded: style('#currency-EUR rect.ledgepay-bar-refunded', 'fill'),
+                        failed: style('#currency-EUR rect.ledgepay-bar-failed', 'fill'),
+                        chart: [box.width, box.height],
+                        bars: chart.querySelectorAll('rect').length,
+                        currencies: [...document.querySelectorAll('.ledgepay-currency h2')]
+                            .map(h => h.textContent),
+                        health: document.querySelector('.ledgepay-health').innerText,
+                        drift: document.querySelector('.ledgepay-drift').innerText,
+                        overflow: document.documentElement.scrollWidth > innerWidth,
+                    };
+                }"""
+            )
+            page.screenshot(path=str(screenshots / f"dashboard-{theme}.png"), full_page=True)
+        page.click("a.ledgepay-drift-payments")
+        page.wait_for_selector("#result_list")
+        drift_rows = page.locator("#result_list tbody tr").count()
+
+    light, dark = themes["light"], themes["dark"]
+    # The admin's own colours, which its dark theme redefines (base.css, dark_mode.css).
+    assert light["body"] == "rgb(255, 255, 255)"
+    assert dark["body"] == "rgb(18, 18, 18)"
+    assert light["volume"] == "rgb(65, 120, 147)"  # --link-fg
+    assert dark["volume"] == "rgb(129, 212, 250)"
+    assert light["refunded"] == light["failed"] == "rgb(186, 33, 33)"  # --error-fg
+    assert dark["refunded"] == "rgb(227, 95, 95)"
+    assert light["text"] != dark["text"]
+    for theme in (light, dark):
+        assert theme["currencies"][0] == "EUR"  # The busiest first.
+        assert sorted(theme["currencies"]) == ["EUR", "JPY", "USD"]
+        assert theme["bars"] > 10
+        assert theme["chart"][0] > 300 and theme["chart"][1] > 100
+        assert "Failed events\t1" in theme["health"]
+        assert "re_waiting" in theme["health"]
+        assert "Undelivered transitions\t1" in theme["health"]
+        assert "Show the 2 payments concerned" in theme["drift"]
+        assert not theme["overflow"]
+    assert drift_rows == 1  # The one of the two the mirror holds.
+    assert_stays_on_the_page(requests, live_server)
+
+
+def test_payment_list_fits_1280_px(chromium, live_server, django_user_model, screenshots):
+    now = timezone.now()
+    customers = [
+        ("Maria-Alexandra Konstantinopoulou-Vasquez", "maria.konstantinopoulou@example.com"),
+        ("Jean Dupont", "jean.dupont@example.fr"),
+        ("", "shopper@example.com"),
+        ("Li Wei", "li.wei@example.cn"),
+    ]
+    for index, (currency, amount) in enumerate(
+        [("EUR", 12990), ("KWD", 12345), ("JPY", 2200), ("USD", 899), ("EUR", 4550)]
+    ):
+        name, email = customers[index % len(customers)]
+        created = now - datetime.timedelta(hours=index * 7)
+        payment = make_payment(
+            amount=amount,
+            currency=currency,
+            customer_name=name,
+            customer_email=email,
+            status=Payment.Status.PENDING if index == 4 else Payment.Status.SUCCEEDED,
+            created_at=created,
+            completed_at=None if index == 4 else created + datetime.timedelta(seconds=40),
+        )
+        if index == 0:
+            make_refund(payment, amount=2500)
+    django_user_model.objects.create_superuser("root", password="root-pw")
+
+    with chromium() as page:
+        page.set_viewport_size({"width": 1280, "height": 720})
+        log_in(page, live_server, "/admin/django_ledgepay/payment/")
+        page.wait_for_selector("#result_list")
+        layout = page.evaluate(
+            """() => {
+                const results = document.querySelector('.results');
+                const right = selector =>
+                    document.querySelector(selector).getBoundingClientRect().right;
+                return {
+                    scroll: results.scrollWidth,
+                    width: results.clientWidth,
+                    results: results.getBoundingClientRect().right,
+                    created: right('#result_list th.column-created_display'),
+                    status: right('#result_list th.column-status_display'),
+                    completed: document.querySelector('td.field-status_display .quiet')
+                        .getBoundingClientRect().right,
+                    viewport: innerWidth,
+                };
+            }"""
+        )
+        page.screenshot(path=str(screenshots / "admin-payments.png"))
+
+    # Nothing behind a horizontal scroll: the created date and, under each final status,
+    # when it was reached, are on screen.
+    assert layout["viewport"] == 1280
+    assert layout["scroll"] <= layout["width"], layout
+    assert layout["created"] <= layout["results"] <= layout["viewport"], layout
+    assert layout["completed"] <= layout["status"] <= layout["results"], layout
+
+
+def test_payment_page_refunds_without_a_repeated_line(
+    chromium, live_server, django_user_model, screenshots
+):
+    payment = make_payment(
+        amount=1250,
+        currency="EUR",
+        customer_email="shopper@example.com",
+        customer_name="",
+        created_at="2026-11-26T01:45:00Z",
+        completed_at="2026-11-26T01:45:40Z",
+    )
+    make_refund(payment, amount=234, created_at="2026-11-26T02:10:00Z")
+    django_user_model.objects.create_superuser("root", password="root-pw")
+    path = f"/admin/django_ledgepay/payment/{payment.pk}/change/"
+
+    with chromium() as page:
+        page.set_viewport_size({"width": 1200, "height": 900})
+        log_in(page, live_server, path)
+        rows = page.eval_on_selector_all(
+            "#refunds-group tbody tr",
+            "rows => rows.map(row => [...row.cells].map(cell => cell.innerText.trim()))",
+        )
+        label = page.text_content(".field-refundable_display label") or ""
+        page.screenshot(path=str(screenshots / "admin-payment.png"), full_page=True)
+        page.click("#refunds-group td.field-ledgepay_id a")
+        page.wait_for_url("**/admin/django_ledgepay/refund/*/change/")
+
+    # One line per refund, its fields only: no name of the refund above it.
+    assert len(rows) == 1
+    assert rows[0][:2] == [payment.refunds.get().ledgepay_id, "2.34 EUR"]
+    assert label == "Left to refund:"
