@@ -117,7 +117,9 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # Polled often, so that close() takes a moment, not the default half second.
+        serve = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        serve.start()
 
     def close(self) -> None:
         self.server.shutdown()
