@@ -45,32 +45,41 @@ def environment(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def manage(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
+def start(project: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    """``python manage.py ARGS`` in the project, as the reader runs it."""
+    return subprocess.Popen(
         [sys.executable, "manage.py", *args],
         cwd=project,
         env=environment(**env),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
     )
-    assert result.returncode == 0, f"manage.py {' '.join(args)}:\n{result.stdout}{result.stderr}"
-    return result
 
 
-def test_the_project_is_complete_and_checks_clean(project):
-    manage(project, "makemigrations", "--check", "--dry-run")
-    output = manage(project, "check", "--fail-level", "WARNING")
+def finish(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """Wait for ``process``; its output, once it has succeeded."""
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, f"{process.args!r}:\n{stdout}{stderr}"
+    return stdout, stderr
 
-    assert "no issues" in output.stdout
+
+def manage(project: Path, *args: str, **env: str) -> tuple[str, str]:
+    return finish(start(project, *args, **env))
 
 
-def test_its_own_tests_pass_against_fake_ledgepay(project):
-    result = manage(project, "test", "orders", "-v", "2")
+def test_the_project_checks_clean_and_its_tests_pass_against_fake_ledgepay(project):
+    # Side by side: each is a Django process of its own.
+    migrations = start(project, "makemigrations", "--check", "--dry-run")
+    check = start(project, "check", "--fail-level", "WARNING")
+    tests = start(project, "test", "orders", "-v", "2")
 
-    assert "test_paid_then_refunded" in result.stderr
-    assert re.search(r"Ran [1-9]\d* tests?", result.stderr)
-    assert "\nOK\n" in result.stderr
+    finish(migrations)
+    assert "no issues" in finish(check)[0]
+    _, report = finish(tests)
+    assert "test_paid_then_refunded" in report
+    assert re.search(r"Ran [1-9]\d* tests?", report)
+    assert "\nOK\n" in report
 
 
 @dataclass
@@ -126,7 +135,7 @@ def site(project: Path) -> Iterator[tuple[str, Sandbox]]:
     ) as sandbox:
         env = {"LEDGEPAY_API_BASE": sandbox.api_base}
         manage(project, "migrate", "--no-input", **env)
-        manage(
+        superuser = start(
             project,
             "createsuperuser",
             "--no-input",
@@ -144,6 +153,7 @@ def site(project: Path) -> Iterator[tuple[str, Sandbox]]:
             stderr=subprocess.STDOUT,
         )
         try:
+            finish(superuser)
             deadline = time.monotonic() + 30
             while True:
                 try:
