@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import time
@@ -39,6 +40,7 @@ from django_ledgepay.conf import conf
 from django_ledgepay.currencies import format_amount, is_currency
 from django_ledgepay.exceptions import (
     APIError,
+    AuthenticationError,
     InvalidRequestError,
     LedgePayError,
     NotFoundError,
@@ -46,7 +48,14 @@ from django_ledgepay.exceptions import (
     RefundsChangedError,
     RefundUnresolvedError,
 )
-from django_ledgepay.models import Payment, Refund, RefundRequest, Transition, WebhookEvent
+from django_ledgepay.models import (
+    Payment,
+    PaymentRequest,
+    Refund,
+    RefundRequest,
+    Transition,
+    WebhookEvent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +122,60 @@ def create_payment(
         params["metadata"] = _check_metadata(metadata)
     if idempotency_key is not None:
         _check_idempotency_key(idempotency_key)
+        data = get_client().create_payment(params, idempotency_key=idempotency_key)
+        # The answer may hold only a few fields: what was sent fills in the rest.
+        payment, _ = apply_payment(data, known=params, verified=True)
+        return payment
 
-    data = get_client().create_payment(params, idempotency_key=idempotency_key)
-    # The answer may hold only a few fields: what was sent fills in the rest, field by field.
+    request = _payment_request(params)
+    try:
+        data = get_client().create_payment(params, idempotency_key=request.idempotency_key)
+    except (InvalidRequestError, AuthenticationError, NotFoundError) as err:
+        _resolve_payment_request(request, PaymentRequest.Outcome.REFUSED, error=str(err))
+        raise
+    except LedgePayError as err:
+        # No answer: LedgePay may have made it. The same call again sends the same key.
+        PaymentRequest.objects.filter(pk=request.pk).update(error=str(err))
+        raise
     payment, _ = apply_payment(data, known=params, verified=True)
+    _resolve_payment_request(request, PaymentRequest.Outcome.MADE, payment=payment)
     return payment
+
+
+#: How long a payment request whose answer was lost is sent again by a call with the same
+#: arguments (LedgePay keeps idempotency keys at least this long).
+PAYMENT_REQUEST_WINDOW: Final = datetime.timedelta(hours=24)
+
+
+def _payment_request(params: Mapping[str, Any]) -> PaymentRequest:
+    """The request to send: an unknown one with the same arguments, from a call whose
+    answer was lost within the window, or a new one with a new key, recorded first."""
+    fingerprint = hashlib.sha256(
+        json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    since = timezone.now() - PAYMENT_REQUEST_WINDOW
+    unknown = (
+        PaymentRequest.objects.filter(
+            fingerprint=fingerprint,
+            outcome=PaymentRequest.Outcome.UNKNOWN,
+            created_at__gte=since,
+        )
+        .order_by("-pk")
+        .first()
+    )
+    if unknown is not None:
+        return unknown
+    return PaymentRequest.objects.create(
+        fingerprint=fingerprint, idempotency_key=f"payment-{uuid.uuid4().hex}"
+    )
+
+
+def _resolve_payment_request(
+    request: PaymentRequest, outcome: str, *, payment: Payment | None = None, error: str = ""
+) -> None:
+    PaymentRequest.objects.filter(pk=request.pk).update(
+        outcome=outcome, payment=payment, error=error, resolved_at=timezone.now()
+    )
 
 
 def _check_idempotency_key(key: object) -> str:
@@ -587,6 +645,14 @@ def apply_refund(
                 refund = _locked_refund(ledgepay_id)
                 assert refund is not None
             # Otherwise inserted by a caller that held the lock first: merge into it below.
+        found = contradictions(refund, refund_values(data))
+        named = data.get("payment_id")
+        if isinstance(named, str) and named and named != refund.payment.ledgepay_id:
+            found["payment"] = (refund.payment.ledgepay_id, named)
+        if found:
+            # LedgePay has no endpoint to fetch a refund by: what contradicts the facts is
+            # left out and noted; the rest applies by the status rules.
+            _note(event, describe_contradictions(refund, found))
         was_final = refund.is_final
         changed = _merge(refund, values)
         if changed:

@@ -345,8 +345,15 @@ def process_event(event: WebhookEvent) -> None:
         rows = rows.exclude(
             status__in=[WebhookEvent.Status.PROCESSED, WebhookEvent.Status.IGNORED]
         )
+    # A contradiction noted while applying (services keep it on event.note) is written
+    # with the outcome too: a failure after it rolled back the services' own UPDATE.
+    noted = {"note": event.note} if event.note else {}
     if rows.update(
-        status=status, error=note, processed_at=processed_at, attempts=F("attempts") + 1
+        status=status,
+        error=note,
+        processed_at=processed_at,
+        attempts=F("attempts") + 1,
+        **noted,
     ):
         event.status, event.error, event.processed_at = status, note, processed_at
         event.attempts += 1
