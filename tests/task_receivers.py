@@ -7,8 +7,9 @@ test cannot reach into another process:
 
 - ``raise-once``: it raises on the transition's first attempt (after its write, which is
   rolled back with it);
-- ``hold:<path>``: it waits, after its write, while the file ``path`` exists (at most
-  20 s), so the test can answer a webhook or kill the worker while it runs.
+- ``hold:<path>``: after its write it writes its process id to ``<path>.held``, then
+  waits while the file ``path`` exists (at most 20 s), so the test can answer a webhook or
+  kill the worker while it runs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def count_effect(sender: Any, payment: Any, transition: Any, **kwargs: Any) -> N
         raise RuntimeError(f"first attempt of transition {transition.pk} fails")
     if description.startswith("hold:"):
         gate = description.removeprefix("hold:").split("+")[0]
+        with open(f"{gate}.held", "w") as held:
+            held.write(str(os.getpid()))
         deadline = time.monotonic() + HOLD_LIMIT
         while os.path.exists(gate) and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,14 +187,16 @@ class Project:
             ]
         self.worker = self.spawn("worker", args)
 
-    def kill_worker(self) -> None:
+    def kill_worker(self) -> list[int]:
         """``kill -9`` the worker and its children (RQ's work horse has a session of its
-        own), as when the machine loses them."""
+        own), as when the machine loses them; the process ids killed."""
         assert self.worker is not None
-        for pid in [self.worker.pid, *descendants(self.worker.pid)]:
+        pids = [self.worker.pid, *descendants(self.worker.pid)]
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.worker.wait(timeout=5)
+        return pids
 
     def running_tasks(self) -> int:
         """How many tasks a worker has taken and not finished."""
@@ -314,6 +317,14 @@ def gate(tmp_path: Path) -> Path:
     return path
 
 
+def holder(gate: Path) -> int:
+    """The process id of the receiver held at ``gate``, once it holds (0 before)."""
+    held = gate.with_name(f"{gate.name}.held")
+    with contextlib.suppress(OSError, ValueError):
+        return int(held.read_text())
+    return 0
+
+
 def test_the_webhook_is_answered_while_the_worker_runs_the_receiver(engine, gate):
     payment = make_payment(status="pending", description=f"hold:{gate}")
     started = time.monotonic()
@@ -325,7 +336,10 @@ def test_the_webhook_is_answered_while_the_worker_runs_the_receiver(engine, gate
     assert transition.source == Transition.Source.WEBHOOK
     # The worker runs the receiver, which now holds its transaction open: the webhook was
     # answered without waiting for it.
-    wait_for(engine.running_tasks, what="the worker to take the delivery")
+    pid = wait_for(lambda: holder(gate), what="the worker to run the receiver")
+    assert engine.worker is not None
+    assert pid in [engine.worker.pid, *descendants(engine.worker.pid)]
+    assert engine.running_tasks() == 1
     assert answered < 10
     assert not delivered(transition.pk)
     assert effects(payment) == 0
@@ -428,8 +442,9 @@ def test_a_worker_killed_mid_delivery_loses_nothing_after_ledgepay_deliver(engin
     payment = make_payment(status="pending", description=f"hold:{gate}")
     assert post(engine.web(), *succeeded_body(payment)).status_code == 200
     transition = Transition.objects.get(payment=payment)
-    wait_for(engine.running_tasks, what="the worker to take the delivery")
-    engine.kill_worker()
+    pid = wait_for(lambda: holder(gate), what="the worker to run the receiver")
+    killed = engine.kill_worker()
+    assert pid in killed
     gate.unlink()
     # The killed run's write died with its transaction; the transition waits.
     assert effects(payment) == 0
@@ -445,3 +460,86 @@ def test_a_worker_killed_mid_delivery_loses_nothing_after_ledgepay_deliver(engin
     again = engine.manage("ledgepay_deliver", "--all")
     assert "Delivered 0 transitions" in again.stdout
     assert effects(payment) == 1
+
+
+# Found by bench/soak_delivery.py
+
+
+def lock_waiters() -> int:
+    """How many sessions of the test database wait for a lock, from a connection of its own."""
+    import psycopg
+
+    db = connection.settings_dict
+    with psycopg.connect(
+        dbname=db["NAME"],
+        user=db.get("USER") or "postgres",
+        password=db.get("PASSWORD") or None,
+        host=db.get("HOST") or "127.0.0.1",
+        port=db.get("PORT") or 5432,
+        autocommit=True,
+    ) as other:
+        row = other.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="apply_refund locks the refund, then its Transition's deferred foreign key takes "
+    "a KEY SHARE lock on the payment at COMMIT: the opposite order to refund_payment's",
+)
+def test_a_refund_webhook_and_a_refund_call_on_its_payment_do_not_deadlock():
+    """The soak's 503s: refund_payment() holds the payment's row (FOR UPDATE) and then
+    locks a refund of it (recording LedgePay's answer for a refund whose webhook came
+    first); meanwhile the webhook applying that refund's ``refund.succeeded`` locked the
+    refund, and its commit checks the new Transition's foreign key to the payment, which
+    waits for refund_payment's lock. PostgreSQL kills one of them: the webhook answers
+    503, or refund_payment() raises after LedgePay refunded."""
+    from django.db import OperationalError, connections, transaction
+
+    from django_ledgepay import services
+    from django_ledgepay.models import Refund
+    from tests.factories import make_refund, refund_data
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL's row locks and deferred foreign keys")
+    payment = make_payment(status="succeeded", amount=5000)
+    refund = make_refund(payment, status="pending", amount=2500)
+    payment_locked = threading.Event()
+    errors: list[BaseException] = []
+
+    def refund_call() -> None:
+        # What refund_payment() does: the payment first, then the refund it records.
+        try:
+            with transaction.atomic():
+                Payment.objects.select_for_update().get(pk=payment.pk)
+                payment_locked.set()
+                wait_for(lock_waiters, timeout=5, what="the webhook to wait for the payment")
+                Refund.objects.select_for_update().get(pk=refund.pk)
+        except BaseException as err:
+            errors.append(err)
+        finally:
+            connections.close_all()
+
+    def webhook() -> None:
+        try:
+            data = refund_data(payment.ledgepay_id, id=refund.ledgepay_id, amount=2500)
+            services.apply_refund(data, status="succeeded")
+        except BaseException as err:
+            errors.append(err)
+        finally:
+            connections.close_all()
+
+    caller = threading.Thread(target=refund_call)
+    caller.start()
+    assert payment_locked.wait(5)
+    applier = threading.Thread(target=webhook)
+    applier.start()
+    caller.join(10)
+    applier.join(10)
+    deadlocks = [err for err in errors if isinstance(err, OperationalError)]
+    assert not deadlocks, deadlocks
+    assert not errors, errors
+    assert Refund.objects.get(pk=refund.pk).status == "succeeded"
