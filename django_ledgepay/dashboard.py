@@ -29,6 +29,8 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
@@ -129,6 +131,27 @@ class Chart:
     top_label: str
     bottom_label: str = ""
 
+    @property
+    def svg(self) -> SafeString:
+        """The baseline and the bars as SVG elements, each bar with its tooltip.
+
+        Built here rather than in a template loop: a 90-day window of several currencies
+        draws thousands of bars.
+        """
+        y = f"{self.baseline:.2f}"
+        parts = [
+            f'<line class="ledgepay-axis" x1="0" x2="{self.width:d}" y1="{y}" y2="{y}" '
+            'vector-effect="non-scaling-stroke"></line>'
+        ]
+        # Numbers formatted here, the class from this module, the tooltip escaped.
+        parts.extend(
+            f'<rect class="{escape(bar.css_class)}" x="{bar.x:.2f}" y="{bar.y:.2f}" '
+            f'width="{bar.width:.2f}" height="{bar.height:.2f}">'
+            f"<title>{escape(bar.title)}</title></rect>"
+            for bar in self.bars
+        )
+        return mark_safe("".join(parts))
+
 
 @dataclass
 class Day:
@@ -187,6 +210,21 @@ class CurrencyReport:
             for day in reversed(self.days)
             if day.payments or day.refunds
         ]
+
+    @property
+    def rows_html(self) -> SafeString:
+        """:attr:`rows` as the table's ``<tr>`` elements, built here for the same reason as
+        :attr:`Chart.svg`."""
+        return mark_safe(
+            "".join(
+                f'<tr><th scope="row">{escape(date_format(row["day"], "SHORT_DATE_FORMAT"))}'
+                f'</th><td class="nowrap">{escape(row["volume"])}</td>'
+                f'<td class="nowrap">{escape(row["refunded"])}</td>'
+                + "".join(f"<td>{count:d}</td>" for count in row["counts"])
+                + "</tr>"
+                for row in self.rows
+            )
+        )
 
 
 def currency_reports(
@@ -253,10 +291,10 @@ def money_chart(report: CurrencyReport) -> Chart:
     bottom = max((day.refunded for day in report.days), default=0)
     scale = CHART_HEIGHT / (top + bottom) if top + bottom else 0
     baseline = top * scale if top + bottom else CHART_HEIGHT
+    succeeded, refunded = _("%(day)s: %(amount)s succeeded"), _("%(day)s: %(amount)s refunded")
     bars = []
-    for n, day in enumerate(report.days):
+    for n, (day, label) in enumerate(zip(report.days, day_labels(report), strict=True)):
         x = n * DAY_WIDTH + (DAY_WIDTH - BAR_WIDTH) / 2
-        label = date_format(day.day, "SHORT_DATE_FORMAT")
         if day.volume:
             height = _visible(day.volume * scale)
             bars.append(
@@ -266,8 +304,7 @@ def money_chart(report: CurrencyReport) -> Chart:
                     BAR_WIDTH,
                     height,
                     "ledgepay-bar-volume",
-                    _("%(day)s: %(amount)s succeeded")
-                    % {"day": label, "amount": format_amount(day.volume, currency)},
+                    succeeded % {"day": label, "amount": format_amount(day.volume, currency)},
                 )
             )
         if day.refunded:
@@ -278,8 +315,7 @@ def money_chart(report: CurrencyReport) -> Chart:
                     BAR_WIDTH,
                     _visible(day.refunded * scale),
                     "ledgepay-bar-refunded",
-                    _("%(day)s: %(amount)s refunded")
-                    % {"day": label, "amount": format_amount(day.refunded, currency)},
+                    refunded % {"day": label, "amount": format_amount(day.refunded, currency)},
                 )
             )
     return Chart(
@@ -297,9 +333,8 @@ def count_chart(report: CurrencyReport) -> Chart:
     top = max((day.payments for day in report.days), default=0)
     scale = CHART_HEIGHT / top if top else 0
     bars = []
-    for n, day in enumerate(report.days):
+    for n, (day, label) in enumerate(zip(report.days, day_labels(report), strict=True)):
         x = n * DAY_WIDTH + (DAY_WIDTH - BAR_WIDTH) / 2
-        label = date_format(day.day, "SHORT_DATE_FORMAT")
         y = float(CHART_HEIGHT)
         for status in STATUSES:
             count = day.counts[status]
@@ -329,6 +364,11 @@ def count_chart(report: CurrencyReport) -> Chart:
         baseline=CHART_HEIGHT,
         top_label=ngettext("%(count)d payment", "%(count)d payments", top) % {"count": top},
     )
+
+
+def day_labels(report: CurrencyReport) -> list[str]:
+    """The window's days as the tooltips name them, formatted once per report."""
+    return [date_format(day.day, "SHORT_DATE_FORMAT") for day in report.days]
 
 
 def _visible(height: float) -> float:

@@ -169,6 +169,20 @@ def test_volume_refunds_and_statuses_per_day_and_currency(admin_client):
     content = response.content.decode()
     for total in ("85.50 EUR", "24.00 EUR", "61.50 EUR", "500 JPY", "0.000 KWD"):
         assert total in content
+    # The table per day, newest first, with the days that have anything on them.
+    table = content.split('id="currency-EUR"', 1)[1].split("</tbody>", 1)[0]
+    rows = re.findall(r'<tr><th scope="row">([^<]+)</th>(.*?)</tr>', table)
+    assert [day for day, _ in rows] == [
+        f"{timezone.localdate() - datetime.timedelta(days=n):%m/%d/%Y}" for n in (0, 2)
+    ]
+    assert re.findall(r"<td[^>]*>([^<]+)</td>", rows[0][1]) == [
+        "75.50 EUR",
+        "15.00 EUR",
+        "2",
+        "1",
+        "0",
+        "0",
+    ]
 
 
 @pytest.mark.parametrize("days", [7, 30, 90])
