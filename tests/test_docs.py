@@ -7,6 +7,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,21 @@ def test_every_check_id_is_in_the_checks_reference():
 
     assert "django_ledgepay.W008" in ids
     assert rows == ids
+
+
+def pages() -> list[Path]:
+    return sorted(p for p in DOCS.rglob("*.md") if "_build" not in p.relative_to(DOCS).parts)
+
+
+def test_every_python_block_on_every_page_compiles():
+    blocks = 0
+    for page in pages():
+        fences = re.finditer(r"^( *)```python\n(.*?)^\1```", read(page), re.MULTILINE | re.DOTALL)
+        for fence in fences:
+            compile(textwrap.dedent(fence.group(2)), str(page), "exec")
+            blocks += 1
+
+    assert blocks > 10
 
 
 def test_every_howto_page_has_a_title():
