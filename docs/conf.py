@@ -56,7 +56,6 @@ myst_heading_anchors = 3
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
-autodoc_default_options = {"members": False}
 
 html_theme = "furo"
 html_title = f"django-ledgepay {release}"
