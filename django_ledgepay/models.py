@@ -126,6 +126,7 @@ class Refund(models.Model):
         indexes = [
             # The admin's list and the dashboard's window; its currency filter.
             models.Index(fields=["-created_at"], name="ledgepay_refund_created_idx"),
+            models.Index(fields=["status", "-created_at"], name="ledgepay_refund_status_idx"),
             models.Index(fields=["currency", "-created_at"], name="ledgepay_refund_currency_idx"),
         ]
         constraints = [
