@@ -78,14 +78,6 @@ def pretty_json(value: Any) -> SafeString:
     return format_html('<pre class="ledgepay-json">{}</pre>', text)
 
 
-def _short_datetime(moment: datetime.datetime | None) -> SafeString | None:
-    """A list's date: short, on one line, in the current time zone; None shows as the
-    empty value."""
-    if moment is None:
-        return None
-    return nowrap(date_format(timezone.localtime(moment), "SHORT_DATETIME_FORMAT"))
-
-
 def _day_and_time(moment: datetime.datetime | None) -> SafeString | None:
     """A list's date, short, in the current time zone: on one line where there is room,
     else the time under the day (never a time split in two)."""
@@ -138,7 +130,9 @@ class CurrencyListFilter(admin.AllValuesFieldListFilter):
         field_path: str,
     ) -> None:
         super().__init__(field, request, params, model, model_admin, field_path)
-        fast = not field.null and connection.vendor in ("postgresql", "sqlite")
+        # A column of the list's own table, never NULL, on a database with recursive queries.
+        local = field.model is model and not field.null
+        fast = local and connection.vendor in ("postgresql", "sqlite")
         if fast and not self.lookup_choices.query.where:
             # Django only iterates its choices (in choices() and for the counts).
             self.lookup_choices = _LazyList(lambda: _distinct_values(model, field))  # type: ignore[assignment]

@@ -416,7 +416,8 @@ def last_reconciliation(site: str) -> dict[str, Any] | None:
     run = Reconciliation.objects.order_by("-started_at", "-id").first()
     if run is None:
         return None
-    entries = [entry for entry in run.drift if isinstance(entry, dict)]
+    drift = run.drift if isinstance(run.drift, list) else []
+    entries = [entry for entry in drift if isinstance(entry, dict)]
     kinds: dict[str, int] = defaultdict(int)
     for entry in entries:
         kinds[str(entry.get("kind", ""))] += 1

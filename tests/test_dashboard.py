@@ -502,3 +502,14 @@ def test_the_aggregates_are_grouped_in_the_database(admin_client, django_assert_
         # Filtered on the indexed creation time, never ordered (which would group by more).
         assert '."created_at" >= ' in sql
         assert "ORDER BY" not in sql
+
+
+def test_a_drift_that_is_not_a_list_shows_as_none(admin_client):
+    Reconciliation.objects.create(
+        since=at(31), until=at(1), outcome=Reconciliation.Outcome.DRIFT, drift={"kind": "x"}
+    )
+
+    response = admin_client.get(URL)
+
+    assert response.status_code == 200
+    assert response.context["reconciliation"]["count"] == 0
