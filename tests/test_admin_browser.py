@@ -290,7 +290,7 @@ def test_dashboard_in_light_and_dark_theme(chromium, live_server, django_user_mo
     assert_stays_on_the_page(requests, live_server)
 
 
-def test_payment_list_fits_1280_px(chromium, live_server, django_user_model, screenshots):
+def test_payment_list_and_page_at_1280_px(chromium, live_server, django_user_model, screenshots):
     now = timezone.now()
     customers = [
         ("Maria-Alexandra Konstantinopoulou-Vasquez", "maria.konstantinopoulou@example.com"),
@@ -313,7 +313,8 @@ def test_payment_list_fits_1280_px(chromium, live_server, django_user_model, scr
             completed_at=None if index == 4 else created + datetime.timedelta(seconds=40),
         )
         if index == 0:
-            make_refund(payment, amount=2500)
+            refunded = payment
+            refund = make_refund(payment, amount=2500, created_at=created)
     django_user_model.objects.create_superuser("root", password="root-pw")
 
     with chromium() as page:
@@ -339,32 +340,8 @@ def test_payment_list_fits_1280_px(chromium, live_server, django_user_model, scr
         )
         page.screenshot(path=str(screenshots / "admin-payments.png"))
 
-    # Nothing behind a horizontal scroll: the created date and, under each final status,
-    # when it was reached, are on screen.
-    assert layout["viewport"] == 1280
-    assert layout["scroll"] <= layout["width"], layout
-    assert layout["created"] <= layout["results"] <= layout["viewport"], layout
-    assert layout["completed"] <= layout["status"] <= layout["results"], layout
-
-
-def test_payment_page_refunds_without_a_repeated_line(
-    chromium, live_server, django_user_model, screenshots
-):
-    payment = make_payment(
-        amount=1250,
-        currency="EUR",
-        customer_email="shopper@example.com",
-        customer_name="",
-        created_at="2026-11-26T01:45:00Z",
-        completed_at="2026-11-26T01:45:40Z",
-    )
-    make_refund(payment, amount=234, created_at="2026-11-26T02:10:00Z")
-    django_user_model.objects.create_superuser("root", password="root-pw")
-    path = f"/admin/django_ledgepay/payment/{payment.pk}/change/"
-
-    with chromium() as page:
-        page.set_viewport_size({"width": 1200, "height": 900})
-        log_in(page, live_server, path)
+        page.click(f"#result_list a:text-is('{refunded.ledgepay_id}')")
+        page.wait_for_url(f"**/admin/django_ledgepay/payment/{refunded.pk}/change/")
         rows = page.eval_on_selector_all(
             "#refunds-group tbody tr",
             "rows => rows.map(row => [...row.cells].map(cell => cell.innerText.trim()))",
@@ -372,9 +349,16 @@ def test_payment_page_refunds_without_a_repeated_line(
         label = page.text_content(".field-refundable_display label") or ""
         page.screenshot(path=str(screenshots / "admin-payment.png"), full_page=True)
         page.click("#refunds-group td.field-ledgepay_id a")
-        page.wait_for_url("**/admin/django_ledgepay/refund/*/change/")
+        page.wait_for_url(f"**/admin/django_ledgepay/refund/{refund.pk}/change/")
 
-    # One line per refund, its fields only: no name of the refund above it.
+    # Nothing behind a horizontal scroll: the created date and, under each final status,
+    # when it was reached, are on screen.
+    assert layout["viewport"] == 1280
+    assert layout["scroll"] <= layout["width"], layout
+    assert layout["created"] <= layout["results"] <= layout["viewport"], layout
+    assert layout["completed"] <= layout["status"] <= layout["results"], layout
+    # One line per refund, its fields only: no name of the refund above it; the payment
+    # page says "Left to refund", as the Refund page does.
     assert len(rows) == 1
-    assert rows[0][:2] == [payment.refunds.get().ledgepay_id, "2.34 EUR"]
+    assert rows[0][:2] == [refund.ledgepay_id, "25.00 EUR"]
     assert label == "Left to refund:"
