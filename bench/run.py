@@ -1,15 +1,31 @@
-"""Benchmark the webhook view against a bare view, both served by gunicorn on PostgreSQL.
+"""Benchmark every webhook path against a bare view doing the same work, under gunicorn on
+PostgreSQL.
 
 Run from the repository root::
 
-    .venv/bin/python bench/run.py [--deliveries N] [--workers W]
+    .venv/bin/python bench/run.py [--paths P,...] [--concurrency 8,32] [--quick]
 
-For each concurrency (8 and 32) and each view (the project's ``ledgepay:webhook`` and the
-bare baseline in ``bench/bare.py``), in alternating order and ``--repeat`` times: empty the
-tables, seed N pending payments, sign N distinct ``payment.succeeded`` deliveries, start
-gunicorn, warm it up, post the N deliveries over loopback at that concurrency, check that
-every answer was 200 and that exactly the N payments succeeded, stop gunicorn. Then print
-the medians (deliveries/s, p50, p99) and the ratio real/bare of deliveries/s.
+The paths (``--paths``, by name or number; default all):
+
+1. ``succeeded``: a new ``payment.succeeded`` for a known pending payment;
+2. ``redelivery``: an exact redelivery of (1), what LedgePay's retries send;
+3. ``final``: a new body for a payment already final;
+4. ``unseen``: a payment never seen, the event carrying amount and currency;
+5. ``refund-created``: ``refund.created`` for a known succeeded payment;
+6. ``refund-succeeded``: ``refund.succeeded`` for a known pending refund;
+7. ``refund-unseen``: ``refund.created`` for a payment never seen, fetched from a sandbox
+   (``django_ledgepay.sandbox.Sandbox``, in a process of its own);
+8. ``receiver``: (1) with a trivial database receiver connected to ``payment_succeeded``,
+   delivered by Django's default ``ImmediateBackend``.
+
+For each path, one gunicorn (``bench.wsgi``, sync workers) serves the real view
+(``ledgepay:webhook``) and the path's baseline (``bench/bare.py``, ``/bare/<path>/``). For each
+concurrency and ``--repeat`` times, real and bare run back to back (bare first on every other
+repeat): empty the tables, seed the state the path starts from, post the warm-up deliveries,
+then, timed, the N deliveries from as many threads as the concurrency; then check the answers
+(all 200) and the rows left (exactly what N deliveries of the path leave). Before that, one
+delivery of each path goes through Django's test client under ``CaptureQueriesContext``, real
+and bare, to count its statements.
 
 Exits 1 when a correctness check fails, 0 otherwise whatever the ratio: this is a
 measurement, not a test.
@@ -19,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import http.client
 import json
 import math
@@ -32,7 +49,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -41,14 +59,321 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 LOG = RESULTS / "gunicorn.log"
-TARGET = 0.8
+TARGET = 0.9
 VIEWS = ("real", "bare")
-BENCH_PREFIX = "pay_bench_"
-WARM_PREFIX = "pay_warm_"
+AMOUNT, CURRENCY, REFUND_AMOUNT = 5000, "EUR", 2500
+#: Receipts written by the receiver path's receiver (bench/bare.py's RECEIPTS).
+RECEIPTS = "bench_receipt"
+QUICK = {"deliveries": 50, "warmup": 10, "repeat": 1}
+DEFAULTS = {"deliveries": 2000, "warmup": 200, "repeat": 5}
+
+
+# The paths
+
+
+@dataclass(frozen=True)
+class Objects:
+    """The LedgePay ids one run's deliveries name: payments and refunds, one each per
+    delivery (the warm-up's first)."""
+
+    payments: list[str]
+    refunds: list[str]
+
+
+@dataclass(frozen=True)
+class BenchPath:
+    number: str
+    name: str
+    title: str
+    #: Write the state the deliveries find, for these objects and their bodies.
+    seed: Callable[[Objects, list[bytes]], None]
+    #: One body per object.
+    bodies: Callable[[Objects, str], list[bytes]]
+    #: What the tables hold after a run over ``count`` objects (see tally()).
+    expected: Callable[[int], dict[str, int]]
+    receiver: bool = False
+    sandbox: bool = False
+
+
+def stamp(moment: float) -> str:
+    return datetime.datetime.fromtimestamp(moment, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+
+
+def payment_bodies(event: str) -> Callable[[Objects, str], list[bytes]]:
+    def bodies(objects: Objects, when: str) -> list[bytes]:
+        return [
+            encode(
+                {
+                    "event": event,
+                    "timestamp": when,
+                    "data": {
+                        "id": ledgepay_id,
+                        "amount": AMOUNT,
+                        "currency": CURRENCY,
+                        "metadata": {"order_id": str(index)},
+                    },
+                }
+            )
+            for index, ledgepay_id in enumerate(objects.payments)
+        ]
+
+    return bodies
+
+
+def refund_bodies(event: str, status: str) -> Callable[[Objects, str], list[bytes]]:
+    def bodies(objects: Objects, when: str) -> list[bytes]:
+        return [
+            encode(
+                {
+                    "event": event,
+                    "timestamp": when,
+                    "data": {
+                        "id": refund_id,
+                        "payment_id": payment_id,
+                        "amount": REFUND_AMOUNT,
+                        "currency": CURRENCY,
+                        "reason": "customer_request",
+                        "status": status,
+                        "created_at": when,
+                    },
+                }
+            )
+            for payment_id, refund_id in zip(objects.payments, objects.refunds, strict=True)
+        ]
+
+    return bodies
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload).encode()
+
+
+def seed_payments(objects: Objects, status: str) -> list[Any]:
+    from django.utils import timezone
+
+    from django_ledgepay.models import Payment
+
+    now = timezone.now()
+    completed = None if status == Payment.Status.PENDING else now
+    return Payment.objects.bulk_create(
+        [
+            Payment(
+                ledgepay_id=ledgepay_id,
+                amount=AMOUNT,
+                currency=CURRENCY,
+                status=status,
+                created_at=now,
+                completed_at=completed,
+                metadata={"order_id": str(index)},
+            )
+            for index, ledgepay_id in enumerate(objects.payments)
+        ],
+        batch_size=1000,
+    )
+
+
+def seed_pending(objects: Objects, bodies: list[bytes]) -> None:
+    seed_payments(objects, "pending")
+
+
+def seed_applied(objects: Objects, bodies: list[bytes]) -> None:
+    """Payments that succeeded through ``bodies``: each stored as processed, with its
+    transition, as path 1 leaves them."""
+    from django.utils import timezone
+
+    from django_ledgepay.models import Transition, WebhookEvent
+
+    payments = seed_payments(objects, "succeeded")
+    now = timezone.now()
+    events = WebhookEvent.objects.bulk_create(
+        [
+            WebhookEvent(
+                event_type="payment.succeeded",
+                object_id=payment.ledgepay_id,
+                payload=json.loads(body),
+                body_sha256=hashlib.sha256(body).hexdigest(),
+                status=WebhookEvent.Status.PROCESSED,
+                attempts=1,
+                processed_at=now,
+            )
+            for payment, body in zip(payments, bodies, strict=True)
+        ],
+        batch_size=1000,
+    )
+    Transition.objects.bulk_create(
+        [
+            Transition(
+                signal=Transition.Signal.PAYMENT_SUCCEEDED,
+                payment=payment,
+                event=event,
+                source=Transition.Source.WEBHOOK,
+                created_at=now,
+                delivered_at=now,
+            )
+            for payment, event in zip(payments, events, strict=True)
+        ],
+        batch_size=1000,
+    )
+
+
+def seed_final(objects: Objects, bodies: list[bytes]) -> None:
+    """As :func:`seed_applied`, through earlier bodies than those the run posts."""
+    earlier = payment_bodies("payment.succeeded")(objects, stamp(time.time() - 60))
+    seed_applied(objects, earlier)
+
+
+def seed_succeeded(objects: Objects, bodies: list[bytes]) -> None:
+    seed_payments(objects, "succeeded")
+
+
+def seed_pending_refunds(objects: Objects, bodies: list[bytes]) -> None:
+    from django.utils import timezone
+
+    from django_ledgepay.models import Refund
+
+    payments = seed_payments(objects, "succeeded")
+    now = timezone.now()
+    Refund.objects.bulk_create(
+        [
+            Refund(
+                ledgepay_id=refund_id,
+                payment=payment,
+                amount=REFUND_AMOUNT,
+                currency=CURRENCY,
+                created_at=now,
+            )
+            for payment, refund_id in zip(payments, objects.refunds, strict=True)
+        ],
+        batch_size=1000,
+    )
+
+
+def seed_nothing(objects: Objects, bodies: list[bytes]) -> None:
+    pass
+
+
+def expect(**counts: int) -> Callable[[int], dict[str, int]]:
+    """``counts`` per object, e.g. ``expect(events=1)``: ``events`` is one per object."""
+
+    def expected(count: int) -> dict[str, int]:
+        return {key.replace("__", "."): value * count for key, value in counts.items()}
+
+    return expected
+
+
+PATHS = [
+    BenchPath(
+        "1",
+        "succeeded",
+        "payment.succeeded, known pending payment",
+        seed_pending,
+        payment_bodies("payment.succeeded"),
+        expect(events=1, payments__succeeded=1, transitions__payment_succeeded=1),
+    ),
+    BenchPath(
+        "2",
+        "redelivery",
+        "exact redelivery of (1)",
+        seed_applied,
+        payment_bodies("payment.succeeded"),
+        expect(events=1, payments__succeeded=1, transitions__payment_succeeded=1),
+    ),
+    BenchPath(
+        "3",
+        "final",
+        "new body, payment already final",
+        seed_final,
+        payment_bodies("payment.succeeded"),
+        expect(events=2, payments__succeeded=1, transitions__payment_succeeded=1),
+    ),
+    BenchPath(
+        "4",
+        "unseen",
+        "payment never seen, amount and currency",
+        seed_nothing,
+        payment_bodies("payment.succeeded"),
+        expect(events=1, payments__succeeded=1, transitions__payment_succeeded=1),
+    ),
+    BenchPath(
+        "5",
+        "refund-created",
+        "refund.created, known succeeded payment",
+        seed_succeeded,
+        refund_bodies("refund.created", "pending"),
+        expect(events=1, payments__succeeded=1, refunds__pending=1, transitions__refund_created=1),
+    ),
+    BenchPath(
+        "6",
+        "refund-succeeded",
+        "refund.succeeded, known pending refund",
+        seed_pending_refunds,
+        refund_bodies("refund.succeeded", "succeeded"),
+        expect(
+            events=1,
+            payments__succeeded=1,
+            refunds__succeeded=1,
+            transitions__refund_succeeded=1,
+        ),
+    ),
+    BenchPath(
+        "7",
+        "refund-unseen",
+        "refund.created, payment never seen (fetched)",
+        seed_nothing,
+        refund_bodies("refund.created", "pending"),
+        expect(
+            events=1,
+            payments__succeeded=1,
+            refunds__pending=1,
+            transitions__payment_succeeded=1,
+            transitions__refund_created=1,
+        ),
+        sandbox=True,
+    ),
+    BenchPath(
+        "1r",
+        "receiver",
+        "(1) with a database receiver",
+        seed_pending,
+        payment_bodies("payment.succeeded"),
+        expect(events=1, payments__succeeded=1, transitions__payment_succeeded=1, receipts=1),
+        receiver=True,
+    ),
+]
+BY_KEY = {key: p for p in PATHS for key in (p.number, p.name)}
+
+
+def choose_paths(text: str) -> list[BenchPath]:
+    chosen = []
+    for key in filter(None, (item.strip() for item in text.split(","))):
+        if key not in BY_KEY:
+            names = ", ".join(f"{p.number}/{p.name}" for p in PATHS)
+            raise argparse.ArgumentTypeError(f"unknown path {key!r} (choose from {names})")
+        if BY_KEY[key] not in chosen:
+            chosen.append(BY_KEY[key])
+    if not chosen:
+        raise argparse.ArgumentTypeError("no path chosen")
+    return chosen
+
+
+def concurrencies(text: str) -> list[int]:
+    try:
+        values = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from err
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("concurrency must be at least 1")
+    return values
+
+
+# One run
 
 
 @dataclass
 class Run:
+    path: str
     view: str
     concurrency: int
     repeat: int
@@ -60,7 +385,7 @@ class Run:
     p99_ms: float
     commit_ms: float
     statuses: dict[int, int]
-    succeeded: int
+    tally: dict[str, int]
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -69,81 +394,106 @@ class Run:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--paths",
+        type=choose_paths,
+        default=PATHS,
+        help="comma-separated names or numbers (default: all; see the module's docstring)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=concurrencies,
+        nargs="+",
+        default=[[8, 32]],
+        help="client threads, e.g. 8,32 (default)",
+    )
     parser.add_argument(
         "--deliveries",
         type=int,
-        default=2000,
-        help="per run (default 2000); a run must end within the 300 s signature tolerance",
+        help="timed deliveries per run (default 2000); a run must end within the 300 s"
+        " signature tolerance",
     )
+    parser.add_argument("--warmup", type=int, help="untimed deliveries before each run (200)")
+    parser.add_argument("--repeat", type=int, help="back-to-back pairs per path and concurrency")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
     parser.add_argument(
         "--worker-class", default="sync", help="gunicorn worker class (default sync)"
     )
     parser.add_argument(
-        "--concurrency", type=int, nargs="+", default=[8, 32], help="default: 8 32"
+        "--quick",
+        action="store_true",
+        help="a short run: 50 deliveries after 10, one pair (for the smoke test)",
     )
-    parser.add_argument(
-        "--repeat", type=int, default=5, help="runs per view and concurrency (default 5)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=200, help="untimed deliveries before each run"
-    )
+    parser.add_argument("--sandbox-process", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    # Stop gunicorn on SIGTERM too, through the finally clauses.
+    if args.sandbox_process is not None:
+        return serve_sandbox(args.sandbox_process)
+    for name, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.concurrency = [c for group in args.concurrency for c in group]
+    if args.deliveries < 1 or args.warmup < 0 or args.repeat < 1:
+        parser.error("--deliveries and --repeat must be at least 1, --warmup at least 0")
+    # Stop gunicorn and the sandbox on SIGTERM too, through the finally clauses.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    setup_path()
     # Not setdefault: a shell that exports the test suite's settings must not seed SQLite.
     os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
     RESULTS.mkdir(exist_ok=True)
-    create_database()
+    objects = args.deliveries + args.warmup
+    # The sandbox first: the settings read BENCH_API_BASE when first imported.
+    with sandbox_process(objects + 1, any(p.sandbox for p in args.paths)) as remote_ids:
+        create_database()
+        import django
+        from django.core.management import call_command
 
-    import django
-    from django.core.management import call_command
-    from django.urls import reverse
+        django.setup()
+        call_command("migrate", verbosity=0)
+        create_receipts()
 
-    django.setup()
-    call_command("migrate", verbosity=0)
-    paths = {"real": reverse("ledgepay:webhook"), "bare": reverse("bench-bare")}
+        environment = describe_environment(args)
+        for key, value in environment.items():
+            print(f"{key:>12}: {value}")
+        print(flush=True)
 
-    environment = describe_environment(args)
-    for key, value in environment.items():
-        print(f"{key:>12}: {value}")
+        statements = {p.name: count_statements(p, remote_ids) for p in args.paths}
+        print(format_statements(args.paths, statements), flush=True)
+        print()
+
+        runs: list[Run] = []
+        total = len(args.paths) * len(args.concurrency) * args.repeat * len(VIEWS)
+        # One gunicorn for every path without a receiver, another for the receiver's.
+        servers = Servers(args.workers, args.worker_class)
+        try:
+            for bench_path in args.paths:
+                port = servers.port_for(bench_path)
+                for concurrency in args.concurrency:
+                    for repeat in range(args.repeat):
+                        # Alternate which view goes first, so a drift favours neither.
+                        order = VIEWS if repeat % 2 == 0 else VIEWS[::-1]
+                        for view in order:
+                            run = measure(
+                                bench_path,
+                                view,
+                                port=port,
+                                concurrency=concurrency,
+                                repeat=repeat,
+                                deliveries=args.deliveries,
+                                warmup=args.warmup,
+                                remote_ids=remote_ids,
+                            )
+                            runs.append(run)
+                            print(format_run(run, len(runs), total), flush=True)
+        finally:
+            servers.stop()
+
+    summary = summarize(runs, args.paths, args.concurrency, statements)
     print()
-
-    runs: list[Run] = []
-    total = len(args.concurrency) * args.repeat * len(VIEWS)
-    for concurrency in args.concurrency:
-        for repeat in range(args.repeat):
-            # Alternate which view goes first, so a drift in the machine favours neither.
-            order = VIEWS if repeat % 2 == 0 else VIEWS[::-1]
-            for view in order:
-                run = measure(
-                    view,
-                    paths[view],
-                    concurrency=concurrency,
-                    repeat=repeat,
-                    deliveries=args.deliveries,
-                    warmup=args.warmup,
-                    workers=args.workers,
-                    worker_class=args.worker_class,
-                )
-                runs.append(run)
-                done = len(runs)
-                verdict = "ok" if run.ok else "FAILED: " + "; ".join(run.errors)
-                print(
-                    f"run {done:>2}/{total}  {view:<4} c={concurrency:<3}"
-                    f" {run.rate:6.1f}/s  p50 {run.p50_ms:5.1f} ms  p99 {run.p99_ms:5.1f} ms"
-                    f"  client {run.client_cpu:4.0%} CPU  commit {run.commit_ms:.2f} ms"
-                    f"  {verdict}",
-                    flush=True,
-                )
-
-    summary = summarize(runs, args.concurrency)
-    print()
-    print(format_table(summary, args.concurrency))
+    print(format_table(summary, args.paths, args.concurrency))
     save(environment, runs, summary)
 
     failed = [run for run in runs if not run.ok]
@@ -152,13 +502,92 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("!" * 72)
         print(f"CORRECTNESS FAILED in {len(failed)} of {total} runs:")
         for run in failed:
-            number = run.repeat + 1
             errors = "; ".join(run.errors)
-            print(f"  {run.view} c={run.concurrency} #{number}: {errors}")
+            print(f"  {run.path} {run.view} c={run.concurrency} #{run.repeat + 1}: {errors}")
         print(f"gunicorn's log: {LOG}")
         print("!" * 72)
         return 1
     return 0
+
+
+def setup_path() -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+def objects_for(bench_path: BenchPath, prefix: str, count: int, remote_ids: list[str]) -> Objects:
+    """``count`` objects named with ``prefix``; for a sandbox path, payments the sandbox holds
+    (the first for the warm-up, the next for the timed run, the last for counting)."""
+    if bench_path.sandbox:
+        # It holds the warm-up's payments, then the timed run's, then the count's one.
+        if prefix == "count":
+            payments = remote_ids[-1:]
+        else:
+            offset = 0 if prefix == "warm" else len(remote_ids) - 1 - count
+            payments = remote_ids[offset : offset + count]
+    else:
+        payments = [f"pay_{prefix}_{index:07d}" for index in range(count)]
+    refunds = [f"re_{prefix}_{index:07d}" for index in range(count)]
+    return Objects(payments, refunds)
+
+
+def measure(
+    bench_path: BenchPath,
+    view: str,
+    *,
+    port: int,
+    concurrency: int,
+    repeat: int,
+    deliveries: int,
+    warmup: int,
+    remote_ids: list[str],
+) -> Run:
+    warm_objects = objects_for(bench_path, "warm", warmup, remote_ids)
+    timed_objects = objects_for(bench_path, "bench", deliveries, remote_ids)
+    when = stamp(time.time())
+    warm_bodies = bench_path.bodies(warm_objects, when)
+    timed_bodies = bench_path.bodies(timed_objects, when)
+    reset()
+    bench_path.seed(warm_objects, warm_bodies)
+    bench_path.seed(timed_objects, timed_bodies)
+    analyze()
+    url = url_of(bench_path, view)
+    _, _, _, warm_statuses = post_all(port, url, sign(warm_bodies), concurrency)
+    commit_ms = commit_latency()
+    seconds, client_cpu, latencies, statuses = post_all(port, url, sign(timed_bodies), concurrency)
+    errors: list[str] = []
+    if set(warm_statuses) - {200}:
+        errors.append(f"warm-up answers {dict(sorted(warm_statuses.items()))}")
+    if set(statuses) - {200}:
+        errors.append(f"answers {dict(sorted(statuses.items()))}, expected only 200")
+    found = tally()
+    wanted = bench_path.expected(deliveries + warmup)
+    if found != wanted:
+        errors.append(f"the tables hold {found}, expected {wanted}")
+    return Run(
+        path=bench_path.name,
+        view=view,
+        concurrency=concurrency,
+        repeat=repeat,
+        deliveries=deliveries,
+        seconds=seconds,
+        client_cpu=client_cpu,
+        rate=len(latencies) / seconds if seconds else 0.0,
+        p50_ms=percentile(latencies, 0.50) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
+        commit_ms=commit_ms,
+        statuses=dict(statuses),
+        tally=found,
+        errors=errors,
+    )
+
+
+def url_of(bench_path: BenchPath, view: str) -> str:
+    from django.urls import reverse
+
+    if view == "real":
+        return reverse("ledgepay:webhook")
+    return reverse("bench-bare", args=[bench_path.name])
 
 
 # The database
@@ -185,47 +614,60 @@ def create_database() -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db["NAME"])))
 
 
-def reset_and_seed(deliveries: int, warmup: int) -> None:
-    """Empty the tables, then seed the pending payments the deliveries will announce."""
+def create_receipts() -> None:
     from django.db import connection
-    from django.utils import timezone
 
-    from django_ledgepay.models import Payment, Refund, WebhookEvent
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TABLE IF NOT EXISTS {RECEIPTS}"
+            " (id bigserial PRIMARY KEY, payment_id bigint NOT NULL)"
+        )
 
-    tables = ", ".join(model._meta.db_table for model in (WebhookEvent, Refund, Payment))
+
+def reset() -> None:
+    """Empty every table a delivery writes to."""
+    from django.db import connection
+
+    from django_ledgepay.models import Payment, Reaction, Refund, Transition, WebhookEvent
+
+    models = (Reaction, Transition, WebhookEvent, Refund, Payment)
+    tables = ", ".join([*(model._meta.db_table for model in models), RECEIPTS])
     with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {tables} RESTART IDENTITY")
-    now = timezone.now()
-    ids = [payment_id(BENCH_PREFIX, i) for i in range(deliveries)]
-    ids += [payment_id(WARM_PREFIX, i) for i in range(warmup)]
-    Payment.objects.bulk_create(
-        [
-            Payment(ledgepay_id=ledgepay_id, amount=5000, currency="EUR", created_at=now)
-            for ledgepay_id in ids
-        ],
-        batch_size=1000,
-    )
+        # CASCADE: the other helpers' tables (refund requests, say) that refer to these.
+        cursor.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+
+
+def analyze() -> None:
+    from django.db import connection
+
+    from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
+
     with connection.cursor() as cursor:
-        for table in (WebhookEvent._meta.db_table, Payment._meta.db_table):
-            cursor.execute(f"VACUUM ANALYZE {table}")
+        for model in (WebhookEvent, Payment, Refund, Transition):
+            cursor.execute(f"VACUUM ANALYZE {model._meta.db_table}")
     connection.close()
 
 
-def count_succeeded() -> tuple[int, int]:
-    """How many benchmark payments succeeded, and how many other non-warm-up payments exist."""
+def tally() -> dict[str, int]:
+    """What the tables hold: events, payments and refunds by status, transitions by signal,
+    undelivered transitions, receipts. Zero counts are left out."""
     from django.db import connection
+    from django.db.models import Count
 
-    from django_ledgepay.models import Payment
+    from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
 
-    payments = Payment.objects.filter(ledgepay_id__startswith=BENCH_PREFIX)
-    succeeded = payments.filter(status=Payment.Status.SUCCEEDED).count()
-    strangers = (
-        Payment.objects.exclude(ledgepay_id__startswith=BENCH_PREFIX)
-        .exclude(ledgepay_id__startswith=WARM_PREFIX)
-        .count()
-    )
+    found: dict[str, int] = {"events": WebhookEvent.objects.count()}
+    groups = (("payments", Payment, "status"), ("refunds", Refund, "status"))
+    for name, model, column in (*groups, ("transitions", Transition, "signal")):
+        rows = model.objects.order_by().values_list(column).annotate(n=Count("pk"))
+        for value, number in rows:
+            found[f"{name}.{value}"] = number
+    found["undelivered"] = Transition.objects.filter(delivered_at__isnull=True).count()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {RECEIPTS}")
+        found["receipts"] = cursor.fetchone()[0]
     connection.close()
-    return succeeded, strangers
+    return {key: value for key, value in found.items() if value}
 
 
 def commit_latency(count: int = 50) -> float:
@@ -248,43 +690,92 @@ def commit_latency(count: int = 50) -> float:
     return statistics.median(times) * 1000
 
 
-def payment_id(prefix: str, index: int) -> str:
-    return f"{prefix}{index:07d}"
+# Statements
+
+
+def count_statements(bench_path: BenchPath, remote_ids: list[str]) -> dict[str, list[str]]:
+    """The SQL of one delivery of the path, real and bare, through Django's test client."""
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from bench import bare
+    from bench.urls import RECEIVER_UID
+    from django_ledgepay.models import Payment
+    from django_ledgepay.signals import payment_succeeded
+
+    client = Client(HTTP_HOST="127.0.0.1")
+    found: dict[str, list[str]] = {}
+    if bench_path.receiver:
+        payment_succeeded.connect(bare.receipt_receiver, sender=Payment, dispatch_uid=RECEIVER_UID)
+    try:
+        for view in VIEWS:
+            objects = objects_for(bench_path, "count", 1, remote_ids)
+            bodies = bench_path.bodies(objects, stamp(time.time()))
+            reset()
+            bench_path.seed(objects, bodies)
+            ((body, headers),) = sign(bodies)
+            headers.pop("Content-Type")
+            with CaptureQueriesContext(connection) as queries:
+                response = client.post(
+                    url_of(bench_path, view),
+                    body,
+                    content_type="application/json",
+                    headers=headers,
+                )
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"{bench_path.name}: the {view} view answered {response.status_code}:"
+                    f" {response.content[:300]!r}"
+                )
+            wanted = bench_path.expected(1)
+            if tally() != wanted:
+                raise RuntimeError(
+                    f"{bench_path.name}: one delivery to the {view} view left {tally()},"
+                    f" expected {wanted}"
+                )
+            found[view] = [query["sql"] for query in queries.captured_queries]
+    finally:
+        if bench_path.receiver:
+            payment_succeeded.disconnect(sender=Payment, dispatch_uid=RECEIVER_UID)
+    return found
+
+
+def verbs(statements: Sequence[str]) -> str:
+    """``SELECT, INSERT, UPDATE`` for a list of statements; ``WITH`` for a CTE."""
+    return ", ".join(sql.split(None, 1)[0].upper() if sql.strip() else "?" for sql in statements)
+
+
+def format_statements(paths: Sequence[BenchPath], statements: dict[str, Any]) -> str:
+    lines = ["Statements per delivery (one through Django's test client, CaptureQueriesContext):"]
+    for bench_path in paths:
+        for view in VIEWS:
+            mine = statements[bench_path.name][view]
+            label = f"{bench_path.number:>2} {bench_path.name}"
+            lines.append(f"  {label:<20} {view}  {len(mine):>2}  {verbs(mine)}")
+    return "\n".join(lines)
 
 
 # The deliveries
 
 
-def signed_deliveries(prefix: str, count: int) -> list[tuple[bytes, dict[str, str]]]:
-    """One signed ``payment.succeeded`` body per payment, with its headers."""
+def sign(bodies: Sequence[bytes]) -> list[tuple[bytes, dict[str, str]]]:
+    """Each body with its headers, signed now (redeliveries are signed again, too)."""
     from django_ledgepay.conf import conf
     from django_ledgepay.webhooks import SIGNATURE_HEADER, signature_header
 
     secrets = conf.webhook_secrets
     now = int(time.time())
-    stamp = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )
-    deliveries = []
-    for index in range(count):
-        ledgepay_id = payment_id(prefix, index)
-        payload = {
-            "event": "payment.succeeded",
-            "timestamp": stamp,
-            "data": {
-                "id": ledgepay_id,
-                "amount": 5000,
-                "currency": "EUR",
-                "metadata": {"order_id": str(index)},
+    return [
+        (
+            body,
+            {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: signature_header(body, secrets, timestamp=now),
             },
-        }
-        body = json.dumps(payload).encode()
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: signature_header(body, secrets, timestamp=now),
-        }
-        deliveries.append((body, headers))
-    return deliveries
+        )
+        for body in bodies
+    ]
 
 
 def post_all(
@@ -350,7 +841,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-# gunicorn
+# gunicorn and the sandbox
 
 
 def free_port() -> int:
@@ -360,7 +851,9 @@ def free_port() -> int:
         return port
 
 
-def start_gunicorn(port: int, workers: int, worker_class: str) -> subprocess.Popen[bytes]:
+def start_gunicorn(
+    port: int, workers: int, worker_class: str, receiver: bool
+) -> subprocess.Popen[bytes]:
     log = LOG.open("ab")
     command = [
         sys.executable,
@@ -380,8 +873,9 @@ def start_gunicorn(port: int, workers: int, worker_class: str) -> subprocess.Pop
         "--graceful-timeout",
         "10",
     ]
+    env = {**os.environ, "BENCH_RECEIVER": "1" if receiver else "0"}
     with log:
-        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
+        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, env=env)
 
 
 def wait_until_ready(server: subprocess.Popen[bytes], port: int, timeout: float = 30) -> None:
@@ -403,6 +897,30 @@ def wait_until_ready(server: subprocess.Popen[bytes], port: int, timeout: float 
     raise RuntimeError(f"gunicorn did not answer within {timeout} s; see {LOG}")
 
 
+class Servers:
+    """The gunicorn serving the paths, started when first needed: one without the
+    receiver, one with it."""
+
+    def __init__(self, workers: int, worker_class: str) -> None:
+        self.workers, self.worker_class = workers, worker_class
+        self.current: tuple[bool, int, subprocess.Popen[bytes]] | None = None
+
+    def port_for(self, bench_path: BenchPath) -> int:
+        if self.current is not None and self.current[0] == bench_path.receiver:
+            return self.current[1]
+        self.stop()
+        port = free_port()
+        server = start_gunicorn(port, self.workers, self.worker_class, bench_path.receiver)
+        self.current = (bench_path.receiver, port, server)
+        wait_until_ready(server, port)
+        return port
+
+    def stop(self) -> None:
+        if self.current is not None:
+            stop_gunicorn(self.current[2])
+            self.current = None
+
+
 def stop_gunicorn(server: subprocess.Popen[bytes]) -> None:
     server.terminate()
     try:
@@ -412,119 +930,158 @@ def stop_gunicorn(server: subprocess.Popen[bytes]) -> None:
         server.wait()
 
 
-# One run
-
-
-def measure(
-    view: str,
-    path: str,
-    *,
-    concurrency: int,
-    repeat: int,
-    deliveries: int,
-    warmup: int,
-    workers: int,
-    worker_class: str,
-) -> Run:
-    reset_and_seed(deliveries, warmup)
-    warm = signed_deliveries(WARM_PREFIX, warmup)
-    port = free_port()
-    server = start_gunicorn(port, workers, worker_class)
-    errors: list[str] = []
-    try:
-        wait_until_ready(server, port)
-        _, _, _, warm_statuses = post_all(port, path, warm, concurrency)
-        commit_ms = commit_latency()
-        timed = signed_deliveries(BENCH_PREFIX, deliveries)
-        seconds, client_cpu, latencies, statuses = post_all(port, path, timed, concurrency)
-    finally:
-        stop_gunicorn(server)
-    if set(warm_statuses) - {200}:
-        answers = dict(sorted(warm_statuses.items()))
-        errors.append(f"warm-up answers {answers}")
-    if set(statuses) - {200}:
-        answers = dict(sorted(statuses.items()))
-        errors.append(f"answers {answers}, expected only 200")
-    succeeded, strangers = count_succeeded()
-    if succeeded != deliveries:
-        errors.append(f"{succeeded} payments succeeded, expected {deliveries}")
-    if strangers:
-        errors.append(f"{strangers} payments that were never seeded")
-    return Run(
-        view=view,
-        concurrency=concurrency,
-        repeat=repeat,
-        deliveries=deliveries,
-        seconds=seconds,
-        client_cpu=client_cpu,
-        rate=len(latencies) / seconds if seconds else 0.0,
-        p50_ms=percentile(latencies, 0.50) * 1000,
-        p99_ms=percentile(latencies, 0.99) * 1000,
-        commit_ms=commit_ms,
-        statuses=dict(statuses),
-        succeeded=succeeded,
-        errors=errors,
+@contextmanager
+def sandbox_process(count: int, needed: bool) -> Iterator[list[str]]:
+    """A sandbox holding ``count`` succeeded payments, in a process of its own (so that it
+    does not share the client's interpreter); yields their ids, with ``BENCH_API_BASE``
+    pointing at it (the settings read it, in this process and gunicorn's)."""
+    if not needed:
+        yield []
+        return
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--sandbox-process", str(count)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the sandbox exited with {process.wait()}")
+        ready = json.loads(line)
+        os.environ["BENCH_API_BASE"] = ready["api_base"]
+        yield ready["ids"]
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def serve_sandbox(count: int) -> int:
+    """The sandbox process: ``count`` succeeded payments, then serve until terminated."""
+    setup_path()
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+    import django
+
+    django.setup()
+    from django_ledgepay.sandbox import Sandbox
+
+    sandbox = Sandbox()
+    ids = []
+    for index in range(count):
+        payment = sandbox.state.create_payment(
+            {
+                "amount": AMOUNT,
+                "currency": CURRENCY,
+                "success_url": "http://127.0.0.1/ok",
+                "cancel_url": "http://127.0.0.1/cancel",
+                "metadata": {"order_id": str(index)},
+            }
+        )
+        sandbox.state.settle(payment["id"], "succeeded")
+        ids.append(payment["id"])
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    with sandbox:
+        print(json.dumps({"api_base": sandbox.api_base, "ids": ids}), flush=True)
+        stopped.wait()
+    return 0
 
 
 # Reporting
 
 
-def summarize(runs: Sequence[Run], concurrencies: Sequence[int]) -> dict[str, Any]:
-    """Medians per view and concurrency, and the ratio real/bare of deliveries/s."""
-    rows: dict[str, dict[str, float]] = {}
-    ratios: dict[str, float] = {}
-    spreads: dict[str, list[float]] = {}
-    for concurrency in concurrencies:
-        for view in VIEWS:
-            mine = [r for r in runs if r.view == view and r.concurrency == concurrency]
-            rows[f"{view}/{concurrency}"] = {
-                "rate": statistics.median(r.rate for r in mine),
-                "p50_ms": statistics.median(r.p50_ms for r in mine),
-                "p99_ms": statistics.median(r.p99_ms for r in mine),
-            }
-        bare = rows[f"bare/{concurrency}"]["rate"]
-        ratios[str(concurrency)] = rows[f"real/{concurrency}"]["rate"] / bare if bare else 0.0
-        # Each repeat's real and bare ran back to back: the spread of their ratios is the noise.
-        rates = {(r.view, r.repeat): r.rate for r in runs if r.concurrency == concurrency}
-        pairs = [
-            rates["real", repeat] / rates["bare", repeat]
-            for view, repeat in rates
-            if view == "real" and rates.get(("bare", repeat))
-        ]
-        spreads[str(concurrency)] = [min(pairs, default=0.0), max(pairs, default=0.0)]
+def format_run(run: Run, done: int, total: int) -> str:
+    verdict = "ok" if run.ok else "FAILED: " + "; ".join(run.errors)
+    return (
+        f"run {done:>3}/{total}  {run.path:<16} {run.view:<4} c={run.concurrency:<3}"
+        f" {run.rate:7.1f}/s  p50 {run.p50_ms:5.1f} ms  p99 {run.p99_ms:6.1f} ms"
+        f"  client {run.client_cpu:4.0%} CPU  commit {run.commit_ms:.2f} ms  {verdict}"
+    )
+
+
+def summarize(
+    runs: Sequence[Run],
+    paths: Sequence[BenchPath],
+    concurrencies: Sequence[int],
+    statements: dict[str, dict[str, list[str]]],
+) -> dict[str, Any]:
+    """Per path and concurrency: the medians of each view, the ratio real/bare of the
+    median deliveries/s, and the range of the ratios of the back-to-back pairs."""
+    rows: list[dict[str, Any]] = []
+    for bench_path in paths:
+        for concurrency in concurrencies:
+            mine = [r for r in runs if r.path == bench_path.name and r.concurrency == concurrency]
+            row: dict[str, Any] = {"path": bench_path.name, "concurrency": concurrency}
+            for view in VIEWS:
+                theirs = [r for r in mine if r.view == view]
+                row[view] = {
+                    "rate": statistics.median(r.rate for r in theirs),
+                    "p50_ms": statistics.median(r.p50_ms for r in theirs),
+                    "p99_ms": statistics.median(r.p99_ms for r in theirs),
+                    "statements": len(statements[bench_path.name][view]),
+                }
+            bare = row["bare"]["rate"]
+            row["ratio"] = row["real"]["rate"] / bare if bare else 0.0
+            rates = {(r.view, r.repeat): r.rate for r in mine}
+            pairs = [
+                rates["real", repeat] / rates["bare", repeat]
+                for view, repeat in rates
+                if view == "real" and rates.get(("bare", repeat))
+            ]
+            row["pairs"] = [min(pairs, default=0.0), max(pairs, default=0.0)]
+            row["met"] = row["ratio"] >= TARGET
+            rows.append(row)
     return {
+        "target": TARGET,
         "rows": rows,
-        "ratios": ratios,
-        "spreads": spreads,
-        "met": all(r >= TARGET for r in ratios.values()),
+        "statements": statements,
+        "met": all(row["met"] for row in rows if row["path"] != "receiver"),
     }
 
 
-def format_table(summary: dict[str, Any], concurrencies: Sequence[int]) -> str:
+def format_table(
+    summary: dict[str, Any], paths: Sequence[BenchPath], concurrencies: Sequence[int]
+) -> str:
+    numbers = {p.name: p.number for p in paths}
     lines = [
-        "Medians over the runs:",
+        "Medians over the runs (deliveries/s; statements per delivery):",
         "",
-        f"{'view':<6}{'concurrency':>12}{'deliveries/s':>14}{'p50 ms':>9}{'p99 ms':>9}",
+        f"{'path':<20}{'c':>4}{'real/s':>9}{'bare/s':>9}{'real/bare':>11}{'pairs':>14}"
+        f"{'stmts real':>12}{'bare':>6}  target",
     ]
-    for concurrency in concurrencies:
-        for view in VIEWS:
-            row = summary["rows"][f"{view}/{concurrency}"]
-            lines.append(
-                f"{view:<6}{concurrency:>12}{row['rate']:>14.1f}"
-                f"{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
-            )
-    lines.append("")
-    for concurrency in concurrencies:
-        ratio = summary["ratios"][str(concurrency)]
-        low, high = summary["spreads"][str(concurrency)]
+    for row in summary["rows"]:
+        low, high = row["pairs"]
+        label = f"{numbers[row['path']]:>2} {row['path']}"
+        verdict = "met" if row["met"] else f"MISSED by {TARGET - row['ratio']:.2f}"
         lines.append(
-            f"real/bare deliveries/s at concurrency {concurrency}: {ratio:.2f}"
-            f"  (back-to-back pairs: {low:.2f} to {high:.2f})"
+            f"{label:<20}{row['concurrency']:>4}{row['real']['rate']:>9.0f}"
+            f"{row['bare']['rate']:>9.0f}{row['ratio']:>11.2f}{f'{low:.2f}-{high:.2f}':>14}"
+            f"{row['real']['statements']:>12}{row['bare']['statements']:>6}  {verdict}"
         )
-    met = "met" if summary["met"] else "not met"
-    lines.append(f"target >= {TARGET:.2f}: {met}")
+    lines.append("")
+    without = [row for row in summary["rows"] if row["path"] != "receiver"]
+    if without:
+        met = "met" if summary["met"] else "not met"
+        lines.append(
+            f"target real/bare >= {TARGET:.2f} on every path without a receiver,"
+            f" at concurrency {', '.join(map(str, concurrencies))}: {met}"
+        )
     return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def describe_environment(args: argparse.Namespace) -> dict[str, str]:
@@ -541,15 +1098,16 @@ def describe_environment(args: argparse.Namespace) -> dict[str, str]:
         pg_settings = ", ".join(f"{name}={setting}" for name, setting in cursor.fetchall())
     connection.close()
     load = os.getloadavg()[0]
-    busy = " (the machine is busy: expect noise)" if load > 1 else ""
     cpus = os.cpu_count()
+    busy = " (the machine is busy: expect noise)" if cpus and load > cpus / 2 else ""
     machine, system = platform.machine(), platform.system()
     python, django_version = platform.python_version(), django.get_version()
     gunicorn_version = metadata.version("gunicorn")
-    concurrencies = ", ".join(map(str, args.concurrency))
+    concurrency = ", ".join(map(str, args.concurrency))
+    paths = ", ".join(p.name for p in args.paths)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{machine}, {cpus} CPUs, {system}",
+        "machine": f"{machine}, {cpus} cores, {cpu_model()}, {system}",
         "busy": f"load average {load:.2f} at the start{busy}",
         "code": git_revision(),
         "software": (
@@ -559,8 +1117,9 @@ def describe_environment(args: argparse.Namespace) -> dict[str, str]:
         "server": f"gunicorn, {args.workers} {args.worker_class} workers, CONN_MAX_AGE=60",
         "load": (
             f"{args.deliveries} deliveries per run after {args.warmup} untimed,"
-            f" concurrency {concurrencies}, {args.repeat} runs each, alternating real/bare"
+            f" concurrency {concurrency}, {args.repeat} back-to-back pairs each"
         ),
+        "paths": paths,
     }
 
 
@@ -581,16 +1140,15 @@ def git_revision() -> str:
 
 
 def save(environment: dict[str, str], runs: Sequence[Run], summary: dict[str, Any]) -> None:
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    moment = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     result = {
         "environment": environment,
         "runs": [asdict(run) for run in runs],
         "summary": summary,
     }
-    path = RESULTS / f"{stamp}.json"
+    path = RESULTS / f"{moment}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    relative = path.relative_to(ROOT)
-    print(f"\nSaved to {relative}")
+    print(f"\nSaved to {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Settings for the webhook benchmark: a small project on PostgreSQL, as deployed.
 
 The database comes from ``BENCH_DATABASE_URL``
-(default ``postgres://postgres@127.0.0.1:5432/ledgepay_bench``).
+(default ``postgres://postgres@127.0.0.1:5432/ledgepay_bench``), LedgePay from
+``BENCH_API_BASE`` (``bench/run.py`` points it at a sandbox for the ``refund-unseen`` path;
+no other path calls LedgePay). Tasks run on Django's default ``ImmediateBackend``: a
+receiver's delivery runs in the request, right after the commit.
 """
 
 from __future__ import annotations
@@ -44,8 +47,10 @@ MIDDLEWARE = [
 ]
 
 LEDGEPAY_API_KEY = "sk_test_bench_not_secret"
-# Never reached: every delivery names a payment seeded beforehand.
-LEDGEPAY_API_BASE = "http://127.0.0.1:9/v1"
+# Never reached unless a path names a payment the mirror lacks (refund-unseen).
+LEDGEPAY_API_BASE = os.environ.get("BENCH_API_BASE", "http://127.0.0.1:9/v1")
+# The first attempt only: a benchmark that cannot reach its sandbox should fail at once.
+LEDGEPAY_MAX_RETRIES = 0
 LEDGEPAY_WEBHOOK_SECRET = "whsec_bench"
 
 LOGGING = {
