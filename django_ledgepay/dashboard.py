@@ -44,6 +44,9 @@ DEFAULT_WINDOW = 30
 DRIFT_LINK_LIMIT = 100
 #: The drift entries listed on the page; the counts per kind cover them all.
 DRIFT_SHOWN = 10
+#: An event received this long ago and still not processed is late: the webhook view
+#: processes each as it arrives, or a task worker does within moments.
+LATE_EVENT = datetime.timedelta(minutes=10)
 #: The order of the statuses in the stacked bars, bottom up, and their legend.
 STATUSES = (
     Payment.Status.SUCCEEDED,
@@ -399,6 +402,7 @@ def webhook_health(request: HttpRequest, site: str) -> dict[str, Any]:
         "failed": failed,
         "failed_url": f"{events_url}?status__exact=failed" if events_url else "",
         "oldest": oldest,
+        "oldest_late": oldest is not None and oldest.received_at < timezone.now() - LATE_EVENT,
         "oldest_url": (
             _url(f"{site}:django_ledgepay_webhookevent_change", oldest.pk)
             if oldest and can_view_events

@@ -513,3 +513,18 @@ def test_a_drift_that_is_not_a_list_shows_as_none(admin_client):
 
     assert response.status_code == 200
     assert response.context["reconciliation"]["count"] == 0
+
+
+@pytest.mark.parametrize(("minutes", "late"), [(2, False), (11, True)])
+def test_an_event_unprocessed_for_ten_minutes_is_late(admin_client, minutes, late):
+    event(
+        WebhookEvent.Status.RECEIVED,
+        timezone.now() - datetime.timedelta(minutes=minutes),
+        "waiting",
+    )
+
+    response = admin_client.get(URL)
+
+    assert response.context["health"]["oldest_late"] is late
+    row = response.content.decode().split("Oldest unprocessed event")[0].rsplit("<tr", 1)[1]
+    assert ("ledgepay-alert" in row) is late
