@@ -1,0 +1,820 @@
+"""Soak the delivery of signals: gunicorn and task workers killed at random while the sandbox
+delivers webhooks for a thousand payments and their refunds; nothing may be lost or doubled.
+
+Run from the repository root, with PostgreSQL at 127.0.0.1:5432 and the ``bench`` and
+``tasks`` extras installed::
+
+    .venv/bin/python bench/soak_delivery.py [--payments N] [--short]
+
+It creates a fresh database (``SOAK_DATABASE_URL``, default
+``postgres://postgres@127.0.0.1:5432/ledgepay_soak``; dropped at the end unless
+``--keep-db``), migrates it, and starts: the sandbox (in this process) at
+``--failure-rate`` 0.3 delivering webhooks to gunicorn (``--workers`` 4 sync workers)
+serving bench/soak_settings.py, whose tasks run on django-tasks-db's database backend
+with ``--task-workers`` 2 ``db_worker`` processes. The receivers of bench/soak write one
+row per run that took effect; one of them fails the first attempt of every tenth
+transition. Then, from ``--concurrency`` threads, each payment is created with
+``services.create_payment`` (against the sandbox's failing API, retried with its
+idempotency key), paid in the sandbox, and, for half of them, once the webhook has marked
+it succeeded, refunded with ``services.refund_payment`` (in full, or in two halves).
+Meanwhile every 0.3-1 s a random gunicorn worker (gunicorn respawns it) or ``db_worker``
+(respawned here) is killed with SIGKILL. Once the sandbox has delivered every event, the
+killing stops, the workers drain, everything stops, and ``manage.py ledgepay_deliver
+--all`` (after ``ledgepay_reprocess --all`` with ``--processing task``) catches up.
+
+It exits 1 unless: every transition is delivered; each receiver's effect is there exactly
+once for every payment (``payment_succeeded``) and every refund (``refund_created``,
+``refund_succeeded``), none lost and none doubled; the mirror agrees with the sandbox; no
+webhook was answered 500. A soak is not a unit test: CI runs ``--short``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+LOGS = RESULTS / "soak"
+SETTINGS = "bench.soak_settings"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/ledgepay_soak"
+SHORT_PAYMENTS = 150
+#: How long any one wait may take before the soak gives up and fails.
+WAIT = 300.0
+
+T = TypeVar("T")
+
+#: Set when the soak stops early (an error, Ctrl-C, SIGTERM): the shoppers give up.
+STOPPING = threading.Event()
+#: How often the stand-in for cron runs ``ledgepay_reprocess --all`` with ``--processing
+#: task`` (a project runs it every few minutes; the soak is shorter).
+CRON_EVERY = 10.0
+
+
+@dataclass
+class Chaos:
+    """What the killer did."""
+
+    web_kills: int = 0
+    task_kills: int = 0
+    respawned: int = 0
+    log: list[str] = field(default_factory=list)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--payments", type=int, default=1000, help="(default 1000)")
+    parser.add_argument("--short", action="store_true", help=f"{SHORT_PAYMENTS} payments, for CI")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers (4)")
+    parser.add_argument("--task-workers", type=int, default=2, help="db_worker processes (2)")
+    parser.add_argument("--failure-rate", type=float, default=0.3, help="sandbox API (0.3)")
+    parser.add_argument(
+        "--kill-every",
+        type=float,
+        nargs=2,
+        default=(0.3, 1.0),
+        metavar=("MIN", "MAX"),
+        help="seconds between kills, drawn uniformly (0.3 1.0); 0 0 kills nothing",
+    )
+    parser.add_argument("--concurrency", type=int, default=8, help="shopper threads (8)")
+    parser.add_argument(
+        "--processing",
+        choices=("inline", "task"),
+        default="inline",
+        help="LEDGEPAY_WEBHOOK_PROCESSING of the web workers (inline)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="for the kills and failures")
+    parser.add_argument(
+        "--no-wait-retries",
+        action="store_true",
+        help="do not wait (about a minute) for the workers to run the deferred retries",
+    )
+    parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
+    options = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    signal.signal(signal.SIGTERM, _interrupt)
+    payments = SHORT_PAYMENTS if options.short else options.payments
+    if payments < 1:
+        parser.error("--payments must be at least 1.")
+    if not 0 <= options.failure_rate <= 1:
+        parser.error("--failure-rate must be between 0 and 1.")
+    low, high = options.kill_every
+    if low < 0 or high < low:
+        parser.error("--kill-every needs 0 <= MIN <= MAX.")
+    seed = options.seed if options.seed is not None else random.randrange(1_000_000)
+
+    database_url = os.environ.get("SOAK_DATABASE_URL", DEFAULT_DATABASE_URL)
+    sandbox_port, web_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": SETTINGS,
+        "SOAK_DATABASE_URL": database_url,
+        "SOAK_API_BASE": f"http://127.0.0.1:{sandbox_port}/v1",
+        "SOAK_PROCESSING": options.processing,
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ.update(env)
+    LOGS.mkdir(parents=True, exist_ok=True)
+    for old in LOGS.glob("*.log"):
+        old.unlink()
+
+    recreate_database(database_url)
+    try:
+        return soak(options, payments, seed, env, sandbox_port, web_port)
+    finally:
+        if not options.keep_db:
+            with contextlib.suppress(Exception):
+                from django.db import connections
+
+                connections.close_all()
+            drop_database(database_url)
+
+
+def soak(
+    options: argparse.Namespace,
+    payments: int,
+    seed: int,
+    env: dict[str, str],
+    sandbox_port: int,
+    web_port: int,
+) -> int:
+    migrated = manage(env, "migrate", "--no-input")
+    if migrated.returncode != 0:
+        print(migrated.stdout, migrated.stderr, file=sys.stderr)
+        return 1
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.db import connection
+
+    from django_ledgepay.sandbox import Sandbox
+
+    print(machine(connection))
+    print(
+        f"soak: {payments} payments, gunicorn x{options.workers} (sync), "
+        f"{options.task_workers} db_worker, sandbox failure rate {options.failure_rate}, "
+        f"kills every {options.kill_every[0]}-{options.kill_every[1]} s, "
+        f"processing {options.processing}, seed {seed}"
+    )
+
+    web_url = f"http://127.0.0.1:{web_port}/ledgepay/webhook/"
+    sandbox = Sandbox(
+        port=sandbox_port,
+        webhook_url=web_url,
+        webhook_secret=settings.LEDGEPAY_WEBHOOK_SECRET,
+        failure_rate=options.failure_rate,
+        refund_delay=0.5,
+        delivery_backoff=0.2,
+        delivery_max_backoff=2.0,
+        seed=seed,
+    )
+    rng = random.Random(seed)
+    processes = Processes(env, options.workers, options.task_workers, web_port)
+    chaos = Chaos()
+    stop_killing = threading.Event()
+    started = time.monotonic()
+    cron_runs: list[str] = []
+    try:
+        sandbox.start()
+        processes.start()
+        killer = threading.Thread(
+            target=kill_forever,
+            args=(processes, chaos, stop_killing, rng, options.kill_every),
+            daemon=True,
+        )
+        killer.start()
+        if options.processing == "task":
+            # Events whose process_event task died with a killed worker wait for cron.
+            threading.Thread(
+                target=cron_forever, args=(env, cron_runs, stop_killing), daemon=True
+            ).start()
+        shop_errors = shop(sandbox, payments, options.concurrency)
+        loaded = time.monotonic() - started
+        print(f"load done in {loaded:.1f} s; waiting for the sandbox's webhooks")
+        all_sent = sandbox.wait_for_deliveries(timeout=WAIT)
+        settled = time.monotonic() - started
+        retried_by_workers = 0.0
+        if not options.no_wait_retries:
+            # The receivers' retries are deferred by a minute at least: let the workers
+            # run them, still under fire, so the catch-up is left what the kills lost.
+            print(f"webhooks done at {settled:.1f} s; waiting for the deferred retries")
+            waited = time.monotonic()
+            wait_for_workers(processes, timeout=150.0, deferred=True)
+            retried_by_workers = time.monotonic() - waited
+        stop_killing.set()
+        killer.join()
+        drained = wait_for_workers(processes)
+    finally:
+        STOPPING.set()
+        stop_killing.set()
+        processes.stop()
+        sandbox.stop()
+    running_forever = lost_tasks()
+    from django_ledgepay.models import Transition
+
+    before_catch_up = Transition.objects.filter(delivered_at__isnull=True).count()
+    reprocessed = ""
+    if options.processing == "task":
+        reprocessed = manage(env, "ledgepay_reprocess", "--all").stdout.strip().splitlines()[-1]
+    # As cron runs it: again while some receiver still fails (the soak's flaky receiver
+    # fails a first attempt, which a transition the kills left untried makes here).
+    catch_ups: list[str] = []
+    for _ in range(3):
+        catch_up = manage(env, "ledgepay_deliver", "--all")
+        summary = [
+            line
+            for line in (catch_up.stdout + catch_up.stderr).splitlines()
+            if "Delivered" in line
+        ]
+        catch_ups.append(summary[-1] if summary else f"exit status {catch_up.returncode}")
+        if catch_up.returncode == 0:
+            break
+    total = time.monotonic() - started
+
+    report = check(sandbox, payments, shop_errors)
+    report.update(
+        {
+            "seed": seed,
+            "payments_asked": payments,
+            "seconds": {"load": loaded, "webhooks": settled, "total": total},
+            "sandbox_all_delivered": all_sent,
+            "workers_drained": drained,
+            "kills": {"web": chaos.web_kills, "task": chaos.task_kills},
+            "task_workers_respawned": chaos.respawned,
+            "tasks_lost_with_a_killed_worker": running_forever,
+            "undelivered_before_catch_up": before_catch_up,
+            "reprocess": reprocessed,
+            "cron_reprocess_runs": cron_runs,
+            "catch_up": catch_ups,
+            "catch_up_errors": catch_up.stderr.strip()[-2000:],
+            "seconds_waiting_for_deferred_retries": retried_by_workers,
+            "catch_up_status": catch_up.returncode,
+            "access_log": access_log_statuses(),
+        }
+    )
+    return print_report(report)
+
+
+# The processes: gunicorn and the task workers
+
+
+class Processes:
+    def __init__(self, env: dict[str, str], web: int, task: int, port: int) -> None:
+        self.env = env
+        self.web_workers = web
+        self.task_count = task
+        self.port = port
+        self.gunicorn: subprocess.Popen[bytes] | None = None
+        self.tasks: list[subprocess.Popen[bytes]] = []
+        self.spawned = 0
+        self.worker_ids: dict[int, str] = {}
+        self.lock = threading.Lock()
+        self.task_log = (LOGS / "db_worker.log").open("ab")
+        self.stopped = False
+
+    def start(self) -> None:
+        self.gunicorn = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "bench.soak.wsgi:application",
+                "--workers",
+                str(self.web_workers),
+                "--worker-class",
+                "sync",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--preload",
+                "--timeout",
+                "30",
+                "--access-logfile",
+                str(LOGS / "access.log"),
+                "--access-logformat",
+                "%(s)s %(m)s %(U)s",
+                "--error-logfile",
+                str(LOGS / "gunicorn.log"),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=(LOGS / "gunicorn.out.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(self.task_count):
+            self.tasks.append(self.spawn_task_worker())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.gunicorn.poll() is not None:
+                raise SystemExit(f"gunicorn exited; see {LOGS / 'gunicorn.log'}.")
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            time.sleep(0.05)
+        raise SystemExit("gunicorn did not start listening within 30 s.")
+
+    def spawn_task_worker(self) -> subprocess.Popen[bytes]:
+        self.spawned += 1
+        worker_id = f"soak-{self.spawned}"
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "django",
+                "db_worker",
+                "--interval",
+                "0.1",
+                "--no-reload",
+                "--worker-id",
+                worker_id,
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.task_log,
+            stderr=subprocess.STDOUT,
+        )
+        self.worker_ids[process.pid] = worker_id
+        return process
+
+    def live_worker_ids(self) -> set[str]:
+        with self.lock:
+            return {self.worker_ids[w.pid] for w in self.tasks if w.poll() is None}
+
+    def web_worker_pids(self) -> list[int]:
+        assert self.gunicorn is not None
+        path = Path(f"/proc/{self.gunicorn.pid}/task/{self.gunicorn.pid}/children")
+        with contextlib.suppress(OSError):
+            return [int(pid) for pid in path.read_text().split()]
+        return []
+
+    def kill_web_worker(self, rng: random.Random) -> bool:
+        pids = self.web_worker_pids()
+        if not pids:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rng.choice(pids), signal.SIGKILL)
+            return True
+        return False
+
+    def kill_task_worker(self, rng: random.Random) -> bool:
+        """SIGKILL one db_worker and start another in its place."""
+        with self.lock:
+            if self.stopped:
+                return False
+            index = rng.randrange(len(self.tasks))
+            victim = self.tasks[index]
+            with contextlib.suppress(ProcessLookupError):
+                victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            self.tasks[index] = self.spawn_task_worker()
+        return True
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            for worker in self.tasks:
+                if worker.poll() is None:
+                    worker.terminate()
+            for worker in self.tasks:
+                try:
+                    worker.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
+        if self.gunicorn is not None and self.gunicorn.poll() is None:
+            self.gunicorn.terminate()
+            try:
+                self.gunicorn.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.gunicorn.kill()
+                self.gunicorn.wait()
+
+
+def kill_forever(
+    processes: Processes,
+    chaos: Chaos,
+    stop: threading.Event,
+    rng: random.Random,
+    every: tuple[float, float],
+) -> None:
+    low, high = every
+    if high <= 0:
+        return
+    while not stop.wait(rng.uniform(low, high)):
+        if rng.random() < 0.5:
+            if processes.kill_web_worker(rng):
+                chaos.web_kills += 1
+        elif processes.kill_task_worker(rng):
+            chaos.task_kills += 1
+            chaos.respawned += 1
+
+
+def cron_forever(env: dict[str, str], runs: list[str], stop: threading.Event) -> None:
+    """Run ``ledgepay_reprocess --all`` every few seconds, as cron would every few minutes."""
+    while not stop.wait(CRON_EVERY):
+        done = manage(env, "ledgepay_reprocess", "--all")
+        lines = done.stdout.strip().splitlines()
+        runs.append(lines[-1] if lines else f"exit status {done.returncode}")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def wait_for_workers(processes: Processes, timeout: float = 60.0, deferred: bool = False) -> bool:
+    """Let the task workers finish what is due (with ``deferred``, what is deferred too);
+    True when nothing is left and no live worker is running a task."""
+    from django_tasks_db.models import DBTaskResult
+
+    waiting = DBTaskResult.objects.filter(status="READY") if deferred else None
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live = processes.live_worker_ids()
+        busy = any(
+            ids and ids[-1] in live
+            for ids in DBTaskResult.objects.running().values_list("worker_ids", flat=True)
+        )
+        left = waiting if waiting is not None else DBTaskResult.objects.ready()
+        if not busy and not left.exists():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def lost_tasks() -> int:
+    """Tasks a killed worker had taken: they stay RUNNING for ever."""
+    from django_tasks_db.models import DBTaskResult
+
+    return DBTaskResult.objects.running().count()
+
+
+# The shoppers
+
+
+def retry(call: Callable[[], T], what: str, attempts: int = 30) -> T:
+    """Call until LedgePay answers: the sandbox fails on purpose. Errors that are not
+    LedgePay's being unreachable or failing are raised at once."""
+    from django_ledgepay.exceptions import (
+        APIConnectionError,
+        APIError,
+        RateLimitError,
+        RefundUnresolvedError,
+    )
+
+    for attempt in range(1, attempts + 1):
+        if STOPPING.is_set():
+            raise RuntimeError("the soak is stopping")
+        try:
+            return call()
+        except (APIConnectionError, APIError, RateLimitError, RefundUnresolvedError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.05)
+    raise AssertionError(what)  # Never reached.
+
+
+def shop(sandbox: Any, payments: int, concurrency: int) -> list[str]:
+    """Create, pay and refund ``payments`` payments from ``concurrency`` threads; the
+    errors, one line each."""
+    from django.db import connection
+
+    errors: list[str] = []
+
+    def one(number: int) -> None:
+        try:
+            buy_and_refund(sandbox, number)
+        except Exception as err:
+            errors.append(f"payment {number}: {type(err).__name__}: {err}")
+        finally:
+            connection.close()
+
+    pool = concurrent.futures.ThreadPoolExecutor(concurrency)
+    try:
+        list(pool.map(one, range(payments)))
+    except BaseException:
+        STOPPING.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return errors
+
+
+def buy_and_refund(sandbox: Any, number: int) -> None:
+    from django_ledgepay import services
+    from django_ledgepay.models import Payment
+
+    amount = 1000 + number
+    payment = retry(
+        lambda: services.create_payment(
+            amount=amount,
+            currency="EUR",
+            description=f"soak order {number}",
+            success_url="https://shop.test/paid",
+            cancel_url="https://shop.test/cancel",
+            metadata={"order": number},
+            idempotency_key=f"soak-order-{number}",
+        ),
+        f"create payment {number}",
+    )
+    sandbox.pay(payment.ledgepay_id)
+    if number % 2:
+        return
+    deadline = time.monotonic() + WAIT
+    while not Payment.objects.filter(pk=payment.pk, status=Payment.Status.SUCCEEDED).exists():
+        if time.monotonic() > deadline or STOPPING.is_set():
+            raise TimeoutError(f"payment {payment.ledgepay_id} never became succeeded")
+        time.sleep(0.05)
+    parts: list[int | None] = [None] if number % 4 == 0 else [amount // 2, None]
+    for index, part in enumerate(parts):
+        retry(
+            lambda part=part, index=index: services.refund_payment(
+                payment.ledgepay_id,
+                amount=part,
+                idempotency_key=f"soak-refund-{number}-{index}",
+            ),
+            f"refund {index} of payment {number}",
+        )
+
+
+# Checking
+
+
+def check(sandbox: Any, payments: int, shop_errors: list[str]) -> dict[str, Any]:
+    from django.db.models import Count
+
+    from bench.soak import receivers
+    from bench.soak.models import Effect
+    from django_ledgepay.models import Payment, Reaction, Refund, Transition
+
+    failures: list[str] = [*shop_errors[:20]]
+    if len(shop_errors) > 20:
+        failures.append(f"... and {len(shop_errors) - 20} more shopper errors")
+
+    # The mirror against the sandbox.
+    remote_payments = sandbox.payments
+    remote_refunds = sandbox.refunds
+    mirror = {p.ledgepay_id: p for p in Payment.objects.all()}
+    if len(remote_payments) != payments:
+        failures.append(f"the sandbox holds {len(remote_payments)} payments, not {payments}")
+    for ledgepay_id, remote in remote_payments.items():
+        local = mirror.get(ledgepay_id)
+        if local is None or local.status != remote["status"]:
+            failures.append(f"payment {ledgepay_id}: mirror {local and local.status}")
+    refunds = {r.ledgepay_id: r for r in Refund.objects.all()}
+    for ledgepay_id, remote in remote_refunds.items():
+        local = refunds.get(ledgepay_id)
+        if local is None or local.status != remote["status"]:
+            failures.append(f"refund {ledgepay_id}: mirror {local and local.status}")
+    if set(refunds) != set(remote_refunds):
+        failures.append(f"{len(refunds)} refunds in the mirror, {len(remote_refunds)} sent")
+
+    # What must have been delivered: one transition per payment and signal.
+    expected = {("payment_succeeded", p.pk, None) for p in mirror.values()}
+    for refund in refunds.values():
+        expected.add(("refund_created", refund.payment_id, refund.pk))
+        expected.add(("refund_succeeded", refund.payment_id, refund.pk))
+    transitions = Counter(
+        Transition.objects.values_list("signal", "payment_id", "refund_id").iterator()
+    )
+    doubled_transitions = sum(n - 1 for n in transitions.values() if n > 1)
+    missing_transitions = len(expected - set(transitions))
+    stray_transitions = len(set(transitions) - expected)
+    undelivered = Transition.objects.filter(delivered_at__isnull=True).count()
+    if undelivered:
+        failures.append(f"{undelivered} transitions undelivered after ledgepay_deliver --all")
+    if doubled_transitions or missing_transitions or stray_transitions:
+        failures.append(
+            f"transitions: {missing_transitions} missing, {doubled_transitions} doubled, "
+            f"{stray_transitions} unexpected"
+        )
+
+    effects: dict[str, dict[str, int]] = {}
+    for name in (receivers.STEADY, receivers.FLAKY):
+        counted = Counter(
+            Effect.objects.filter(receiver=name)
+            .values_list("signal", "payment_id", "refund_id")
+            .iterator()
+        )
+        per_transition = Counter(
+            Effect.objects.filter(receiver=name).values_list("transition_id", flat=True)
+        )
+        lost = len(expected - set(counted))
+        doubled = sum(n - 1 for n in counted.values() if n > 1)
+        doubled_runs = sum(n - 1 for n in per_transition.values() if n > 1)
+        stray = len(set(counted) - expected)
+        effects[name] = {
+            "expected": len(expected),
+            "effects": sum(counted.values()),
+            "lost": lost,
+            "doubled": doubled,
+            "doubled_per_transition": doubled_runs,
+            "unexpected": stray,
+        }
+        if lost or doubled or doubled_runs or stray:
+            failures.append(
+                f"{name}: {lost} lost, {doubled} doubled, {stray} unexpected of {len(expected)}"
+            )
+
+    deliveries = list(sandbox.deliveries)
+    statuses = Counter(
+        str(d.status) if d.status is not None else f"no answer ({d.error})" for d in deliveries
+    )
+    if statuses.get("500"):
+        failures.append(f"{statuses['500']} webhooks answered 500")
+    retried = Reaction.objects.filter(attempts__gt=1).count()
+    by_signal = dict(
+        Transition.objects.values_list("signal").annotate(n=Count("id")).order_by("signal")
+    )
+    by_source = dict(
+        Transition.objects.values_list("source").annotate(n=Count("id")).order_by("source")
+    )
+    return {
+        "failures": failures,
+        "payments": len(mirror),
+        "refunds": len(refunds),
+        "transitions": sum(transitions.values()),
+        "transitions_by_signal": by_signal,
+        "transitions_by_source": by_source,
+        "effects": effects,
+        "reactions_retried": retried,
+        "webhook_attempts": len(deliveries),
+        "webhook_statuses": dict(sorted(statuses.items())),
+        "api_failures_injected": dict(Counter(sandbox.injected)),
+    }
+
+
+def access_log_statuses() -> dict[str, int]:
+    """The answers gunicorn logged for the webhook view, by status."""
+    counts: Counter[str] = Counter()
+    with contextlib.suppress(OSError), (LOGS / "access.log").open() as log:
+        for line in log:
+            status, _, rest = line.partition(" ")
+            if "/ledgepay/webhook/" in rest:
+                counts[status] += 1
+    return dict(sorted(counts.items()))
+
+
+def print_report(report: dict[str, Any]) -> int:
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    (RESULTS / f"soak-{stamp}.json").write_text(json.dumps(report, indent=2, default=str))
+    seconds = report["seconds"]
+    print(
+        f"\n{report['payments']} payments, {report['refunds']} refunds, "
+        f"{report['transitions']} transitions {report['transitions_by_signal']}"
+    )
+    print(f"transitions by source: {report['transitions_by_source']}")
+    print(
+        f"time: load {seconds['load']:.1f} s, all webhooks delivered at "
+        f"{seconds['webhooks']:.1f} s, total {seconds['total']:.1f} s"
+    )
+    print(
+        f"kills: {report['kills']['web']} gunicorn workers, {report['kills']['task']} "
+        f"db_workers; tasks lost with a killed worker: "
+        f"{report['tasks_lost_with_a_killed_worker']}"
+    )
+    print(
+        f"webhooks: {report['webhook_attempts']} attempts by the sandbox, answers "
+        f"{report['webhook_statuses']}; gunicorn's access log {report['access_log']}"
+    )
+    print(f"sandbox API failures injected: {report['api_failures_injected']}")
+    print(
+        f"undelivered before the catch-up: {report['undelivered_before_catch_up']}; "
+        f"reactions that needed more than one attempt: {report['reactions_retried']}"
+    )
+    if report["cron_reprocess_runs"]:
+        applied = sum(
+            int(line.split()[1])
+            for line in report["cron_reprocess_runs"]
+            if line.startswith("Processed")
+        )
+        print(
+            f"ledgepay_reprocess --all every {CRON_EVERY:.0f} s during the soak: "
+            f"{len(report['cron_reprocess_runs'])} runs, {applied} events processed"
+        )
+    if report["reprocess"]:
+        print(f"ledgepay_reprocess --all: {report['reprocess']}")
+    for number, line in enumerate(report["catch_up"], 1):
+        print(f"ledgepay_deliver --all, run {number}: {line}")
+    if report["catch_up_status"] != 0:
+        print(report["catch_up_errors"])
+    for name, figures in report["effects"].items():
+        print(
+            f"{name}: {figures['effects']} effects for {figures['expected']} expected: "
+            f"{figures['lost']} lost, {figures['doubled']} doubled"
+        )
+    failures = list(report["failures"])
+    if not report["sandbox_all_delivered"]:
+        failures.append("the sandbox did not deliver every event in time")
+    if report["catch_up_status"] != 0:
+        failures.append("ledgepay_deliver --all failed")
+    if failures:
+        print("\nFAIL:")
+        for failure in failures:
+            print(f"  {failure}")
+        return 1
+    print("\nOK: every transition delivered, each effect exactly once, no 500.")
+    return 0
+
+
+# Set-up
+
+
+def machine(connection: Any) -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        postgres = cursor.fetchone()[0]
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return (
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {model or 'unknown CPU'}; "
+        f"load {load}; Python {platform.python_version()}, Django {metadata.version('django')}, "
+        f"gunicorn {metadata.version('gunicorn')}, django-tasks-db "
+        f"{metadata.version('django-tasks-db')}, PostgreSQL {postgres}"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "django", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+
+
+def _admin_connection(url: str) -> tuple[Any, str]:
+    import environ
+    import psycopg
+
+    config = environ.Env.db_url_config(url)
+    name = config["NAME"]
+    admin = psycopg.connect(
+        dbname="postgres",
+        user=config.get("USER") or "postgres",
+        password=config.get("PASSWORD") or None,
+        host=config.get("HOST") or "127.0.0.1",
+        port=config.get("PORT") or 5432,
+        autocommit=True,
+    )
+    return admin, name
+
+
+def recreate_database(url: str) -> None:
+    from psycopg import sql
+
+    admin, name = _admin_connection(url)
+    with admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(url: str) -> None:
+    from psycopg import sql
+
+    admin, name = _admin_connection(url)
+    with admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
