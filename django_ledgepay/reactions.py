@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from inspect import iscoroutinefunction
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from asgiref.sync import async_to_sync
 
@@ -35,9 +35,6 @@ from django.utils import timezone
 from django_ledgepay import signals
 from django_ledgepay.conf import conf
 from django_ledgepay.models import Payment, Reaction, Refund, Transition, WebhookEvent
-
-if TYPE_CHECKING:
-    from django.contrib.auth.models import AbstractBaseUser
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +63,8 @@ MAX_ERROR_CHARS: Final = 10_000
 @dataclass(frozen=True)
 class Origin:
     source: str
-    actor: AbstractBaseUser | None = None
+    #: The staff user (``AUTH_USER_MODEL``) behind an admin action.
+    actor: Any = None
 
 
 _origin: contextvars.ContextVar[Origin | None] = contextvars.ContextVar(
@@ -374,7 +372,8 @@ def _finish(transition: Transition, errors: list[str]) -> None:
 
 def backoff(attempts: int) -> datetime.timedelta:
     """The wait after ``attempts`` failed attempts: 1 minute, doubling, at most 6 hours."""
-    return min(FIRST_BACKOFF * 2 ** max(0, attempts - 1), MAX_BACKOFF)
+    doublings = min(max(0, attempts - 1), 20)
+    return min(FIRST_BACKOFF * (1 << doublings), MAX_BACKOFF)
 
 
 def undelivered(*, everything: bool = False) -> Any:

@@ -11,7 +11,7 @@ import datetime
 from typing import Any
 
 try:  # Django 6.0+
-    from django.tasks import (  # type: ignore[import-not-found,unused-ignore]
+    from django.tasks import (  # type: ignore[import-not-found,import-untyped,unused-ignore]
         InvalidTaskBackend,
         task,
         task_backends,
@@ -24,10 +24,10 @@ except ImportError:  # Django 5.2: the backport
 
 from django_ledgepay.conf import conf
 
-__all__ = ["InvalidTaskBackend", "deliver_transition", "process_event"]
+__all__ = ["InvalidTaskBackend", "deliver_transition", "process_event", "task_backends"]
 
 
-@task()
+@task()  # type: ignore[untyped-decorator,unused-ignore]
 def deliver_transition(transition_id: int) -> None:
     """Run the receivers of the transition ``transition_id`` that have not yet succeeded."""
     from django_ledgepay import reactions
@@ -35,7 +35,7 @@ def deliver_transition(transition_id: int) -> None:
     reactions.deliver(transition_id)
 
 
-@task()
+@task()  # type: ignore[untyped-decorator,unused-ignore]
 def process_event(event_id: int) -> None:
     """Apply the stored webhook event ``event_id``, unless it was applied already."""
     from django_ledgepay import webhooks

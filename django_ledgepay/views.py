@@ -72,7 +72,7 @@ class WebhookView(View):
             return self.store(body)
         fast = webhooks.settle_in_one_statement(body)
         if fast is not None and fast.settled is not None:
-            return _answer(200, WebhookEvent.Status.PROCESSED)
+            return _answer(200, fast.settled.status)
         if fast is not None and fast.stored is not None and fast.stored.is_processed:
             return _answer(200, "duplicate")
 

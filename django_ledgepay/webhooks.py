@@ -14,21 +14,20 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
-from django_ledgepay import reactions, services
+from django_ledgepay import services, statements
 from django_ledgepay.conf import Secret
 from django_ledgepay.exceptions import LedgePayError, WebhookPayloadError, WebhookSignatureError
-from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
+from django_ledgepay.models import Payment, Refund, WebhookEvent
 
 if TYPE_CHECKING:
-    from django.db.models import Field
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -394,28 +393,16 @@ def _outcome(instance: Payment | Refund, announced: str | None) -> tuple[str, st
     return WebhookEvent.Status.FAILED, f"The {kind} is still {instance.status}; not applied."
 
 
-# The hot path on PostgreSQL: a known pending payment reaching a final status
+# The hot paths on PostgreSQL: one statement each (django_ledgepay.statements)
 
 
-@dataclass(frozen=True)
-class FastOutcome:
-    """What :func:`settle_in_one_statement` did: the stored event when it applied the
-    delivery, else the event already stored for this body (a redelivery), if any."""
+def settle_in_one_statement(body: bytes) -> statements.FastOutcome | None:
+    """Apply a delivery in one SQL statement where PostgreSQL allows and the case is one
+    the statement can decide alone; else change nothing and return None or the outcome
+    without ``settled`` (then take the general path).
 
-    settled: WebhookEvent | None
-    stored: WebhookEvent | None
-
-
-def settle_in_one_statement(body: bytes) -> FastOutcome | None:
-    """Apply a ``payment.*`` delivery for a known pending payment in one SQL statement.
-
-    On PostgreSQL, outside a transaction, one statement moves the payment from pending to
-    the announced status and stores the event as processed, atomically: the event is never
-    applied without being stored, and a rival worker or a redelivery finds the payment no
-    longer pending and the event stored. That is one query and one commit, against the
-    general path's four. When nothing was applied (the payment is unknown or not pending,
-    or the body is anything else) it looks up the event stored for this body, so that a
-    redelivery costs two queries, and returns; None means: take the general path.
+    Outside a transaction only: the statement is its own transaction, so the change, the
+    stored event and its transition commit together, and a redelivery costs one query.
     """
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         return None
@@ -423,112 +410,4 @@ def settle_in_one_statement(body: bytes) -> FastOutcome | None:
         payload = parse_event(body)
     except WebhookPayloadError:
         return None
-    announced = PAYMENT_EVENTS.get(payload["event"])
-    if announced is None:
-        return None
-    data = payload["data"]
-    digest = hashlib.sha256(body).hexdigest()
-    now = timezone.now()
-    values = {**services.payment_values(data), "status": announced, "updated_at": now}
-    values.setdefault("completed_at", now)
-    # Fixed facts are not set but required to match: an event that contradicts them
-    # leaves the row alone and takes the general path, which asks LedgePay.
-    facts = {name: values.pop(name) for name in sorted(services.FIXED_FACTS) if name in values}
-    event = WebhookEvent(
-        event_type=payload["event"],
-        object_id=data["id"],
-        payload=payload,
-        body_sha256=digest,
-        status=WebhookEvent.Status.PROCESSED,
-        attempts=1,
-        received_at=now,
-        processed_at=now,
-    )
-    transition = reactions.new_transition(
-        services.PAYMENT_TRANSITIONS[announced], payment=Payment(), event=event, now=now
-    )
-    try:
-        rows = list(
-            Payment.objects.raw(*_settle_sql(data["id"], values, facts, event, transition))
-        )
-    except IntegrityError:
-        rows = []  # The same body, stored meanwhile by a rival worker.
-    if rows:
-        payment = rows[0]
-        # The raw query's extra columns.
-        event.pk = payment.__dict__["ledgepay_event_id"]
-        transition.pk = payment.__dict__["ledgepay_transition_id"]
-        for instance in (event, transition):
-            instance._state.adding = False
-            instance._state.db = payment._state.db
-        transition.payment = payment
-        reactions.deliver_on_commit(transition)
-        return FastOutcome(settled=event, stored=event)
-    return FastOutcome(
-        settled=None, stored=WebhookEvent.objects.filter(body_sha256=digest).first()
-    )
-
-
-def _field(model: type[Payment] | type[WebhookEvent], name: str) -> Field[Any, Any]:
-    return cast("Field[Any, Any]", model._meta.get_field(name))
-
-
-def _settle_sql(
-    ledgepay_id: str,
-    values: Mapping[str, Any],
-    facts: Mapping[str, Any],
-    event: WebhookEvent,
-    transition: Transition,
-) -> tuple[str, list[Any]]:
-    """One statement: the payment's UPDATE, the event's INSERT and the transition's INSERT,
-    each only if the one before it took place."""
-    quote = connection.ops.quote_name
-    payments, events, transitions = Payment._meta, WebhookEvent._meta, Transition._meta
-    assignments, params = [], []
-    for name, value in values.items():
-        field = _field(Payment, name)
-        assignments.append(f"{quote(field.column)} = %s")
-        params.append(field.get_db_prep_save(value, connection))
-    params += [ledgepay_id, Payment.Status.PENDING]
-    conditions = ""
-    for name, value in facts.items():
-        field = _field(Payment, name)
-        conditions += f" AND {quote(field.column)} = %s"
-        params.append(field.get_db_prep_value(value, connection))
-    # Every column of the event but its id, so none is left to a default the database
-    # does not know (Django's defaults are not in the schema).
-    names = [f.name for f in events.concrete_fields if not f.primary_key]
-    fields = [_field(WebhookEvent, name) for name in names]
-    params += [
-        field.get_db_prep_save(getattr(event, field.attname), connection) for field in fields
-    ]
-    # The transition's columns but its id and those the statement fills from the others.
-    noted_names = [
-        f.name
-        for f in transitions.concrete_fields
-        if not f.primary_key and f.name not in {"payment", "event", "refund"}
-    ]
-    noted = [_field(Transition, name) for name in noted_names]
-    params += [
-        field.get_db_prep_save(getattr(transition, field.attname), connection) for field in noted
-    ]
-    columns = ", ".join(quote(f.column) for f in noted)
-    sql = (
-        f"WITH settled AS ("
-        f"UPDATE {quote(payments.db_table)} SET {', '.join(assignments)} "
-        f"WHERE {quote('ledgepay_id')} = %s AND {quote('status')} = %s{conditions} "
-        f"RETURNING *"
-        f"), stored AS ("
-        f"INSERT INTO {quote(events.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-        f"SELECT {', '.join(['%s'] * len(fields))} WHERE EXISTS (SELECT 1 FROM settled) "
-        f"RETURNING {quote('id')}"
-        f"), noted AS ("
-        f"INSERT INTO {quote(transitions.db_table)} "
-        f"({columns}, {quote('payment_id')}, {quote('event_id')}, {quote('refund_id')}) "
-        f"SELECT {', '.join(['%s'] * len(noted))}, settled.{quote('id')}, stored.{quote('id')}, "
-        f"NULL "
-        f"FROM settled, stored RETURNING {quote('id')}"
-        f") SELECT settled.*, stored.{quote('id')} AS ledgepay_event_id, "
-        f"noted.{quote('id')} AS ledgepay_transition_id FROM settled, stored, noted"
-    )
-    return sql, params
+    return statements.apply(payload, hashlib.sha256(body).hexdigest())

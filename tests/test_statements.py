@@ -1,0 +1,233 @@
+"""The one-statement paths on PostgreSQL: what each delivery costs, and the same rows as
+the general path they mirror."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from django.db import connection
+
+from django_ledgepay import webhooks
+from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
+from django_ledgepay.testing import signed_webhook
+from tests.factories import make_payment, make_refund
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("without_shop_receivers"),
+]
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the one-statement paths are PostgreSQL's"
+)
+
+URL = "/ledgepay/webhook/"
+
+
+def post(client: Any, payload: dict[str, Any]) -> Any:
+    body, headers = signed_webhook(payload)
+    return client.post(URL, body, content_type="application/json", headers=headers)
+
+
+def paid(payment_id: str, **data: Any) -> dict[str, Any]:
+    return {"event": "payment.succeeded", "data": {"id": payment_id, **data}}
+
+
+def refund_event(kind: str, refund_id: str, payment_id: str, **data: Any) -> dict[str, Any]:
+    return {"event": kind, "data": {"id": refund_id, "payment_id": payment_id, **data}}
+
+
+# Scenarios: the state before, and the deliveries (each also delivered twice).
+
+
+def pending_paid() -> list[dict[str, Any]]:
+    make_payment(ledgepay_id="pay_a", status="pending", metadata={"order": "1"})
+    data = {"amount": 5000, "currency": "EUR", "metadata": {"order": "1", "x": "y"}}
+    return [paid("pay_a", **data, completed_at="2024-01-15T10:32:15Z")]
+
+
+def final_news() -> list[dict[str, Any]]:
+    make_payment(ledgepay_id="pay_a", status="succeeded")
+    failed = {"event": "payment.failed", "data": {"id": "pay_a", "amount": 5000}}
+    return [paid("pay_a", amount=5000, currency="EUR", note=1), failed]
+
+
+def never_seen() -> list[dict[str, Any]]:
+    return [paid("pay_new", amount=1234, currency="JPY", description="Teapot")]
+
+
+def never_seen_without_facts() -> list[dict[str, Any]]:
+    # Not enough to record it: both paths leave it to a fetch (which fails: no API here).
+    return []
+
+
+def contradicting() -> list[dict[str, Any]]:
+    make_payment(ledgepay_id="pay_a", status="succeeded", amount=5000)
+    return [
+        {"event": "payment.canceled", "data": {"id": "pay_a", "amount": 5000, "currency": "USD"}}
+    ]
+
+
+def refund_created() -> list[dict[str, Any]]:
+    make_payment(ledgepay_id="pay_a", status="succeeded", amount=5000)
+    return [
+        refund_event("refund.created", "re_1", "pay_a", amount=2000, status="pending"),
+        refund_event("refund.succeeded", "re_1", "pay_a", amount=2000, currency="EUR"),
+        refund_event("refund.created", "re_2", "pay_a", amount=1000, reason="duplicate"),
+    ]
+
+
+def refund_first_seen_final() -> list[dict[str, Any]]:
+    make_payment(ledgepay_id="pay_a", status="succeeded", amount=5000)
+    return [refund_event("refund.succeeded", "re_1", "pay_a", amount=3000)]
+
+
+def refund_known() -> list[dict[str, Any]]:
+    payment = make_payment(ledgepay_id="pay_a", status="succeeded", amount=5000)
+    make_refund(payment, ledgepay_id="re_1", amount=2000, status="pending")
+    make_refund(payment, ledgepay_id="re_2", amount=1000, status="succeeded")
+    return [
+        refund_event("refund.created", "re_1", "pay_a", amount=2000, status="pending"),
+        refund_event("refund.succeeded", "re_1", "pay_a", amount=2000),
+        refund_event("refund.failed", "re_2", "pay_a"),
+        refund_event("refund.succeeded", "re_2", "pay_a", amount=999),
+        refund_event("refund.created", "re_2", "pay_a", reason="fraudulent"),
+    ]
+
+
+SCENARIOS: dict[str, Callable[[], list[dict[str, Any]]]] = {
+    "pending_paid": pending_paid,
+    "final_news": final_news,
+    "never_seen": never_seen,
+    "contradicting": contradicting,
+    "refund_created": refund_created,
+    "refund_first_seen_final": refund_first_seen_final,
+    "refund_known": refund_known,
+}
+
+
+def rows() -> dict[str, Any]:
+    """The mirror, the event log and the transitions, without ids and clocks."""
+    return {
+        "payments": sorted(
+            Payment.objects.values_list(
+                "ledgepay_id", "status", "amount", "currency", "description", "metadata"
+            )
+        ),
+        "completed": sorted(
+            (p.ledgepay_id, p.completed_at is not None) for p in Payment.objects.all()
+        ),
+        "refunds": sorted(
+            Refund.objects.values_list(
+                "ledgepay_id", "payment__ledgepay_id", "amount", "currency", "status", "reason"
+            )
+        ),
+        "events": sorted(
+            (e.body_sha256, e.event_type, e.object_id, e.status, e.error, e.attempts)
+            for e in WebhookEvent.objects.all()
+        ),
+        "transitions": sorted(
+            (
+                t.signal,
+                t.payment.ledgepay_id,
+                t.refund.ledgepay_id if t.refund else None,
+                t.source,
+                t.event.body_sha256 if t.event else None,
+                t.delivered_at is not None,
+            )
+            for t in Transition.objects.select_related("payment", "refund", "event")
+        ),
+    }
+
+
+def run(client: Any, scenario: str) -> tuple[dict[str, Any], list[int]]:
+    codes = []
+    for payload in SCENARIOS[scenario]():
+        codes += [post(client, payload).status_code for _ in range(2)]
+    return rows(), codes
+
+
+def reset() -> None:
+    Transition.objects.all().delete()
+    WebhookEvent.objects.all().delete()
+    Refund.objects.all().delete()
+    Payment.objects.all().delete()
+
+
+@postgres_only
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_the_statement_leaves_the_rows_of_the_general_path(client, monkeypatch, api, scenario):
+    fast, fast_codes = run(client, scenario)
+    reset()
+    with monkeypatch.context() as patched:
+        patched.setattr(webhooks, "settle_in_one_statement", lambda body: None)
+        general, general_codes = run(client, scenario)
+    assert fast == general
+    assert fast_codes == general_codes
+
+
+# What each delivery costs
+
+
+def count(
+    django_assert_num_queries: Any, client: Any, payload: dict[str, Any], expected: int
+) -> Any:
+    body, headers = signed_webhook(payload)
+    with django_assert_num_queries(expected):
+        response = client.post(URL, body, content_type="application/json", headers=headers)
+    assert response.status_code == 200
+    return response, body, headers
+
+
+def on(postgresql: int, elsewhere: int) -> int:
+    return postgresql if connection.vendor == "postgresql" else elsewhere
+
+
+def test_a_known_pending_payment_and_its_redelivery(client, django_assert_num_queries):
+    make_payment(ledgepay_id="pay_a", status="pending")
+    payload = paid("pay_a", amount=5000, currency="EUR")
+    response, body, headers = count(django_assert_num_queries, client, payload, on(1, 7))
+    assert response.json() == {"detail": "processed"}
+    with django_assert_num_queries(on(1, 2)):
+        again = client.post(URL, body, content_type="application/json", headers=headers)
+    assert again.json() == {"detail": "duplicate"}
+
+
+def test_a_new_body_for_a_final_payment(client, django_assert_num_queries):
+    make_payment(ledgepay_id="pay_a", status="succeeded")
+    response, *_ = count(
+        django_assert_num_queries, client, paid("pay_a", amount=5000, retry=1), on(1, 3)
+    )
+    assert response.json() == {"detail": "processed"}
+    ignored, *_ = count(
+        django_assert_num_queries,
+        client,
+        {"event": "payment.failed", "data": {"id": "pay_a"}},
+        on(1, 3),
+    )
+    assert ignored.json() == {"detail": "ignored"}
+
+
+def test_a_payment_never_seen_with_its_amount_and_currency(client, django_assert_num_queries):
+    response, *_ = count(
+        django_assert_num_queries, client, paid("pay_new", amount=900, currency="EUR"), on(1, 10)
+    )
+    assert response.json() == {"detail": "processed"}
+    assert Payment.objects.get().status == "succeeded"
+    assert Transition.objects.get().signal == "payment_succeeded"
+
+
+def test_refund_created_and_succeeded_for_a_known_payment(client, django_assert_num_queries):
+    make_payment(ledgepay_id="pay_a", status="succeeded", amount=5000)
+    created = refund_event("refund.created", "re_1", "pay_a", amount=2000)
+    response, *_ = count(django_assert_num_queries, client, created, on(1, 14))
+    assert response.json() == {"detail": "processed"}
+    succeeded = refund_event("refund.succeeded", "re_1", "pay_a", amount=2000)
+    response, *_ = count(django_assert_num_queries, client, succeeded, on(1, 8))
+    assert Refund.objects.get().status == "succeeded"
+    assert list(Transition.objects.values_list("signal", flat=True)) == [
+        "refund_created",
+        "refund_succeeded",
+    ]
