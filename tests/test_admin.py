@@ -1468,3 +1468,11 @@ def test_status_column_says_when_the_status_was_reached(admin_client):
     assert (
         '<span class="nowrap">01/15/2024</span> <span class="nowrap">10:30 a.m.</span>' in content
     )
+
+
+def test_refund_list_dates_are_short(admin_client):
+    make_refund(make_payment(), amount=100, created_at="2024-01-15T10:30:00Z")
+
+    content = admin_client.get("/admin/django_ledgepay/refund/").content.decode()
+
+    assert cells(content, "created_display") == ["01/15/2024 10:30 a.m."]

@@ -350,6 +350,13 @@ def test_payment_list_and_page_at_1280_px(chromium, live_server, django_user_mod
         page.screenshot(path=str(screenshots / "admin-payment.png"), full_page=True)
         page.click("#refunds-group td.field-ledgepay_id a")
         page.wait_for_url(f"**/admin/django_ledgepay/refund/{refund.pk}/change/")
+        page.goto(f"{live_server.url}/admin/django_ledgepay/refund/")
+        refunds_layout = page.evaluate(
+            """() => {
+                const results = document.querySelector('.results');
+                return [results.scrollWidth, results.clientWidth];
+            }"""
+        )
 
     # Nothing behind a horizontal scroll: the created date and, under each final status,
     # when it was reached, are on screen.
@@ -357,6 +364,8 @@ def test_payment_list_and_page_at_1280_px(chromium, live_server, django_user_mod
     assert layout["scroll"] <= layout["width"], layout
     assert layout["created"] <= layout["results"] <= layout["viewport"], layout
     assert layout["completed"] <= layout["status"] <= layout["results"], layout
+    scroll, width = refunds_layout
+    assert scroll <= width  # The refunds list too.
     # One line per refund, its fields only: no name of the refund above it; the payment
     # page says "Left to refund", as the Refund page does.
     assert len(rows) == 1
