@@ -12,7 +12,7 @@ class ProductAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("id", "product", "email", "status", "payment", "created_at")
+    list_display = ("id", "product", "email", "user", "status", "payment", "created_at")
     list_filter = ("status",)
-    list_select_related = ("product", "payment")
-    raw_id_fields = ("payment",)
+    list_select_related = ("product", "payment", "user")
+    raw_id_fields = ("payment", "user")
