@@ -4,9 +4,13 @@ double refunds it found, reduced to their smallest form."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from django.db import OperationalError, connection
+
+from bench import soak_refunds
 from django_ledgepay import services
 from django_ledgepay.exceptions import LedgePayError
 from django_ledgepay.models import Payment
@@ -26,15 +30,16 @@ class LosingSandbox(Sandbox):
 
 
 @pytest.fixture
-def sandbox(settings) -> Iterator[LosingSandbox]:
-    with LosingSandbox(refund_delay=-1, seed=3) as running:
+def sandbox(settings: Any) -> Iterator[LosingSandbox]:
+    running = LosingSandbox(refund_delay=-1, seed=3)
+    with running:
         settings.LEDGEPAY_API_BASE = running.api_base
         settings.LEDGEPAY_MAX_RETRIES = 0
         yield running
 
 
 @pytest.fixture
-def paid(sandbox, db) -> Payment:
+def paid(sandbox: LosingSandbox, db: None) -> Payment:
     payment = services.create_payment(
         amount=5000,
         currency="EUR",
@@ -88,3 +93,86 @@ def test_a_retry_after_the_request_was_resolved_elsewhere_refunds_once(sandbox, 
     services.refund_payment(paid, amount=1000)
 
     assert refunded(sandbox) == [1000]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a first send that raises anything but LedgePayError (a database error while "
+    "its answer is recorded) leaves the request marked as being sent, so every retry "
+    "waits for sending_lease() (about 6 minutes by default) before it is resolved",
+)
+def test_a_retry_after_the_answer_could_not_be_recorded_resolves_at_once(
+    sandbox, paid, monkeypatch
+):
+    """Seen in the soak as "database is locked" on SQLite; a deadlock on PostgreSQL takes
+    the same path (tests/test_task_engines.py)."""
+    record = services.apply_refund
+    failures = [OperationalError("database is locked")]
+
+    def failing_once(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(services, "apply_refund", failing_once)
+    monkeypatch.setattr(services, "IN_FLIGHT_WAIT", 0.0)
+    with pytest.raises(OperationalError):
+        services.refund_payment(paid, amount=1000)
+    assert refunded(sandbox) == [1000]
+
+    retried = services.refund_payment(paid, amount=1000)
+
+    assert retried.amount == 1000 and refunded(sandbox) == [1000]
+
+
+# The soak's short form
+
+
+@pytest.mark.live
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "sequential",
+    [
+        pytest.param(True, id="one-caller-per-payment"),
+        pytest.param(
+            False,
+            id="two-callers-at-once",
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="the double refund pinned above, when the race is hit (about one "
+                "run in two)",
+            ),
+        ),
+    ],
+)
+def test_the_short_soak_refunds_what_was_meant_and_mirrors_it(
+    live_server, settings, monkeypatch, sequential
+):
+    # No retries in the client: every lost answer reaches the services and the callers.
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    if connection.vendor == "sqlite":
+        # On a busy CI machine, SQLite's 5 s wait for the write lock can run out with 20
+        # threads in one process; the soak is about money, not that (bench/soak_refunds.py
+        # keeps the default and reports it).
+        monkeypatch.setitem(connection.settings_dict.setdefault("OPTIONS", {}), "timeout", 30)
+    seed = 11
+    plans = soak_refunds.make_plans(soak_refunds.SHORT_PAYMENTS, seed, sequential=sequential)
+    sandbox = soak_refunds.soak_sandbox(
+        f"{live_server.url}/ledgepay/webhook/",
+        settings.LEDGEPAY_WEBHOOK_SECRET,
+        failure_rate=0.3,
+        seed=seed,
+    )
+    with sandbox:
+        settings.LEDGEPAY_API_BASE = sandbox.api_base
+        result = soak_refunds.run(
+            sandbox, plans, threads=8, shop_url=live_server.url, seed=seed, give_up_after=5
+        )
+
+    report = soak_refunds.report(result)
+    print(report)
+    assert result.counts["payments at LedgePay"] == len(plans), report
+    assert sum(kind.endswith("-after") for kind in sandbox.injected) > 0, report
+    assert result.counts["refund requests sent again"] > 0, report
+    assert result.mismatches == [], report
+    assert result.double_refunds == 0
