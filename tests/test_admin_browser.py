@@ -236,10 +236,10 @@ def test_dashboard_in_light_and_dark_theme(chromium, live_server, django_user_mo
         log_in(page, live_server, "/admin/django_ledgepay/payment/")
         page.click("a.ledgepay-dashboardlink")
         page.wait_for_url(f"**{path}")
+        page.wait_for_selector("#currency-EUR svg rect")
         for theme in ("light", "dark"):
+            # The admin's theme follows the system's preference: no reload needed.
             page.emulate_media(color_scheme=theme)
-            page.reload()
-            page.wait_for_selector("#currency-EUR svg rect")
             themes[theme] = page.evaluate(
                 """() => {
                     const style = (selector, property) =>
