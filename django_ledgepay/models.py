@@ -350,6 +350,14 @@ class RefundRequest(models.Model):
     )
     error = models.TextField(_("error"), blank=True)
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    answered = models.BooleanField(
+        _("answered"),
+        default=False,
+        help_text=_(
+            "Whether its caller got the refund back. One made by another call's resend is "
+            "handed to the caller's retry (the same amount again) instead of a new refund."
+        ),
+    )
     sending_since = models.DateTimeField(
         _("sending since"),
         null=True,

@@ -1121,14 +1121,20 @@ def _refund_once(
     with transaction.atomic():
         payment = _locked_payment(payment_or_ledgepay_id)
         # What an earlier call left unknown is settled before anything new is asked.
-        for request in _resolve_unknown(payment, amount=amount, reason=reason):
-            if idempotency_key is None and _same_request(request, amount, reason):
-                assert request.refund is not None
-                return request.refund
-        if idempotency_key is not None:
+        _resolve_unknown(payment, amount=amount, reason=reason)
+        if idempotency_key is None:
+            # A request whose caller never got its answer, resolved now or by another call
+            # since (a refund of the same payment, resolve_refund_requests, a reconcile):
+            # a keyless call for the same refund is that caller's retry.
+            for request in payment.refund_requests.filter(
+                outcome=RefundRequest.Outcome.MADE, answered=False, reason=reason
+            ).order_by("pk"):
+                if _same_request(request, amount, reason):
+                    return _answer_request(request)
+        else:
             earlier = RefundRequest.objects.filter(idempotency_key=idempotency_key).first()
             if earlier is not None and earlier.refund is not None:
-                return earlier.refund  # The same request, made already.
+                return _answer_request(earlier)  # The same request, made already.
         request = _new_refund_request(
             payment,
             amount=amount,
@@ -1140,7 +1146,15 @@ def _refund_once(
     # The request is committed before the call, marked as being sent: if this process
     # dies during the call, the next refund of the payment resolves it once the mark is
     # older than any call can take.
-    outcome = _send_refund_request(request, payment)
+    try:
+        outcome = _send_refund_request(request, payment, answered=True)
+    except BaseException:
+        # Anything else (the database failing while the answer is recorded): no longer
+        # being sent, so the next call resolves it at once instead of after the lease.
+        RefundRequest.objects.filter(pk=request.pk, outcome=RefundRequest.Outcome.UNKNOWN).update(
+            sending_since=None
+        )
+        raise
     if isinstance(outcome, LedgePayError):
         raise outcome  # Refused (the request is recorded so), or no answer (it stays unknown).
     return outcome
@@ -1153,6 +1167,15 @@ def resolve_refund_requests(payment_or_ledgepay_id: Payment | str) -> list[Refun
     with transaction.atomic():
         payment = _locked_payment(payment_or_ledgepay_id)
         return _resolve_unknown(payment)
+
+
+def _answer_request(request: RefundRequest) -> Refund:
+    """The refund ``request`` made, recorded as handed to a caller."""
+    assert request.refund is not None
+    if not request.answered:
+        RefundRequest.objects.filter(pk=request.pk).update(answered=True)
+        request.answered = True
+    return request.refund
 
 
 def _same_request(request: RefundRequest, amount: int | None, reason: str) -> bool:
@@ -1273,7 +1296,9 @@ def _new_refund_request(
     return request
 
 
-def _send_refund_request(request: RefundRequest, payment: Payment) -> Refund | LedgePayError:
+def _send_refund_request(
+    request: RefundRequest, payment: Payment, *, answered: bool = False
+) -> Refund | LedgePayError:
     """Send ``request`` with its key and record the outcome, each in its own transaction
     when called outside one: the refund LedgePay made; or
     the error, with the request refused (a 4xx: the same request would be refused again)
@@ -1319,8 +1344,12 @@ def _send_refund_request(request: RefundRequest, payment: Payment) -> Refund | L
         )
         request.attempts += 1
         request.sending_since = None
+        # Answered when its own caller gets the refund now; a resend by another call
+        # leaves it for the caller's retry to collect.
+        request.answered = answered
         request.save(
             update_fields=[
+                "answered",
                 "outcome",
                 "refund",
                 "error",

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -804,13 +805,19 @@ def post_random_body(client: Client, body: bytes, caplog: pytest.LogCaptureFixtu
         assert (response.status_code == 503) == (stored.status == "failed")
 
 
+def examples(thorough: int) -> int:
+    """``thorough`` examples under ``HYPOTHESIS_PROFILE=ci`` (as CI runs), a third of them
+    in the default run, which a newcomer waits for."""
+    return thorough if os.environ.get("HYPOTHESIS_PROFILE") == "ci" else max(1, thorough // 3)
+
+
 random_body_settings = hypothesis_settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
 
-@hypothesis_settings(random_body_settings, max_examples=300)
+@hypothesis_settings(random_body_settings, max_examples=examples(300))
 @given(body=bodies)
 def test_signed_random_bodies_never_get_a_500(client, api, settings, caplog, body):
     settings.LEDGEPAY_MAX_RETRIES = 0  # An unknown payment meets an unreachable API: 503.
@@ -818,7 +825,7 @@ def test_signed_random_bodies_never_get_a_500(client, api, settings, caplog, bod
 
 
 @pytest.mark.django_db(transaction=True)
-@hypothesis_settings(random_body_settings, max_examples=100)
+@hypothesis_settings(random_body_settings, max_examples=examples(100))
 @given(body=bodies)
 def test_signed_random_bodies_never_get_a_500_in_autocommit(client, api, settings, caplog, body):
     """As a server runs the view: in autocommit, on PostgreSQL's one-statement path too."""
