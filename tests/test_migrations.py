@@ -1,0 +1,56 @@
+"""Upgrading a database with data from 0.1 keeps every row."""
+
+from __future__ import annotations
+
+import pytest
+
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.loader import MigrationLoader
+
+APP = "django_ledgepay"
+
+
+def test_the_release_adds_one_migration():
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    names = sorted(name for app, name in loader.disk_migrations if app == APP)
+    assert len(names) == 2
+    assert names[0] == "0001_initial" and names[1].startswith("0002_")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upgrading_from_0_1_keeps_every_row():
+    executor = MigrationExecutor(connection)
+    latest = executor.loader.graph.leaf_nodes(APP)
+    executor.migrate([(APP, "0001_initial")])
+    old = MigrationExecutor(connection).loader.project_state([(APP, "0001_initial")]).apps
+    Payment = old.get_model(APP, "Payment")
+    Refund = old.get_model(APP, "Refund")
+    WebhookEvent = old.get_model(APP, "WebhookEvent")
+    payment = Payment.objects.create(
+        ledgepay_id="pay_old", status="succeeded", amount=5000, currency="EUR"
+    )
+    Refund.objects.create(
+        ledgepay_id="re_old", payment=payment, amount=2000, currency="EUR", status="succeeded"
+    )
+    WebhookEvent.objects.create(
+        event_type="payment.succeeded",
+        object_id="pay_old",
+        payload={"event": "payment.succeeded", "data": {"id": "pay_old"}},
+        body_sha256="0" * 64,
+        status="processed",
+    )
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(latest)
+
+    new = executor.loader.project_state(latest).apps
+    payment = new.get_model(APP, "Payment").objects.get()
+    assert (payment.ledgepay_id, payment.status, payment.amount) == ("pay_old", "succeeded", 5000)
+    refund = new.get_model(APP, "Refund").objects.get()
+    assert (refund.ledgepay_id, refund.payment_id, refund.amount) == ("re_old", payment.pk, 2000)
+    event = new.get_model(APP, "WebhookEvent").objects.get()
+    assert (event.status, event.note) == ("processed", "")
+    # The new tables start empty: the past is not rewritten into transitions or requests.
+    assert new.get_model(APP, "Transition").objects.count() == 0
+    assert new.get_model(APP, "RefundRequest").objects.count() == 0
