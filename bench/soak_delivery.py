@@ -17,10 +17,12 @@ transition. Then, from ``--concurrency`` threads, each payment is created with
 ``services.create_payment`` (against the sandbox's failing API, retried with its
 idempotency key), paid in the sandbox, and, for half of them, once the webhook has marked
 it succeeded, refunded with ``services.refund_payment`` (in full, or in two halves).
-Meanwhile every 0.3-1 s a random gunicorn worker (gunicorn respawns it) or ``db_worker``
-(respawned here) is killed with SIGKILL. Once the sandbox has delivered every event, the
-killing stops, the workers drain, everything stops, and ``manage.py ledgepay_deliver
---all`` (after ``ledgepay_reprocess --all`` with ``--processing task``) catches up.
+Meanwhile every 0.3-1 s one of the workers, drawn at random among the gunicorn workers
+(gunicorn respawns it) and the ``db_worker`` processes (respawned here), is killed with
+SIGKILL. Once the sandbox has delivered every event and the workers have run the
+receivers' deferred retries (a minute or more later), the killing stops, the workers
+drain, everything stops, and ``manage.py ledgepay_deliver --all`` (after
+``ledgepay_reprocess --all`` with ``--processing task``) catches up.
 
 It exits 1 unless: every transition is delivered; each receiver's effect is there exactly
 once for every payment (``payment_succeeded``) and every refund (``refund_created``,
@@ -422,7 +424,8 @@ def kill_forever(
     if high <= 0:
         return
     while not stop.wait(rng.uniform(low, high)):
-        if rng.random() < 0.5:
+        # One of all the workers, web and task alike, at random.
+        if rng.randrange(processes.web_workers + processes.task_count) < processes.web_workers:
             if processes.kill_web_worker(rng):
                 chaos.web_kills += 1
         elif processes.kill_task_worker(rng):

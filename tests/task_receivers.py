@@ -8,7 +8,7 @@ test cannot reach into another process:
 - ``raise-once``: it raises on the transition's first attempt (after its write, which is
   rolled back with it);
 - ``hold:<path>``: after its write it writes its process id to ``<path>.held``, then
-  waits while the file ``path`` exists (at most 20 s), so the test can answer a webhook or
+  waits while the file ``path`` exists (at most 60 s), so the test can answer a webhook or
   kill the worker while it runs.
 """
 
@@ -22,7 +22,7 @@ from django.apps import AppConfig
 from django.db.models import Value
 from django.db.models.functions import Concat
 
-HOLD_LIMIT = 20.0
+HOLD_LIMIT = 60.0
 
 
 def count_effect(sender: Any, payment: Any, transition: Any, **kwargs: Any) -> None:

@@ -49,7 +49,7 @@ REDIS_URL = "redis://127.0.0.1:6379/15"
 TASKS_TABLE = "django_tasks_database_dbtaskresult"
 RECEIVER = "tests.count_effect"
 #: How long anything a worker does may take before the test gives up on it.
-TIMEOUT = 20.0
+TIMEOUT = 60.0
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT, what: str = "") -> Any:
@@ -123,16 +123,14 @@ class Project:
         }
 
     def spawn(self, name: str, args: list[str], processing: str = "inline") -> Any:
-        log = (self.logs / f"{self.engine}-{name}.log").open("ab")
-        # A session of its own: a kill reaches the worker's children too (RQ's work horse).
-        return subprocess.Popen(
-            [sys.executable, "-m", "django", *args],
-            cwd=ROOT,
-            env=self.env(processing),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with (self.logs / f"{self.engine}-{name}.log").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "django", *args],
+                cwd=ROOT,
+                env=self.env(processing),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -218,7 +216,9 @@ class Project:
     def close(self) -> None:
         for process in [self.worker, *(web for web, _ in self.webs.values())]:
             if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+                for pid in [process.pid, *descendants(process.pid)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 process.wait(timeout=5)
 
 
@@ -340,7 +340,7 @@ def test_the_webhook_is_answered_while_the_worker_runs_the_receiver(engine, gate
     assert engine.worker is not None
     assert pid in [engine.worker.pid, *descendants(engine.worker.pid)]
     assert engine.running_tasks() == 1
-    assert answered < 10
+    assert answered < 30  # The receiver holds for up to 60 s: it was not waited for.
     assert not delivered(transition.pk)
     assert effects(payment) == 0
     gate.unlink()
