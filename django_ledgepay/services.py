@@ -871,10 +871,10 @@ def payment_pages(
             yield PaymentPage(fresh, oldest, unlisted)
             next_before = current - ONE_SECOND
         before = _api_time(next_before, "created_before")
-        # Only the seconds the next page can show again need to be remembered.
-        horizon = next_before - ONE_SECOND
+        # Only the seconds the next page can show again need to be remembered: pages go
+        # back in time, and the next shows nothing created after ``next_before``.
         for ledgepay_id, second in list(seen.items()):
-            if second is not None and second < horizon:
+            if second is not None and second > next_before:
                 del seen[ledgepay_id]
 
 

@@ -266,3 +266,43 @@ def test_sync_splits_a_crowded_second_when_the_bounds_include_their_instant(api)
     assert result.created == Payment.objects.count() == len(payments) == 295
     assert {q["status"] for q in server.queries if "status" in q} == set(Payment.Status.values)
     assert result.pages == len(server.queries)
+
+
+def test_listing_remembers_only_the_last_seconds(api):
+    """The walker's memory does not grow with the payments listed (it once kept every id)."""
+    import bisect
+    import tracemalloc
+
+    def peak_for(count):
+        stamps = sorted(
+            (
+                datetime.datetime.fromtimestamp(SECOND - n * 7, datetime.timezone.utc).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                ),
+                f"pay_{n:08d}",
+            )
+            for n in range(count)
+        )
+
+        def page(request):
+            # responses keeps every call, in the mock and in the match, unless told not to.
+            api.calls.reset()
+            for match in api.registered():
+                match.calls.reset()
+            query = dict(parse_qsl(urlsplit(request.url).query))
+            end = bisect.bisect_left(stamps, (query.get("created_before", "9999"), ""))
+            chosen = stamps[max(0, end - 100) : end][::-1]
+            data = [{"id": pay_id, "created_at": stamp} for stamp, pay_id in chosen]
+            return 200, {}, json.dumps({"data": data, "has_more": end > 100})
+
+        api.add_callback(responses.GET, f"{API}/payments", callback=page)
+        tracemalloc.start()
+        listed = sum(len(page.items) for page in services.payment_pages())
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        api.reset()
+        assert listed == count
+        return peak
+
+    small, large = peak_for(500), peak_for(3000)
+    assert large < small * 1.5
