@@ -257,6 +257,39 @@ def test_unresolved_refund_requests_are_drift():
     assert entry["repairable"] is hasattr(services, "resolve_refund_requests")
 
 
+def test_apply_resolves_unresolved_refund_requests_once(
+    receive, django_capture_on_commit_callbacks
+):
+    created = receive(signals.refund_created)
+    with FakeLedgePay() as fake:
+        (paid,) = seed(fake, 1, status="succeeded")
+        services.sync_payments()
+        payment = Payment.objects.get(ledgepay_id=paid)
+        RefundRequest.objects.create(
+            payment=payment,
+            amount=300,
+            reason="customer_request",
+            idempotency_key="lost-answer",
+            source="api",
+        )
+
+        with django_capture_on_commit_callbacks(execute=True):
+            out, _, status = run("--apply", "--format=json")
+        with django_capture_on_commit_callbacks(execute=True):
+            _, _, again = run("--apply")
+
+    assert status == 0
+    (entry,) = json.loads(out)["drift"]
+    assert (entry["kind"], entry["repaired"]) == ("unresolved_refund", True)
+    (refund,) = fake.refunds.values()
+    assert (refund["payment_id"], refund["amount"]) == (paid, 300)
+    request = RefundRequest.objects.get()
+    assert request.outcome == "made"
+    assert request.refund is not None and request.refund.ledgepay_id == refund["id"]
+    assert [call["refund"].ledgepay_id for call in created.calls] == [refund["id"]]
+    assert again == 0
+
+
 # What the list cannot show
 
 
