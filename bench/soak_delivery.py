@@ -8,7 +8,8 @@ Run from the repository root, with PostgreSQL at 127.0.0.1:5432 and the ``bench`
 
 It creates a fresh database (``SOAK_DATABASE_URL``, default
 ``postgres://postgres@127.0.0.1:5432/ledgepay_soak``; dropped at the end unless
-``--keep-db``), migrates it, and starts: the sandbox (in this process) at
+``--keep-db``; never point it at a database you care about, and run one soak at a time),
+migrates it, and starts: the sandbox (in this process) at
 ``--failure-rate`` 0.3 delivering webhooks to gunicorn (``--workers`` 4 sync workers)
 serving bench/soak_settings.py, whose tasks run on django-tasks-db's database backend
 with ``--task-workers`` 2 ``db_worker`` processes. The receivers of bench/soak write one
@@ -22,7 +23,10 @@ Meanwhile every 0.3-1 s one of the workers, drawn at random among the gunicorn w
 SIGKILL. Once the sandbox has delivered every event and the workers have run the
 receivers' deferred retries (a minute or more later), the killing stops, the workers
 drain, everything stops, and ``manage.py ledgepay_deliver --all`` (after
-``ledgepay_reprocess --all`` with ``--processing task``) catches up.
+``ledgepay_reprocess --all`` with ``--processing task``) catches up, run again (as cron
+would) while a receiver still fails. With ``--processing task``, ``ledgepay_reprocess
+--all`` also runs every 10 s during the soak, as cron: an event whose task died with its
+worker waits for it.
 
 It exits 1 unless: every transition is delivered; each receiver's effect is there exactly
 once for every payment (``payment_succeeded``) and every refund (``refund_created``,
@@ -136,11 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "PYTHONPATH": str(ROOT),
     }
     os.environ.update(env)
+    try:
+        recreate_database(database_url)
+    except Exception as err:  # psycopg's errors, or a URL that is not PostgreSQL's
+        print(f"Cannot create the soak's database from SOAK_DATABASE_URL: {err}", file=sys.stderr)
+        return 2
     LOGS.mkdir(parents=True, exist_ok=True)
     for old in LOGS.glob("*.log"):
         old.unlink()
-
-    recreate_database(database_url)
     try:
         return soak(options, payments, seed, env, sandbox_port, web_port)
     finally:
