@@ -39,6 +39,7 @@ from django_ledgepay.models import Payment, Reaction, Transition, WebhookEvent
 from django_ledgepay.sandbox import Sandbox
 from django_ledgepay.sandbox.state import event_payload
 from django_ledgepay.testing import signed_webhook
+from tests.conftest import DUMMY_BACKEND
 from tests.factories import make_payment
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -543,3 +544,46 @@ def test_a_refund_webhook_and_a_refund_call_on_its_payment_do_not_deadlock():
     assert not deadlocks, deadlocks
     assert not errors, errors
     assert Refund.objects.get(pk=refund.pk).status == "succeeded"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="deliver() looks up the receivers that succeeded only when transition.attempts > 0; "
+    "an attempt cut short (a killed worker) leaves attempts at 0",
+)
+def test_a_receiver_that_succeeded_before_its_worker_died_is_not_run_again(settings):
+    """SPEC: "one that succeeded is not run again for that transition". A worker killed
+    after the first receiver committed its success, in the middle of the second, leaves
+    ``attempts`` at 0 (only a finished attempt counts); ``ledgepay_deliver`` then runs the
+    first receiver again. Its database work is rolled back (its success row exists), but
+    whatever it did outside the database (an email, a call) happens twice. (SystemExit
+    stands for the kill: it leaves deliver() as a SIGKILL would, with nothing after it.)"""
+    from django_ledgepay import reactions, services, signals
+
+    settings.TASKS = {"default": {"BACKEND": DUMMY_BACKEND}}  # Nothing runs on commit.
+    calls: list[str] = []
+
+    def emails(sender: Any, transition: Any, **kwargs: Any) -> None:
+        calls.append("email")  # Outside the database: not rolled back.
+
+    killed: list[int] = []
+
+    def dies_once(sender: Any, transition: Any, **kwargs: Any) -> None:
+        if not killed:
+            killed.append(transition.pk)
+            raise SystemExit("the worker is killed here")
+
+    signals.payment_succeeded.connect(emails, weak=False, dispatch_uid="tests.emails")
+    signals.payment_succeeded.connect(dies_once, weak=False, dispatch_uid="tests.dies_once")
+    try:
+        payment = make_payment(status="pending")
+        services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+        transition = Transition.objects.get(payment=payment)
+        with pytest.raises(SystemExit):
+            reactions.deliver(transition.pk)
+        assert Reaction.objects.filter(receiver="tests.emails", succeeded_at__isnull=False)
+        assert reactions.deliver(transition.pk).delivered  # What ledgepay_deliver does.
+        assert calls == ["email"]
+    finally:
+        signals.payment_succeeded.disconnect(dispatch_uid="tests.emails")
+        signals.payment_succeeded.disconnect(dispatch_uid="tests.dies_once")
