@@ -215,15 +215,13 @@ def deliver(transition_id: int) -> Outcome:
     if transition.refund is not None:
         kwargs["refund"] = transition.refund
     receivers = signal.named_receivers(sender)
-    done: set[str] = set()
-    if transition.attempts:
-        # Tried before: skip those that succeeded then. (On a first attempt a rival's
-        # success is caught by the unique row of successes instead.)
-        done.update(
-            Reaction.objects.filter(transition=transition, succeeded_at__isnull=False).values_list(
-                "receiver", flat=True
-            )
+    # Those that succeeded before are skipped, whether their attempt finished or was cut
+    # short (a worker killed after one receiver's success but before the next's).
+    done = set(
+        Reaction.objects.filter(transition=transition, succeeded_at__isnull=False).values_list(
+            "receiver", flat=True
         )
+    )
     errors: list[str] = []
     for name, receiver in receivers:
         if name in done:

@@ -546,11 +546,6 @@ def test_a_refund_webhook_and_a_refund_call_on_its_payment_do_not_deadlock():
     assert Refund.objects.get(pk=refund.pk).status == "succeeded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="deliver() looks up the receivers that succeeded only when transition.attempts > 0; "
-    "an attempt cut short (a killed worker) leaves attempts at 0",
-)
 def test_a_receiver_that_succeeded_before_its_worker_died_is_not_run_again(settings):
     """SPEC: "one that succeeded is not run again for that transition". A worker killed
     after the first receiver committed its success, in the middle of the second, leaves
