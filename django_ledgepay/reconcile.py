@@ -145,6 +145,17 @@ def reconcile(
     except (LedgePayError, ImproperlyConfigured) as err:
         # ImproperlyConfigured names the setting to fix (LEDGEPAY_API_KEY), never its value.
         report.error = str(err)
+    except BaseException as err:
+        # Anything else (the database, an interrupt) is raised, once the run is recorded as
+        # failed rather than left running for ever.
+        report.error = f"Stopped by {type(err).__name__}."
+        _finish(record, report)
+        raise
+    _finish(record, report)
+    return report
+
+
+def _finish(record: Reconciliation, report: Report) -> None:
     record.finished_at = timezone.now()
     record.outcome = report.outcome
     record.checked = report.checked
@@ -152,7 +163,6 @@ def reconcile(
     record.drift = report.drift
     record.error = report.error
     record.save()
-    return report
 
 
 class _Reconciler:

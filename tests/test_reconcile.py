@@ -488,3 +488,15 @@ def test_queries_per_page_are_constant():
     # A compare and a check of the mirror's own rows per page; the rest once per run.
     assert large - small == 2 * (large_pages - small_pages)
     assert small <= 2 * small_pages + 4
+
+
+def test_a_run_stopped_by_anything_else_is_recorded_as_failed(monkeypatch):
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(services, "payment_pages", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reconcile.reconcile(since=NOON.replace(day=1), until=NOON)
+    record = Reconciliation.objects.get()
+    assert (record.outcome, record.error) == ("failed", "Stopped by KeyboardInterrupt.")
+    assert record.finished_at is not None
