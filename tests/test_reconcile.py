@@ -500,3 +500,25 @@ def test_a_run_stopped_by_anything_else_is_recorded_as_failed(monkeypatch):
     record = Reconciliation.objects.get()
     assert (record.outcome, record.error) == ("failed", "Stopped by KeyboardInterrupt.")
     assert record.finished_at is not None
+
+
+def test_final_payments_the_list_cannot_show_are_counted_unverified_not_asked_for():
+    with FakeLedgePay() as fake:
+        crowded = seed(fake, 120, status="succeeded")
+        seed(fake, 5, at=NOON - datetime.timedelta(minutes=1))
+        for ledgepay_id in crowded:
+            services.apply_payment(fake.payments[ledgepay_id])
+        services.sync_payments()
+        fake.requests.clear()
+
+        out, _, status = run("--format=json")
+
+    assert status == 1
+    (entry,) = json.loads(out)["drift"]
+    assert (entry["kind"], entry["status"], entry["listed"], entry["unverified"]) == (
+        "unlisted",
+        "succeeded",
+        100,
+        20,
+    )
+    assert by_id_calls(fake) == []
