@@ -522,3 +522,18 @@ def test_final_payments_the_list_cannot_show_are_counted_unverified_not_asked_fo
         20,
     )
     assert by_id_calls(fake) == []
+
+
+def test_a_rate_limited_page_is_waited_for_and_read_again(sleeps):
+    with FakeLedgePay() as fake:
+        spread(fake, 150)
+        services.sync_payments()
+        fake.requests.clear()
+        fake.fail_next(429, times=2)
+
+        out, _, status = run()
+
+    assert status == 0
+    assert "No drift remains: 150 payments checked in 2 pages" in out
+    assert len(calls(fake)) == 4  # Two answered 429, then the two pages.
+    assert len(sleeps) == 2
