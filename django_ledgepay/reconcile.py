@@ -374,12 +374,13 @@ class _Reconciler:
                 amount=total,
                 currency=payment.currency,
             )
+            # In the report first: when LedgePay cannot be reached, it stays there, unrepaired.
+            self.report.drift.append(entry)
             if self.apply and resolve is not None:
                 resolve(payment)
                 entry["repaired"] = not payment.refund_requests.filter(
                     outcome=RefundRequest.Outcome.UNKNOWN
                 ).exists()
-            self.report.drift.append(entry)
 
 
 def _entry(

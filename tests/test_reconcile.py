@@ -537,3 +537,32 @@ def test_a_rate_limited_page_is_waited_for_and_read_again(sleeps):
     assert "No drift remains: 150 payments checked in 2 pages" in out
     assert len(calls(fake)) == 4  # Two answered 429, then the two pages.
     assert len(sleeps) == 2
+
+
+def test_a_refund_request_ledgepay_cannot_answer_stays_in_the_report(settings, monkeypatch):
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    with FakeLedgePay() as fake:
+        (paid,) = seed(fake, 1, status="succeeded")
+        services.sync_payments()
+        RefundRequest.objects.create(
+            payment=Payment.objects.get(ledgepay_id=paid),
+            amount=300,
+            reason="customer_request",
+            idempotency_key="lost-answer",
+            source="api",
+        )
+        list_payments = LedgePayClient.list_payments
+
+        def then_fail(self, **kwargs):
+            page = list_payments(self, **kwargs)
+            fake.fail_next(None)  # The refund sent again gets no answer.
+            return page
+
+        monkeypatch.setattr(LedgePayClient, "list_payments", then_fail)
+        out, err, status = run("--apply", "--format=json")
+
+    assert status == 2
+    report = json.loads(out)
+    assert [(e["kind"], e["repaired"]) for e in report["drift"]] == [("unresolved_refund", False)]
+    assert RefundRequest.objects.get().outcome == "unknown"
+    assert fake.refunds == {}
