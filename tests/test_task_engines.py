@@ -549,10 +549,10 @@ def test_a_refund_webhook_and_a_refund_call_on_its_payment_do_not_deadlock():
 def test_a_receiver_that_succeeded_before_its_worker_died_is_not_run_again(settings):
     """SPEC: "one that succeeded is not run again for that transition". A worker killed
     after the first receiver committed its success, in the middle of the second, leaves
-    ``attempts`` at 0 (only a finished attempt counts); ``ledgepay_deliver`` then runs the
-    first receiver again. Its database work is rolled back (its success row exists), but
-    whatever it did outside the database (an email, a call) happens twice. (SystemExit
-    stands for the kill: it leaves deliver() as a SIGKILL would, with nothing after it.)"""
+    ``attempts`` at 0 (only a finished attempt counts); the catch-up must still skip the
+    first receiver, or whatever it did outside the database (an email, a call) would
+    happen twice. (SystemExit stands for the kill: it leaves deliver() as a SIGKILL would,
+    with nothing after it.)"""
     from django_ledgepay import reactions, services, signals
 
     settings.TASKS = {"default": {"BACKEND": DUMMY_BACKEND}}  # Nothing runs on commit.
