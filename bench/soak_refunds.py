@@ -356,9 +356,10 @@ def run(
                         made[plan.number], amount=amount
                     ),
                 )
-                if refund is not None:
-                    with tally.lock:
-                        got.setdefault(plan.number, []).append((refund.ledgepay_id, refund.amount))
+                if refund is None:
+                    return  # A caller stuck on one refund does not go on to the next.
+                with tally.lock:
+                    got.setdefault(plan.number, []).append((refund.ledgepay_id, refund.amount))
 
         return work
 
