@@ -384,6 +384,9 @@ class Run:
     p50_ms: float
     p99_ms: float
     commit_ms: float
+    #: CPU per timed delivery, in ms: gunicorn's workers, and PostgreSQL's backends.
+    server_cpu_ms: float
+    db_cpu_ms: float
     statuses: dict[int, int]
     tally: dict[str, int]
     errors: list[str] = field(default_factory=list)
@@ -427,13 +430,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="a short run: 50 deliveries after 10, one pair (for the smoke test)",
     )
+    parser.add_argument(
+        "--server-side-binding",
+        action="store_true",
+        help="bind parameters on the server (Django's OPTIONS server_side_binding), so that"
+        " psycopg prepares repeated statements; off by default, as in Django",
+    )
     parser.add_argument("--sandbox-process", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sandbox_process is not None:
         return serve_sandbox(args.sandbox_process)
-    for name, value in (QUICK if args.quick else DEFAULTS).items():
+    for name, default in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, name) is None:
-            setattr(args, name, value)
+            setattr(args, name, default)
     args.concurrency = [c for group in args.concurrency for c in group]
     if args.deliveries < 1 or args.warmup < 0 or args.repeat < 1:
         parser.error("--deliveries and --repeat must be at least 1, --warmup at least 0")
@@ -441,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     setup_path()
+    # Before the settings are imported, here and in gunicorn's processes.
+    os.environ["BENCH_SERVER_SIDE_BINDING"] = "1" if args.server_side_binding else "0"
     # Not setdefault: a shell that exports the test suite's settings must not seed SQLite.
     os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
     RESULTS.mkdir(exist_ok=True)
@@ -470,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers = Servers(args.workers, args.worker_class)
         try:
             for bench_path in args.paths:
-                port = servers.port_for(bench_path)
+                port, server_pid = servers.port_for(bench_path)
                 for concurrency in args.concurrency:
                     for repeat in range(args.repeat):
                         # Alternate which view goes first, so a drift favours neither.
@@ -480,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 bench_path,
                                 view,
                                 port=port,
+                                server_pid=server_pid,
                                 concurrency=concurrency,
                                 repeat=repeat,
                                 deliveries=args.deliveries,
@@ -536,6 +548,7 @@ def measure(
     view: str,
     *,
     port: int,
+    server_pid: int,
     concurrency: int,
     repeat: int,
     deliveries: int,
@@ -554,7 +567,10 @@ def measure(
     url = url_of(bench_path, view)
     _, _, _, warm_statuses = post_all(port, url, sign(warm_bodies), concurrency)
     commit_ms = commit_latency()
-    seconds, client_cpu, latencies, statuses = post_all(port, url, sign(timed_bodies), concurrency)
+    signed = sign(timed_bodies)
+    before = cpu_snapshot(server_pid)
+    seconds, client_cpu, latencies, statuses = post_all(port, url, signed, concurrency)
+    server_cpu, db_cpu = cpu_used(before, cpu_snapshot(server_pid))
     errors: list[str] = []
     if set(warm_statuses) - {200}:
         errors.append(f"warm-up answers {dict(sorted(warm_statuses.items()))}")
@@ -576,6 +592,8 @@ def measure(
         p50_ms=percentile(latencies, 0.50) * 1000,
         p99_ms=percentile(latencies, 0.99) * 1000,
         commit_ms=commit_ms,
+        server_cpu_ms=server_cpu / deliveries * 1000,
+        db_cpu_ms=db_cpu / deliveries * 1000,
         statuses=dict(statuses),
         tally=found,
         errors=errors,
@@ -688,6 +706,62 @@ def commit_latency(count: int = 50) -> float:
         cursor.execute("TRUNCATE bench_commit_probe")
     connection.close()
     return statistics.median(times) * 1000
+
+
+# CPU
+
+
+def cpu_snapshot(server_pid: int) -> dict[str, dict[int, float]]:
+    """CPU seconds used so far by each gunicorn worker (the master's children) and each
+    PostgreSQL backend connected to the benchmark's database but this process's own."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        backends = [row[0] for row in cursor.fetchall()]
+    return {
+        "server": {pid: process_cpu(pid) for pid in children_of(server_pid)},
+        "db": {pid: process_cpu(pid) for pid in backends},
+    }
+
+
+def cpu_used(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+) -> tuple[float, float]:
+    """CPU seconds used between two snapshots by the server's and the database's processes
+    (a process that started meanwhile counts whole; one that ended meanwhile is missed)."""
+    used = [
+        sum(max(0.0, cpu - before[kind].get(pid, 0.0)) for pid, cpu in after[kind].items())
+        for kind in ("server", "db")
+    ]
+    return used[0], used[1]
+
+
+def process_cpu(pid: int) -> float:
+    """User and system CPU seconds of a process, 0 when it is gone or unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # After the command: state, ppid, ... utime and stime are fields 14 and 15 of stat.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(entry.name))
+    return found
 
 
 # Statements
@@ -905,15 +979,16 @@ class Servers:
         self.workers, self.worker_class = workers, worker_class
         self.current: tuple[bool, int, subprocess.Popen[bytes]] | None = None
 
-    def port_for(self, bench_path: BenchPath) -> int:
+    def port_for(self, bench_path: BenchPath) -> tuple[int, int]:
+        """The port of the gunicorn for the path, and its master's pid."""
         if self.current is not None and self.current[0] == bench_path.receiver:
-            return self.current[1]
+            return self.current[1], self.current[2].pid
         self.stop()
         port = free_port()
         server = start_gunicorn(port, self.workers, self.worker_class, bench_path.receiver)
         self.current = (bench_path.receiver, port, server)
         wait_until_ready(server, port)
-        return port
+        return port, server.pid
 
     def stop(self) -> None:
         if self.current is not None:
@@ -1000,7 +1075,8 @@ def format_run(run: Run, done: int, total: int) -> str:
     return (
         f"run {done:>3}/{total}  {run.path:<16} {run.view:<4} c={run.concurrency:<3}"
         f" {run.rate:7.1f}/s  p50 {run.p50_ms:5.1f} ms  p99 {run.p99_ms:6.1f} ms"
-        f"  client {run.client_cpu:4.0%} CPU  commit {run.commit_ms:.2f} ms  {verdict}"
+        f"  cpu/delivery server {run.server_cpu_ms:.2f} db {run.db_cpu_ms:.2f} ms"
+        f"  client {run.client_cpu:4.0%}  commit {run.commit_ms:.2f} ms  {verdict}"
     )
 
 
@@ -1023,6 +1099,8 @@ def summarize(
                     "rate": statistics.median(r.rate for r in theirs),
                     "p50_ms": statistics.median(r.p50_ms for r in theirs),
                     "p99_ms": statistics.median(r.p99_ms for r in theirs),
+                    "server_cpu_ms": statistics.median(r.server_cpu_ms for r in theirs),
+                    "db_cpu_ms": statistics.median(r.db_cpu_ms for r in theirs),
                     "statements": len(statements[bench_path.name][view]),
                 }
             bare = row["bare"]["rate"]
@@ -1049,19 +1127,23 @@ def format_table(
 ) -> str:
     numbers = {p.name: p.number for p in paths}
     lines = [
-        "Medians over the runs (deliveries/s; statements per delivery):",
+        "Medians over the runs: deliveries/s, the ratio real/bare (and its range over the",
+        "back-to-back pairs), statements per delivery, CPU per delivery in ms (gunicorn +",
+        "PostgreSQL):",
         "",
-        f"{'path':<20}{'c':>4}{'real/s':>9}{'bare/s':>9}{'real/bare':>11}{'pairs':>14}"
-        f"{'stmts real':>12}{'bare':>6}  target",
+        f"{'path':<20}{'c':>4}{'real/s':>8}{'bare/s':>8}{'ratio':>7}{'pairs':>12}"
+        f"{'stmts':>7}{'cpu ms':>12}  target {TARGET:.2f}",
     ]
     for row in summary["rows"]:
         low, high = row["pairs"]
         label = f"{numbers[row['path']]:>2} {row['path']}"
-        verdict = "met" if row["met"] else f"MISSED by {TARGET - row['ratio']:.2f}"
+        verdict = "met" if row["met"] else f"missed by {TARGET - row['ratio']:.2f}"
+        real, bare = row["real"], row["bare"]
+        stmts = f"{real['statements']}/{bare['statements']}"
+        cpu = "/".join(f"{v['server_cpu_ms'] + v['db_cpu_ms']:.2f}" for v in (real, bare))
         lines.append(
-            f"{label:<20}{row['concurrency']:>4}{row['real']['rate']:>9.0f}"
-            f"{row['bare']['rate']:>9.0f}{row['ratio']:>11.2f}{f'{low:.2f}-{high:.2f}':>14}"
-            f"{row['real']['statements']:>12}{row['bare']['statements']:>6}  {verdict}"
+            f"{label:<20}{row['concurrency']:>4}{real['rate']:>8.0f}{bare['rate']:>8.0f}"
+            f"{row['ratio']:>7.2f}{f'{low:.2f}-{high:.2f}':>12}{stmts:>7}{cpu:>12}  {verdict}"
         )
     lines.append("")
     without = [row for row in summary["rows"] if row["path"] != "receiver"]
@@ -1114,7 +1196,10 @@ def describe_environment(args: argparse.Namespace) -> dict[str, str]:
             f"Python {python}, Django {django_version}, gunicorn {gunicorn_version},"
             f" PostgreSQL {server_version} ({pg_settings})"
         ),
-        "server": f"gunicorn, {args.workers} {args.worker_class} workers, CONN_MAX_AGE=60",
+        "server": (
+            f"gunicorn, {args.workers} {args.worker_class} workers, CONN_MAX_AGE=60,"
+            f" server_side_binding={'on' if args.server_side_binding else 'off'}"
+        ),
         "load": (
             f"{args.deliveries} deliveries per run after {args.warmup} untimed,"
             f" concurrency {concurrency}, {args.repeat} back-to-back pairs each"
