@@ -431,10 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a short run: 50 deliveries after 10, one pair (for the smoke test)",
     )
     parser.add_argument(
-        "--server-side-binding",
+        "--prepared",
         action="store_true",
-        help="bind parameters on the server (Django's OPTIONS server_side_binding), so that"
-        " psycopg prepares repeated statements; off by default, as in Django",
+        help="bind parameters on the server and let psycopg prepare a statement run five"
+        " times (OPTIONS server_side_binding and prepare_threshold); off by default, as in"
+        " Django",
     )
     parser.add_argument("--sandbox-process", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -451,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_path()
     # Before the settings are imported, here and in gunicorn's processes.
-    os.environ["BENCH_SERVER_SIDE_BINDING"] = "1" if args.server_side_binding else "0"
+    os.environ["BENCH_PREPARED"] = "1" if args.prepared else "0"
     # Not setdefault: a shell that exports the test suite's settings must not seed SQLite.
     os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
     RESULTS.mkdir(exist_ok=True)
@@ -1198,7 +1199,7 @@ def describe_environment(args: argparse.Namespace) -> dict[str, str]:
         ),
         "server": (
             f"gunicorn, {args.workers} {args.worker_class} workers, CONN_MAX_AGE=60,"
-            f" server_side_binding={'on' if args.server_side_binding else 'off'}"
+            f" prepared statements {'on' if args.prepared else 'off'}"
         ),
         "load": (
             f"{args.deliveries} deliveries per run after {args.warmup} untimed,"

@@ -29,11 +29,15 @@ DATABASES = {
         **environ.Env.db_url_config(os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL)),
         # Persistent connections, as a production deployment has them.
         "CONN_MAX_AGE": 60,
-        # BENCH_SERVER_SIDE_BINDING=1 (run.py --server-side-binding): parameters bound by
-        # the server, so psycopg prepares a statement run five times on a connection and
-        # PostgreSQL can reuse its plan. Django's default is off: values are inlined and
-        # every statement is parsed and planned anew.
-        "OPTIONS": {"server_side_binding": os.environ.get("BENCH_SERVER_SIDE_BINDING") == "1"},
+        # BENCH_PREPARED=1 (run.py --prepared): parameters bound by the server, and psycopg
+        # prepares a statement run five times on a connection, so PostgreSQL can reuse its
+        # plan. Django's default is neither: values are inlined, and every statement is
+        # parsed and planned anew.
+        "OPTIONS": (
+            {"server_side_binding": True, "prepare_threshold": 5}
+            if os.environ.get("BENCH_PREPARED") == "1"
+            else {}
+        ),
     }
 }
 
