@@ -437,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         " times (OPTIONS server_side_binding and prepare_threshold); off by default, as in"
         " Django",
     )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the results as a Markdown table too"
+    )
     parser.add_argument("--sandbox-process", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sandbox_process is not None:
@@ -507,6 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(runs, args.paths, args.concurrency, statements)
     print()
     print(format_table(summary, args.paths, args.concurrency))
+    if args.markdown:
+        print()
+        print(format_markdown(summary, args.paths))
     save(environment, runs, summary)
 
     failed = [run for run in runs if not run.ok]
@@ -1153,6 +1159,28 @@ def format_table(
         lines.append(
             f"target real/bare >= {TARGET:.2f} on every path without a receiver,"
             f" at concurrency {', '.join(map(str, concurrencies))}: {met}"
+        )
+    return "\n".join(lines)
+
+
+def format_markdown(summary: dict[str, Any], paths: Sequence[BenchPath]) -> str:
+    """The results as a Markdown table, for the README and the docs."""
+    titles = {p.name: (p.number, p.title) for p in paths}
+    lines = [
+        "| # | path | c | real/s | bare/s | real/bare | pairs | statements real/bare"
+        " | CPU ms real/bare | target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in summary["rows"]:
+        number, title = titles[row["path"]]
+        real, bare = row["real"], row["bare"]
+        low, high = row["pairs"]
+        cpu = " / ".join(f"{v['server_cpu_ms'] + v['db_cpu_ms']:.2f}" for v in (real, bare))
+        verdict = "met" if row["met"] else f"missed by {TARGET - row['ratio']:.2f}"
+        lines.append(
+            f"| {number} | `{row['path']}`: {title} | {row['concurrency']} | {real['rate']:.0f}"
+            f" | {bare['rate']:.0f} | {row['ratio']:.2f} | {low:.2f}-{high:.2f}"
+            f" | {real['statements']} / {bare['statements']} | {cpu} | {verdict} |"
         )
     return "\n".join(lines)
 
