@@ -339,11 +339,18 @@ def run(
         timeout=give_up_after,
     )
     if not succeeded:
-        late = Payment.objects.filter(ledgepay_id__in=paid).exclude(status="succeeded")
-        mismatches.append(
-            f"{len(paid) - Payment.objects.filter(ledgepay_id__in=paid).count() + late.count()}"
-            " payments not succeeded in the mirror after their payment.succeeded"
+        done = set(
+            Payment.objects.filter(ledgepay_id__in=paid, status="succeeded").values_list(
+                "ledgepay_id", flat=True
+            )
         )
+        mismatches.append(
+            f"{len(paid - done)} paid payments not succeeded in the mirror after "
+            f"{give_up_after:.0f} s (their refunds are not made): {sorted(paid - done)}"
+        )
+        for number, payment_id in list(made.items()):
+            if payment_id not in done:
+                del made[number]
     seconds["payment webhooks"] = time.monotonic() - started - seconds["payments"]
 
     def refund(plan: PaymentPlan, amounts: Sequence[int | None]) -> Callable[[], None]:
