@@ -9,6 +9,7 @@ import requests
 import responses
 from responses import matchers
 
+from django.contrib import admin as django_admin
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.core import checks
@@ -1408,7 +1409,7 @@ def test_currency_filter_of_a_narrowed_list_lists_only_its_currencies(rf, admin_
         def get_queryset(self, request: Any) -> Any:
             return super().get_queryset(request).filter(customer_email="mine@example.com")
 
-    model_admin = OneCustomerAdmin(Payment, ledgepay_admin.admin.site)
+    model_admin = OneCustomerAdmin(Payment, django_admin.site)
     request = rf.get(CHANGELIST)
     request.user = admin_user
     changelist = model_admin.get_changelist_instance(request)
