@@ -7,22 +7,21 @@ Run from the repository root, with PostgreSQL at 127.0.0.1:5432 and the ``bench`
     .venv/bin/python bench/soak_delivery.py [--payments N] [--short]
 
 It creates a fresh database (``SOAK_DATABASE_URL``, default
-``postgres://postgres@127.0.0.1:5432/ledgepay_soak``; dropped at the end unless
-``--keep-db``; never point it at a database you care about, and run one soak at a time),
-migrates it, and starts: the sandbox (in this process) at
-``--failure-rate`` 0.3 delivering webhooks to gunicorn (``--workers`` 4 sync workers)
-serving bench/soak_settings.py, whose tasks run on django-tasks-db's database backend
-with ``--task-workers`` 2 ``db_worker`` processes. The receivers of bench/soak write one
-row per run that took effect; one of them fails the first attempt of every tenth
-transition. Then, from ``--concurrency`` threads, each payment is created with
-``services.create_payment`` (against the sandbox's failing API, retried with its
-idempotency key), paid in the sandbox, and, for half of them, once the webhook has marked
-it succeeded, refunded with ``services.refund_payment`` (in full, or in two halves).
-Meanwhile every 0.3-1 s one of the workers, drawn at random among the gunicorn workers
-(gunicorn respawns it) and the ``db_worker`` processes (respawned here), is killed with
-SIGKILL. Once the sandbox has delivered every event and the workers have run the
-receivers' deferred retries (a minute or more later), the killing stops, the workers
-drain, everything stops, and ``manage.py ledgepay_deliver --all`` (after
+``postgres://postgres@127.0.0.1:5432/ledgepay_soak_<pid>``; dropped at the end unless
+``--keep-db``; never point it at a database you care about), migrates it, and starts:
+the sandbox (in this process) at ``--failure-rate`` 0.3 delivering webhooks to gunicorn
+(``--workers`` 4 sync workers) serving bench/soak_settings.py, whose tasks run on
+django-tasks-db's database backend with ``--task-workers`` 2 ``db_worker`` processes.
+The receivers of bench/soak write one row per run that took effect; one of them fails the
+first attempt of every tenth transition. Then, from ``--concurrency`` threads, each
+payment is created with ``services.create_payment`` (against the sandbox's failing API,
+retried with its idempotency key), paid in the sandbox, and, for half of them, once the
+webhook has marked it succeeded, refunded with ``services.refund_payment`` (in full, or
+in two halves). Meanwhile every 0.3-1 s one of the workers, drawn at random among the
+gunicorn workers (gunicorn respawns it) and the ``db_worker`` processes (respawned here),
+is killed with SIGKILL. Once the sandbox has delivered every event and the workers have
+run the receivers' deferred retries (a minute or more later), the killing stops, the
+workers drain, everything stops, and ``manage.py ledgepay_deliver --all`` (after
 ``ledgepay_reprocess --all`` with ``--processing task``) catches up, run again (as cron
 would) while a receiver still fails. With ``--processing task``, ``ledgepay_reprocess
 --all`` also runs every 10 s during the soak, as cron: an event whose task died with its
@@ -61,9 +60,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "results"
-LOGS = RESULTS / "soak"
+#: This run's logs: gunicorn's (its access log too) and the task workers'.
+LOGS = RESULTS / "soak" / str(os.getpid())
 SETTINGS = "bench.soak_settings"
-DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/ledgepay_soak"
+#: A database of this run's own, so that two soaks never drop each other's.
+DEFAULT_DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/ledgepay_soak_{os.getpid()}"
 SHORT_PAYMENTS = 150
 #: How long any one wait may take before the soak gives up and fails.
 WAIT = 300.0
@@ -148,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     for old in LOGS.glob("*.log"):
         old.unlink()
+    print(f"logs in {LOGS}")
     try:
         return soak(options, payments, seed, env, sandbox_port, web_port)
     finally:
