@@ -64,8 +64,8 @@ VIEWS = ("real", "bare")
 AMOUNT, CURRENCY, REFUND_AMOUNT = 5000, "EUR", 2500
 #: Receipts written by the receiver path's receiver (bench/bare.py's RECEIPTS).
 RECEIPTS = "bench_receipt"
-QUICK = {"deliveries": 50, "warmup": 10, "repeat": 1}
-DEFAULTS = {"deliveries": 2000, "warmup": 200, "repeat": 5}
+QUICK = {"deliveries": 50, "warmup": 10, "repeat": 1, "sequential": 10}
+DEFAULTS = {"deliveries": 2000, "warmup": 200, "repeat": 5, "sequential": 300}
 
 
 # The paths
@@ -438,6 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         " Django",
     )
     parser.add_argument(
+        "--sequential",
+        type=int,
+        help="deliveries sent one after another through the test client per view, for the"
+        " CPU per delivery (default 300; 0: none)",
+    )
+    parser.add_argument(
         "--markdown", action="store_true", help="print the results as a Markdown table too"
     )
     parser.add_argument("--sandbox-process", type=int, help=argparse.SUPPRESS)
@@ -448,8 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, name) is None:
             setattr(args, name, default)
     args.concurrency = [c for group in args.concurrency for c in group]
-    if args.deliveries < 1 or args.warmup < 0 or args.repeat < 1:
-        parser.error("--deliveries and --repeat must be at least 1, --warmup at least 0")
+    if args.deliveries < 1 or args.warmup < 0 or args.repeat < 1 or args.sequential < 0:
+        parser.error(
+            "--deliveries and --repeat must be at least 1, --warmup and --sequential at least 0"
+        )
+    if args.sequential > args.deliveries:
+        parser.error("--sequential must be at most --deliveries")
     # Stop gunicorn and the sandbox on SIGTERM too, through the finally clauses.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
@@ -475,8 +485,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{key:>12}: {value}")
         print(flush=True)
 
-        statements = {p.name: count_statements(p, remote_ids) for p in args.paths}
-        print(format_statements(args.paths, statements), flush=True)
+        probes = {p.name: probe(p, remote_ids, args.sequential) for p in args.paths}
+        statements = {name: found["statements"] for name, found in probes.items()}
+        sequential = {name: found["sequential"] for name, found in probes.items()}
+        print(format_statements(args.paths, statements, sequential), flush=True)
         print()
 
         runs: list[Run] = []
@@ -507,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             servers.stop()
 
-    summary = summarize(runs, args.paths, args.concurrency, statements)
+    summary = summarize(runs, args.paths, args.concurrency, statements, sequential)
     print()
     print(format_table(summary, args.paths, args.concurrency))
     if args.markdown:
@@ -774,8 +786,12 @@ def children_of(parent: int) -> list[int]:
 # Statements
 
 
-def count_statements(bench_path: BenchPath, remote_ids: list[str]) -> dict[str, list[str]]:
-    """The SQL of one delivery of the path, real and bare, through Django's test client."""
+def probe(bench_path: BenchPath, remote_ids: list[str], sequential: int) -> dict[str, Any]:
+    """One delivery of the path, real and bare, through Django's test client: its SQL (as
+    ``CaptureQueriesContext`` records it) and a check of the rows it leaves. Then
+    ``sequential`` deliveries one after another, real, bare, bare, real: the CPU per
+    delivery of this process (Django, the app, psycopg; the test client's share is the same
+    for both) and of its PostgreSQL backend, the lower of the two runs of each view."""
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -786,40 +802,68 @@ def count_statements(bench_path: BenchPath, remote_ids: list[str]) -> dict[str, 
     from django_ledgepay.signals import payment_succeeded
 
     client = Client(HTTP_HOST="127.0.0.1")
-    found: dict[str, list[str]] = {}
-    if bench_path.receiver:
-        payment_succeeded.connect(bare.receipt_receiver, sender=Payment, dispatch_uid=RECEIVER_UID)
-    try:
-        for view in VIEWS:
-            objects = objects_for(bench_path, "count", 1, remote_ids)
-            bodies = bench_path.bodies(objects, stamp(time.time()))
-            reset()
-            bench_path.seed(objects, bodies)
-            ((body, headers),) = sign(bodies)
-            headers.pop("Content-Type")
-            with CaptureQueriesContext(connection) as queries:
+
+    def post(view: str, objects: Objects) -> list[str]:
+        bodies = bench_path.bodies(objects, stamp(time.time()))
+        reset()
+        bench_path.seed(objects, bodies)
+        analyze()
+        connection.ensure_connection()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+        began, db_began = time.process_time(), process_cpu(backend)
+        with CaptureQueriesContext(connection) as queries:
+            for body, headers in sign(bodies):
+                headers.pop("Content-Type")
                 response = client.post(
                     url_of(bench_path, view),
                     body,
                     content_type="application/json",
                     headers=headers,
                 )
-            if response.status_code != 200:
-                raise RuntimeError(
-                    f"{bench_path.name}: the {view} view answered {response.status_code}:"
-                    f" {response.content[:300]!r}"
-                )
-            wanted = bench_path.expected(1)
-            if tally() != wanted:
-                raise RuntimeError(
-                    f"{bench_path.name}: one delivery to the {view} view left {tally()},"
-                    f" expected {wanted}"
-                )
-            found[view] = [query["sql"] for query in queries.captured_queries]
+                if response.status_code != 200:
+                    raise RuntimeError(
+                        f"{bench_path.name}: the {view} view answered"
+                        f" {response.status_code}: {response.content[:300]!r}"
+                    )
+        count = len(objects.payments)
+        cpu[view].append(
+            ((time.process_time() - began) / count, (process_cpu(backend) - db_began) / count)
+        )
+        wanted = bench_path.expected(count)
+        if tally() != wanted:
+            raise RuntimeError(
+                f"{bench_path.name}: {count} deliveries to the {view} view left {tally()},"
+                f" expected {wanted}"
+            )
+        return [query["sql"] for query in queries.captured_queries]
+
+    statements: dict[str, list[str]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {view: [] for view in VIEWS}
+    if bench_path.receiver:
+        payment_succeeded.connect(bare.receipt_receiver, sender=Payment, dispatch_uid=RECEIVER_UID)
+    try:
+        for view in VIEWS:
+            statements[view] = post(view, objects_for(bench_path, "count", 1, remote_ids))
+        cpu = {view: [] for view in VIEWS}
+        if sequential:
+            for view in (*VIEWS, *VIEWS[::-1]):
+                post(view, objects_for(bench_path, "bench", sequential, remote_ids))
     finally:
         if bench_path.receiver:
             payment_succeeded.disconnect(sender=Payment, dispatch_uid=RECEIVER_UID)
-    return found
+    return {
+        "statements": statements,
+        "sequential": {
+            view: {
+                "python_ms": min(python for python, _ in runs) * 1000,
+                "db_ms": min(db for _, db in runs) * 1000,
+            }
+            for view, runs in cpu.items()
+            if runs
+        },
+    }
 
 
 def verbs(statements: Sequence[str]) -> str:
@@ -827,13 +871,28 @@ def verbs(statements: Sequence[str]) -> str:
     return ", ".join(sql.split(None, 1)[0].upper() if sql.strip() else "?" for sql in statements)
 
 
-def format_statements(paths: Sequence[BenchPath], statements: dict[str, Any]) -> str:
-    lines = ["Statements per delivery (one through Django's test client, CaptureQueriesContext):"]
+def format_statements(
+    paths: Sequence[BenchPath],
+    statements: dict[str, Any],
+    sequential: dict[str, dict[str, dict[str, float]]],
+) -> str:
+    lines = [
+        "Per delivery, through Django's test client: the statements (CaptureQueriesContext)",
+        "and, one delivery after another, the CPU in ms of Django and the app (Python) and of",
+        "PostgreSQL:",
+    ]
     for bench_path in paths:
         for view in VIEWS:
             mine = statements[bench_path.name][view]
             label = f"{bench_path.number:>2} {bench_path.name}"
-            lines.append(f"  {label:<20} {view}  {len(mine):>2}  {verbs(mine)}")
+            cpu = sequential[bench_path.name].get(view)
+            spent = (
+                f"  CPU {cpu['python_ms'] + cpu['db_ms']:5.2f} (Python {cpu['python_ms']:.2f},"
+                f" PostgreSQL {cpu['db_ms']:.2f})"
+                if cpu
+                else ""
+            )
+            lines.append(f"  {label:<20} {view}  {len(mine):>2}{spent}  {verbs(mine)}")
     return "\n".join(lines)
 
 
@@ -1092,6 +1151,7 @@ def summarize(
     paths: Sequence[BenchPath],
     concurrencies: Sequence[int],
     statements: dict[str, dict[str, list[str]]],
+    sequential: dict[str, dict[str, dict[str, float]]],
 ) -> dict[str, Any]:
     """Per path and concurrency: the medians of each view, the ratio real/bare of the
     median deliveries/s, and the range of the ratios of the back-to-back pairs."""
@@ -1109,6 +1169,7 @@ def summarize(
                     "server_cpu_ms": statistics.median(r.server_cpu_ms for r in theirs),
                     "db_cpu_ms": statistics.median(r.db_cpu_ms for r in theirs),
                     "statements": len(statements[bench_path.name][view]),
+                    "sequential": sequential[bench_path.name].get(view),
                 }
             bare = row["bare"]["rate"]
             row["ratio"] = row["real"]["rate"] / bare if bare else 0.0
@@ -1125,6 +1186,7 @@ def summarize(
         "target": TARGET,
         "rows": rows,
         "statements": statements,
+        "sequential": sequential,
         "met": all(row["met"] for row in rows if row["path"] != "receiver"),
     }
 
@@ -1168,8 +1230,8 @@ def format_markdown(summary: dict[str, Any], paths: Sequence[BenchPath]) -> str:
     titles = {p.name: (p.number, p.title) for p in paths}
     lines = [
         "| # | path | c | real/s | bare/s | real/bare | pairs | statements real/bare"
-        " | CPU ms real/bare | target |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        " | CPU ms real/bare | one by one | target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in summary["rows"]:
         number, title = titles[row["path"]]
@@ -1177,10 +1239,16 @@ def format_markdown(summary: dict[str, Any], paths: Sequence[BenchPath]) -> str:
         low, high = row["pairs"]
         cpu = " / ".join(f"{v['server_cpu_ms'] + v['db_cpu_ms']:.2f}" for v in (real, bare))
         verdict = "met" if row["met"] else f"missed by {TARGET - row['ratio']:.2f}"
+        alone = " / ".join(
+            f"{v['sequential']['python_ms'] + v['sequential']['db_ms']:.2f}"
+            if v["sequential"]
+            else "-"
+            for v in (real, bare)
+        )
         lines.append(
             f"| {number} | `{row['path']}`: {title} | {row['concurrency']} | {real['rate']:.0f}"
             f" | {bare['rate']:.0f} | {row['ratio']:.2f} | {low:.2f}-{high:.2f}"
-            f" | {real['statements']} / {bare['statements']} | {cpu} | {verdict} |"
+            f" | {real['statements']} / {bare['statements']} | {cpu} | {alone} | {verdict} |"
         )
     return "\n".join(lines)
 
