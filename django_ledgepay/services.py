@@ -632,6 +632,15 @@ def apply_refund(
         if not Payment.objects.filter(ledgepay_id=payment_id).exists():
             sync_payment(payment_id)  # Outside the transaction: no lock held over HTTP.
     with transaction.atomic():
+        # A known refund's payment is locked before the refund, in the order refund_payment()
+        # takes them: the transition written below checks its key to the payment at commit
+        # (a KEY SHARE lock), which after the refund's lock was the opposite order, and two
+        # such transactions could deadlock.
+        list(
+            Payment.objects.select_for_update(no_key=True)
+            .filter(pk__in=Refund.objects.filter(ledgepay_id=ledgepay_id).values("payment_id"))
+            .values_list("pk", flat=True)
+        )
         refund = _locked_refund(ledgepay_id)
         if refund is None:
             # Lock the payment first, as refund_payment does, then look again.

@@ -222,10 +222,10 @@ def test_a_payment_never_seen_with_its_amount_and_currency(client, django_assert
 def test_refund_created_and_succeeded_for_a_known_payment(client, django_assert_num_queries):
     make_payment(ledgepay_id="pay_a", status="succeeded", amount=5000)
     created = refund_event("refund.created", "re_1", "pay_a", amount=2000)
-    response, *_ = count(django_assert_num_queries, client, created, on(1, 14))
+    response, *_ = count(django_assert_num_queries, client, created, on(1, 15))
     assert response.json() == {"detail": "processed"}
     succeeded = refund_event("refund.succeeded", "re_1", "pay_a", amount=2000)
-    response, *_ = count(django_assert_num_queries, client, succeeded, on(1, 8))
+    response, *_ = count(django_assert_num_queries, client, succeeded, on(1, 9))
     assert Refund.objects.get().status == "succeeded"
     assert list(Transition.objects.values_list("signal", flat=True)) == [
         "refund_created",

@@ -486,11 +486,6 @@ def lock_waiters() -> int:
     return int(row[0]) if row else 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apply_refund locks the refund, then its Transition's deferred foreign key takes "
-    "a KEY SHARE lock on the payment at COMMIT: the opposite order to refund_payment's",
-)
 def test_a_refund_webhook_and_a_refund_call_on_its_payment_do_not_deadlock():
     """The soak's 503s: refund_payment() holds the payment's row (FOR UPDATE) and then
     locks a refund of it (recording LedgePay's answer for a refund whose webhook came
