@@ -50,7 +50,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -803,7 +803,7 @@ def probe(bench_path: BenchPath, remote_ids: list[str], sequential: int) -> dict
 
     client = Client(HTTP_HOST="127.0.0.1")
 
-    def post(view: str, objects: Objects) -> list[str]:
+    def post(view: str, objects: Objects, *, capture: bool) -> list[str]:
         bodies = bench_path.bodies(objects, stamp(time.time()))
         reset()
         bench_path.seed(objects, bodies)
@@ -812,9 +812,13 @@ def probe(bench_path: BenchPath, remote_ids: list[str], sequential: int) -> dict
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
             backend = cursor.fetchone()[0]
+        signed = sign(bodies)
+        # The log of queries holds 9,000 at most: emptied, so that the capture sees them all.
+        connection.queries_log.clear()
+        queries = CaptureQueriesContext(connection)
         began, db_began = time.process_time(), process_cpu(backend)
-        with CaptureQueriesContext(connection) as queries:
-            for body, headers in sign(bodies):
+        with queries if capture else nullcontext():
+            for body, headers in signed:
                 headers.pop("Content-Type")
                 response = client.post(
                     url_of(bench_path, view),
@@ -837,7 +841,7 @@ def probe(bench_path: BenchPath, remote_ids: list[str], sequential: int) -> dict
                 f"{bench_path.name}: {count} deliveries to the {view} view left {tally()},"
                 f" expected {wanted}"
             )
-        return [query["sql"] for query in queries.captured_queries]
+        return [query["sql"] for query in queries.captured_queries] if capture else []
 
     statements: dict[str, list[str]] = {}
     cpu: dict[str, list[tuple[float, float]]] = {view: [] for view in VIEWS}
@@ -845,11 +849,14 @@ def probe(bench_path: BenchPath, remote_ids: list[str], sequential: int) -> dict
         payment_succeeded.connect(bare.receipt_receiver, sender=Payment, dispatch_uid=RECEIVER_UID)
     try:
         for view in VIEWS:
-            statements[view] = post(view, objects_for(bench_path, "count", 1, remote_ids))
+            counted = post(view, objects_for(bench_path, "count", 1, remote_ids), capture=True)
+            if not counted:
+                raise RuntimeError(f"{bench_path.name}: no statement captured for {view}")
+            statements[view] = counted
         cpu = {view: [] for view in VIEWS}
         if sequential:
             for view in (*VIEWS, *VIEWS[::-1]):
-                post(view, objects_for(bench_path, "bench", sequential, remote_ids))
+                post(view, objects_for(bench_path, "bench", sequential, remote_ids), capture=False)
     finally:
         if bench_path.receiver:
             payment_succeeded.disconnect(sender=Payment, dispatch_uid=RECEIVER_UID)
