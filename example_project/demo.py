@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Run the whole demo: install, migrate, a demo admin, the LedgePay sandbox and the shop.
 
-    python3 example_project/demo.py [--shop-port 8000] [--sandbox-port 8765]
+    python3 example_project/demo.py [--shop-port 8000] [--sandbox-port 8765] [--tasks db]
+
+``--tasks db`` runs the shop's signal receivers (an order marked paid) on a task worker of
+django-tasks-db's database backend, started beside the shop, instead of in the web process.
 
 Standard library only, Python 3.10+. Ctrl-C stops everything. The shop's database
 (example_project/db.sqlite3) and the sandbox's state (example_project/sandbox-state.json)
@@ -33,15 +36,23 @@ def main() -> int:
     parser.add_argument(
         "--sandbox-port", type=int, default=int(os.environ.get("SANDBOX_PORT", 8765))
     )
+    parser.add_argument(
+        "--tasks",
+        choices=["immediate", "db"],
+        default="immediate",
+        help="immediate: receivers run in the web process after each commit (the default); "
+        "db: on a worker of django-tasks-db's database backend, started here too.",
+    )
     args = parser.parse_args()
     for port in (args.shop_port, args.sandbox_port):
         if answers(port):
             print(f"Port {port} is taken; choose another with --shop-port/--sandbox-port.")
             return 2
 
-    python = install()
+    python = install(tasks_db=args.tasks == "db")
     env = {
         **os.environ,
+        "SHOP_TASKS": args.tasks,
         "DJANGO_SETTINGS_MODULE": "example_project.settings",
         "LEDGEPAY_API_BASE": f"http://127.0.0.1:{args.sandbox_port}/v1",
         "PYTHONUNBUFFERED": "1",
@@ -76,6 +87,13 @@ def main() -> int:
             env=env,
         ),
     ]
+    if args.tasks == "db":
+        # The worker that runs the receivers' deliveries (and their retries).
+        children.append(
+            subprocess.Popen(
+                [*manage, "db_worker", "--no-reload", "--interval", "0.2"], cwd=HERE, env=env
+            )
+        )
 
     def stop() -> None:
         for child in children:
@@ -120,8 +138,9 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def install() -> Path:
-    """A virtual environment with django-ledgepay (from this checkout) and django-environ."""
+def install(*, tasks_db: bool = False) -> Path:
+    """A virtual environment with django-ledgepay (from this checkout) and django-environ,
+    and django-tasks-db when the receivers run on its worker."""
     python = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     marker = VENV / ".installed"
     if not marker.exists():
@@ -132,6 +151,13 @@ def install() -> Path:
             check=True,
         )
         marker.touch()
+    tasks_marker = VENV / ".installed-tasks-db"
+    if tasks_db and not tasks_marker.exists():
+        step("Installing django-tasks-db (once)")
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "django-tasks-db>=0.13"], check=True
+        )
+        tasks_marker.touch()
     return python
 
 

@@ -76,6 +76,13 @@ LEDGEPAY_WEBHOOK_SECRET = env.list("LEDGEPAY_WEBHOOK_SECRET", default=["whsec_de
 LEDGEPAY_TIMEOUT = env.float("LEDGEPAY_TIMEOUT", default=10)
 LEDGEPAY_MAX_RETRIES = env.int("LEDGEPAY_MAX_RETRIES", default=3)
 
+# Where the receivers run: "immediate" (Django's default ImmediateBackend: in the web process,
+# right after each commit) or "db" (a worker of django-tasks-db: `manage.py db_worker`).
+SHOP_TASKS = env("SHOP_TASKS", default="immediate")
+if SHOP_TASKS == "db":
+    INSTALLED_APPS.append("django_tasks_db")
+    TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
