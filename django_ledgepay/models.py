@@ -395,10 +395,8 @@ class PaymentRequest(models.Model):
     again with that key, so a retried ``create_payment`` never makes a second payment.
     """
 
-    class Outcome(models.TextChoices):
-        UNKNOWN = "unknown", _("Unknown")
-        MADE = "made", _("Made")
-        REFUSED = "refused", _("Refused")
+    #: The same outcomes as a refund request's.
+    Outcome = RefundRequest.Outcome
 
     fingerprint = models.CharField(
         _("fingerprint"), max_length=64, help_text=_("SHA-256 of the request's arguments.")
