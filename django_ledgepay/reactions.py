@@ -22,7 +22,6 @@ import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from inspect import iscoroutinefunction
 from typing import Any, Final
 
@@ -160,7 +159,14 @@ def deliver_on_commit(transition: Transition) -> None:
     """Enqueue the transition's delivery once the current transaction commits (at once
     outside one). A transition without receivers is delivered already: nothing to do."""
     if transition.delivered_at is None:
-        transaction.on_commit(partial(enqueue, transition.pk), robust=True)
+        transition_id = transition.pk
+
+        # A named function, not a partial: were it ever to raise, Django's on_commit would
+        # log the callback's __qualname__, which a partial lacks. (enqueue() catches all.)
+        def deliver() -> None:
+            enqueue(transition_id)
+
+        transaction.on_commit(deliver)
 
 
 def enqueue(transition_id: int, *, run_after: datetime.datetime | None = None) -> None:
@@ -293,23 +299,7 @@ def _record_success(transition: Transition, name: str) -> bool:
                 ],
             )
             return cursor.fetchone() is not None
-    rows = Reaction.objects.filter(transition=transition, receiver=name)
-    if rows.filter(succeeded_at__isnull=True).update(
-        succeeded_at=now, last_attempt_at=now, attempts=F("attempts") + 1, error=""
-    ):
-        return True
-    try:
-        with transaction.atomic():
-            Reaction.objects.create(
-                transition=transition,
-                receiver=name,
-                succeeded_at=now,
-                last_attempt_at=now,
-                attempts=1,
-            )
-    except IntegrityError:
-        return False
-    return True
+    return _write_attempt(transition, name, succeeded_at=now, last_attempt_at=now, error="")
 
 
 def _db_time(moment: datetime.datetime) -> Any:
@@ -317,22 +307,23 @@ def _db_time(moment: datetime.datetime) -> Any:
 
 
 def _record_failure(transition: Transition, name: str, error: str) -> None:
-    now = timezone.now()
-    updated = Reaction.objects.filter(
-        transition=transition, receiver=name, succeeded_at__isnull=True
-    ).update(attempts=F("attempts") + 1, last_attempt_at=now, error=error)
-    if not updated:
-        try:
-            with transaction.atomic():
-                Reaction.objects.create(
-                    transition=transition,
-                    receiver=name,
-                    attempts=1,
-                    last_attempt_at=now,
-                    error=error,
-                )
-        except IntegrityError:
-            pass  # Recorded meanwhile by another worker.
+    # False (a row recorded meanwhile by another worker) needs nothing more.
+    _write_attempt(transition, name, last_attempt_at=timezone.now(), error=error)
+
+
+def _write_attempt(transition: Transition, name: str, **fields: Any) -> bool:
+    """Count an attempt of the receiver with ``fields`` on its row, creating the row if it
+    has none; False, and nothing written, when the row is a success already or another
+    worker inserted it meanwhile."""
+    rows = Reaction.objects.filter(transition=transition, receiver=name, succeeded_at=None)
+    if rows.update(attempts=F("attempts") + 1, **fields):
+        return True
+    try:
+        with transaction.atomic():
+            Reaction.objects.create(transition=transition, receiver=name, attempts=1, **fields)
+    except IntegrityError:
+        return False
+    return True
 
 
 def _finish(transition: Transition, errors: list[str]) -> None:

@@ -64,10 +64,8 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
     )
     if event_type in PAYMENT_EVENTS:
         statement = _payment_statement(payload["data"], PAYMENT_EVENTS[event_type], event, now)
-    elif event_type in REFUND_EVENTS:
-        statement = _refund_statement(payload["data"], REFUND_EVENTS[event_type], event, now)
     else:
-        return None
+        statement = _refund_statement(payload["data"], REFUND_EVENTS[event_type], event, now)
     sql, params, transitions = statement
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

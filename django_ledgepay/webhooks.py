@@ -14,7 +14,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
@@ -25,9 +25,6 @@ from django_ledgepay import services, statements
 from django_ledgepay.conf import Secret
 from django_ledgepay.exceptions import LedgePayError, WebhookPayloadError, WebhookSignatureError
 from django_ledgepay.models import Payment, Refund, WebhookEvent
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
