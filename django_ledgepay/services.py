@@ -444,12 +444,6 @@ class _Contradicted(Exception):
         self.payment, self.found = payment, found
 
 
-def announce_payment(payment: Payment, event: WebhookEvent | None) -> None:
-    """Record the transition of ``payment``'s final status; its signal goes out after
-    commit. For a caller that moved the payment itself, under the status rules."""
-    _payment_signal(payment, event)
-
-
 def _payment_signal(payment: Payment, event: WebhookEvent | None) -> None:
     name = PAYMENT_TRANSITIONS.get(payment.status)
     if name is not None:
@@ -490,7 +484,7 @@ def apply_payment(
     """
     ledgepay_id = _object_id(data, "payment")
     said = payment_values(data)
-    values = said
+    values = dict(said)
     if known is not None:
         values = {**payment_values(known), **values}
     if status is not None:
@@ -620,7 +614,8 @@ def apply_refund(
     ``refund_succeeded`` or ``refund_failed`` if it is already final.
     """
     ledgepay_id = _object_id(data, "refund")
-    values = refund_values(data)
+    said = refund_values(data)
+    values = dict(said)
     if known is not None:
         values = {**refund_values(known), **values}
     if status is not None:
@@ -654,7 +649,7 @@ def apply_refund(
                 refund = _locked_refund(ledgepay_id)
                 assert refund is not None
             # Otherwise inserted by a caller that held the lock first: merge into it below.
-        found = contradictions(refund, refund_values(data))
+        found = contradictions(refund, said)
         named = data.get("payment_id")
         if isinstance(named, str) and named and named != refund.payment.ledgepay_id:
             found["payment"] = (refund.payment.ledgepay_id, named)
@@ -1138,7 +1133,7 @@ def _refund_once(
             for request in payment.refund_requests.filter(
                 outcome=RefundRequest.Outcome.MADE, answered=False, reason=reason
             ).order_by("pk"):
-                if _same_request(request, amount, reason):
+                if _asks_for(request, amount, reason):
                     return _answer_request(request)
         else:
             earlier = RefundRequest.objects.filter(idempotency_key=idempotency_key).first()
@@ -1187,10 +1182,10 @@ def _answer_request(request: RefundRequest) -> Refund:
     return request.refund
 
 
-def _same_request(request: RefundRequest, amount: int | None, reason: str) -> bool:
-    """Whether a call for ``amount`` repeats ``request``: the same amount, or the rest
-    again (the rest was then what the request asked)."""
-    if request.outcome != RefundRequest.Outcome.MADE or request.reason != reason:
+def _asks_for(request: RefundRequest, amount: int | None, reason: str) -> bool:
+    """Whether a call for ``amount`` (None: the rest) and ``reason`` asks what ``request``
+    asked: the same amount, or the rest again."""
+    if request.reason != reason:
         return False
     return request.whole if amount is None else request.amount == amount and not request.whole
 
@@ -1209,18 +1204,14 @@ def _resolve_unknown(
     """Send the payment's unknown refund requests again (under the payment's lock) and
     return those resolved now. A request another call is sending is left to it, unless it
     is what this call asks again (same amount and reason): then RefundUnresolvedError."""
-    now = timezone.now()
+    abandoned = timezone.now() - sending_lease()
     unknown = RefundRequest.objects.filter(
         payment=payment, outcome=RefundRequest.Outcome.UNKNOWN
     ).order_by("pk")
     resolved = []
     for request in unknown:
-        if request.sending_since is not None and request.sending_since > now - sending_lease():
-            if (
-                reason is not None
-                and request.reason == reason
-                and (request.whole if amount is None else request.amount == amount)
-            ):
+        if request.sending_since is not None and request.sending_since > abandoned:
+            if reason is not None and _asks_for(request, amount, reason):
                 raise _InFlight(
                     RefundUnresolvedError(
                         f"A refund of {format_amount(request.amount, payment.currency)} of "
@@ -1308,11 +1299,11 @@ def _new_refund_request(
 def _send_refund_request(
     request: RefundRequest, payment: Payment, *, answered: bool = False
 ) -> Refund | LedgePayError:
-    """Send ``request`` with its key and record the outcome, each in its own transaction
-    when called outside one: the refund LedgePay made; or
-    the error, with the request refused (a 4xx: the same request would be refused again)
-    or still unknown (no answer, a 5xx, the rate limit: LedgePay may have acted or not)."""
-    now = timezone.now()
+    """Send ``request`` with its key and record what came of it: the refund LedgePay made
+    (``answered`` when its own caller gets it now); or the error, with the request refused
+    (a 4xx: the same request would be refused again) or still unknown (no answer, a 5xx,
+    the rate limit: LedgePay may have acted or not). Each record is its own transaction
+    when called outside one."""
     params = {
         "payment_id": payment.ledgepay_id,
         "amount": request.amount,
@@ -1323,51 +1314,40 @@ def _send_refund_request(
         if not isinstance(data.get("id"), str) or not data["id"]:
             raise APIError("LedgePay's answer to the refund has no id.")
     except (InvalidRequestError, NotFoundError) as err:
-        request.outcome, request.error, request.resolved_at = (
-            RefundRequest.Outcome.REFUSED,
-            str(err),
-            now,
-        )
-        request.attempts += 1
-        request.sending_since = None
-        request.save(
-            update_fields=["outcome", "error", "resolved_at", "attempts", "sending_since"]
+        _record_attempt(
+            request, outcome=RefundRequest.Outcome.REFUSED, error=str(err), resolved=True
         )
         return err
     except LedgePayError as err:
         # Unknown still, and no longer being sent: the next call resolves it at once.
-        request.error = str(err)
-        request.attempts += 1
-        request.sending_since = None
-        request.save(update_fields=["error", "attempts", "sending_since"])
+        _record_attempt(request, error=str(err))
         return err
     sent = {"amount": request.amount, "currency": payment.currency, "reason": request.reason}
     with transaction.atomic():
         locked = Payment.objects.select_for_update().get(pk=payment.pk)
         refund, _ = apply_refund(data, payment=locked, known=sent)
-        request.outcome, request.refund, request.error, request.resolved_at = (
-            RefundRequest.Outcome.MADE,
-            refund,
-            "",
-            now,
-        )
-        request.attempts += 1
-        request.sending_since = None
-        # Answered when its own caller gets the refund now; a resend by another call
-        # leaves it for the caller's retry to collect.
-        request.answered = answered
-        request.save(
-            update_fields=[
-                "answered",
-                "outcome",
-                "refund",
-                "error",
-                "resolved_at",
-                "attempts",
-                "sending_since",
-            ]
+        # A resend by another call leaves the refund for the caller's retry to collect.
+        _record_attempt(
+            request,
+            outcome=RefundRequest.Outcome.MADE,
+            refund=refund,
+            answered=answered,
+            error="",
+            resolved=True,
         )
     return refund
+
+
+def _record_attempt(request: RefundRequest, *, resolved: bool = False, **fields: Any) -> None:
+    """Save one sending of ``request``, no longer being sent, with ``fields``."""
+    for name, value in fields.items():
+        setattr(request, name, value)
+    request.attempts += 1
+    request.sending_since = None
+    if resolved:
+        request.resolved_at = timezone.now()
+    names = [*fields, "attempts", "sending_since", *(["resolved_at"] if resolved else [])]
+    request.save(update_fields=names)
 
 
 def _ledgepay_id(payment_or_ledgepay_id: Payment | str) -> str:
