@@ -390,18 +390,22 @@ def _outcome(instance: Payment | Refund, announced: str | None) -> tuple[str, st
     return WebhookEvent.Status.FAILED, f"The {kind} is still {instance.status}; not applied."
 
 
-# The hot paths on PostgreSQL: one statement each (django_ledgepay.statements)
+# The hot paths on PostgreSQL: a look-up and one statement (django_ledgepay.statements)
 
 
 def settle_in_one_statement(body: bytes) -> statements.FastOutcome | None:
-    """Apply a delivery in one SQL statement where PostgreSQL allows and the case is one
-    the statement can decide alone; else change nothing and return None or the outcome
-    without ``settled`` (then take the general path).
+    """Apply a delivery in one SQL statement after one look-up where the database allows
+    (PostgreSQL; on SQLite a new body for a final payment) and the case is one the statement
+    can decide alone; else change nothing and return None or the outcome without
+    ``settled`` (then take the general path).
 
     Outside a transaction only: the statement is its own transaction, so the change, the
-    stored event and its transition commit together, and a redelivery costs one query.
+    stored event and its transition commit together, and a redelivery costs the look-up.
     """
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
+    if connection.in_atomic_block or not (
+        connection.vendor == "postgresql"
+        or (connection.vendor == "sqlite" and connection.features.can_return_columns_from_insert)
+    ):
         return None
     try:
         payload = parse_event(body)

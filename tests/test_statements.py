@@ -1,5 +1,5 @@
-"""The one-statement paths on PostgreSQL: what each delivery costs, and the same rows as
-the general path they mirror."""
+"""The look-up and the one statement on PostgreSQL: what each delivery costs, the same rows
+as the general path they mirror, and what happens when the mirror moved after the look-up."""
 
 from __future__ import annotations
 
@@ -7,21 +7,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 
 from django.db import connection
 
-from django_ledgepay import webhooks
+from django_ledgepay import statements, webhooks
 from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
 from django_ledgepay.testing import signed_webhook
-from tests.factories import make_payment, make_refund
+from tests.conftest import API
+from tests.factories import make_payment, make_refund, payment_data
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("without_shop_receivers"),
 ]
-postgres_only = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="the one-statement paths are PostgreSQL's"
-)
 
 URL = "/ledgepay/webhook/"
 
@@ -97,6 +96,21 @@ def refund_known() -> list[dict[str, Any]]:
     ]
 
 
+def refund_for_a_payment_never_seen() -> list[dict[str, Any]]:
+    # The payment is fetched (FETCHED), recorded with its transition, then the refund.
+    return [
+        refund_event("refund.created", "re_1", "pay_far", amount=2000, status="pending"),
+        refund_event("refund.succeeded", "re_2", "pay_pending", amount=100, currency="USD"),
+    ]
+
+
+#: What LedgePay answers for the payments the scenarios' events name but the mirror lacks.
+FETCHED = {
+    "pay_far": payment_data(id="pay_far", status="succeeded", amount=5000, currency="EUR"),
+    "pay_pending": payment_data(id="pay_pending", amount=700, currency="USD"),
+}
+
+
 SCENARIOS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "pending_paid": pending_paid,
     "final_news": final_news,
@@ -105,6 +119,7 @@ SCENARIOS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "refund_created": refund_created,
     "refund_first_seen_final": refund_first_seen_final,
     "refund_known": refund_known,
+    "refund_for_a_payment_never_seen": refund_for_a_payment_never_seen,
 }
 
 
@@ -156,9 +171,10 @@ def reset() -> None:
     Payment.objects.all().delete()
 
 
-@postgres_only
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_the_statement_leaves_the_rows_of_the_general_path(client, monkeypatch, api, scenario):
+    for payment_id, answer in FETCHED.items():
+        api.get(f"{API}/payments/{payment_id}", json=answer)
     fast, fast_codes = run(client, scenario)
     reset()
     with monkeypatch.context() as patched:
@@ -188,31 +204,29 @@ def on(postgresql: int, elsewhere: int) -> int:
 def test_a_known_pending_payment_and_its_redelivery(client, django_assert_num_queries):
     make_payment(ledgepay_id="pay_a", status="pending")
     payload = paid("pay_a", amount=5000, currency="EUR")
-    response, body, headers = count(django_assert_num_queries, client, payload, on(1, 7))
+    response, body, headers = count(django_assert_num_queries, client, payload, on(2, 8))
     assert response.json() == {"detail": "processed"}
-    with django_assert_num_queries(on(1, 2)):
+    with django_assert_num_queries(1):  # the look-up alone
         again = client.post(URL, body, content_type="application/json", headers=headers)
     assert again.json() == {"detail": "duplicate"}
 
 
 def test_a_new_body_for_a_final_payment(client, django_assert_num_queries):
     make_payment(ledgepay_id="pay_a", status="succeeded")
-    response, *_ = count(
-        django_assert_num_queries, client, paid("pay_a", amount=5000, retry=1), on(1, 3)
-    )
+    response, *_ = count(django_assert_num_queries, client, paid("pay_a", amount=5000, retry=1), 2)
     assert response.json() == {"detail": "processed"}
     ignored, *_ = count(
         django_assert_num_queries,
         client,
         {"event": "payment.failed", "data": {"id": "pay_a"}},
-        on(1, 3),
+        2,
     )
     assert ignored.json() == {"detail": "ignored"}
 
 
 def test_a_payment_never_seen_with_its_amount_and_currency(client, django_assert_num_queries):
     response, *_ = count(
-        django_assert_num_queries, client, paid("pay_new", amount=900, currency="EUR"), on(1, 10)
+        django_assert_num_queries, client, paid("pay_new", amount=900, currency="EUR"), on(2, 11)
     )
     assert response.json() == {"detail": "processed"}
     assert Payment.objects.get().status == "succeeded"
@@ -222,12 +236,77 @@ def test_a_payment_never_seen_with_its_amount_and_currency(client, django_assert
 def test_refund_created_and_succeeded_for_a_known_payment(client, django_assert_num_queries):
     make_payment(ledgepay_id="pay_a", status="succeeded", amount=5000)
     created = refund_event("refund.created", "re_1", "pay_a", amount=2000)
-    response, *_ = count(django_assert_num_queries, client, created, on(1, 15))
+    response, *_ = count(django_assert_num_queries, client, created, on(2, 16))
     assert response.json() == {"detail": "processed"}
     succeeded = refund_event("refund.succeeded", "re_1", "pay_a", amount=2000)
-    response, *_ = count(django_assert_num_queries, client, succeeded, on(1, 9))
+    response, *_ = count(django_assert_num_queries, client, succeeded, on(2, 10))
     assert Refund.objects.get().status == "succeeded"
     assert list(Transition.objects.values_list("signal", flat=True)) == [
         "refund_created",
         "refund_succeeded",
     ]
+
+
+# The mirror moved between the look-up and the statement: the statement changes nothing, and
+# the general path decides, as for any case the statement cannot.
+
+
+def stale(monkeypatch: Any, payment: Any) -> None:
+    """The look-up reports the payment as it was (``payment``), not as it is."""
+    look_up = statements.look_up
+
+    def as_it_was(digest: str, payment_id: str) -> Any:
+        stored, _ = look_up(digest, payment_id)
+        return stored, payment
+
+    monkeypatch.setattr(statements, "look_up", as_it_was)
+
+
+def test_a_payment_a_rival_moved_after_the_look_up(client, monkeypatch):
+    payment = make_payment(ledgepay_id="pay_a", status="pending", amount=5000)
+    assert post(client, paid("pay_a", amount=5000)).json() == {"detail": "processed"}
+    stale(monkeypatch, statements.KnownPayment(payment.pk, "pending", 5000, "EUR"))
+    # The rival's change is not made twice; this body is stored with its own outcome.
+    assert post(client, paid("pay_a", amount=5000, retry=1)).json() == {"detail": "processed"}
+    failed = {"event": "payment.failed", "data": {"id": "pay_a"}}
+    assert post(client, failed).json() == {"detail": "ignored"}
+    assert list(Transition.objects.values_list("signal", flat=True)) == ["payment_succeeded"]
+    assert WebhookEvent.objects.count() == 3
+    assert Payment.objects.get().status == "succeeded"
+
+
+def test_a_payment_a_rival_recorded_after_the_look_up(client, monkeypatch):
+    make_payment(ledgepay_id="pay_a", status="pending", amount=5000)
+    stale(monkeypatch, None)
+    assert post(client, paid("pay_a", amount=5000, currency="EUR")).json() == {
+        "detail": "processed"
+    }
+    assert Payment.objects.get().status == "succeeded"
+    assert list(Transition.objects.values_list("signal", flat=True)) == ["payment_succeeded"]
+
+
+def test_a_refund_whose_payment_cannot_be_fetched_is_kept_failed(client, api, settings):
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    api.get(f"{API}/payments/pay_x", body=requests.ConnectionError("down"))
+    created = refund_event("refund.created", "re_1", "pay_x", amount=2000)
+    assert post(client, created).status_code == 503
+    assert WebhookEvent.objects.get().status == "failed"
+    assert not Payment.objects.exists()
+    assert not Transition.objects.exists()
+
+
+def test_a_refund_for_a_payment_never_seen_costs_the_fetch_and_two_statements(
+    client, api, django_assert_num_queries
+):
+    api.get(f"{API}/payments/pay_far", json=FETCHED["pay_far"])
+    created = refund_event("refund.created", "re_1", "pay_far", amount=2000)
+    # PostgreSQL: the look-up, then one statement records the payment, the refund, the event
+    # and three transitions. Elsewhere the general path, in three transactions.
+    response, *_ = count(django_assert_num_queries, client, created, on(2, 23))
+    assert response.json() == {"detail": "processed"}
+    assert Refund.objects.get().payment.ledgepay_id == "pay_far"
+    assert sorted(Transition.objects.values_list("signal", "source")) == [
+        ("payment_succeeded", "sync"),
+        ("refund_created", "webhook"),
+    ]
+    assert len(api.calls) == 1
