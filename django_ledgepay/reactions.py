@@ -28,7 +28,7 @@ from typing import Any, Final
 from asgiref.sync import async_to_sync
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from django_ledgepay import signals
@@ -204,13 +204,20 @@ def deliver(transition_id: int) -> Outcome:
     """Run each receiver of the transition that has not yet succeeded, each in a
     transaction with the record of its success; then mark the transition delivered, or
     schedule its next attempt. Never raises for a receiver's sake."""
-    transition = (
-        Transition.objects.select_related("payment", "refund", "event")
-        .filter(pk=transition_id)
-        .first()
-    )
+    try:
+        transition = (
+            Transition.objects.select_related("payment", "refund", "event")
+            .annotate(
+                succeeded_before=Exists(
+                    Reaction.objects.filter(transition=OuterRef("pk"), succeeded_at__isnull=False)
+                )
+            )
+            .get(pk=transition_id)
+        )
+    except Transition.DoesNotExist:
+        return Outcome(None, [], [])
     outcome = Outcome(transition, [], [])
-    if transition is None or transition.delivered_at is not None:
+    if transition.delivered_at is not None:
         return outcome
     signal, sender = SIGNALS[transition.signal]
     kwargs: dict[str, Any] = {
@@ -220,20 +227,25 @@ def deliver(transition_id: int) -> Outcome:
     }
     if transition.refund is not None:
         kwargs["refund"] = transition.refund
-    receivers = signal.named_receivers(sender)
     # Those that succeeded before are skipped, whether their attempt finished or was cut
-    # short (a worker killed after one receiver's success but before the next's).
-    done = set(
-        Reaction.objects.filter(transition=transition, succeeded_at__isnull=False).values_list(
-            "receiver", flat=True
+    # short (a worker killed after one receiver's success but before the next's). On a
+    # first delivery there are none, and the query is spared.
+    done: set[str] = set()
+    if transition.succeeded_before:
+        done = set(
+            Reaction.objects.filter(transition=transition, succeeded_at__isnull=False).values_list(
+                "receiver", flat=True
+            )
         )
-    )
+    receivers = [item for item in signal.named_receivers(sender) if item[0] not in done]
     errors: list[str] = []
-    for name, receiver in receivers:
-        if name in done:
-            continue
+    finished = False
+    for position, (name, receiver) in enumerate(receivers, start=1):
+        # The last receiver, all before it having succeeded, marks the transition delivered
+        # in its own transaction: one commit fewer, and the mark stands only with its success.
+        last = position == len(receivers) and not errors
         try:
-            ran = _run_once(transition, name, receiver, signal, sender, kwargs)
+            ran = _run_once(transition, name, receiver, signal, sender, kwargs, finish=last)
         except Exception as err:
             error = traceback.format_exc()[-MAX_ERROR_CHARS:]
             _record_failure(transition, name, error)
@@ -250,7 +262,9 @@ def deliver(transition_id: int) -> Outcome:
         else:
             if ran:
                 outcome.succeeded.append(name)
-    _finish(transition, errors)
+                finished = last
+    if not finished:
+        _finish(transition, errors)
     return outcome
 
 
@@ -261,9 +275,12 @@ def _run_once(
     signal: signals.Signal,
     sender: type[Any],
     kwargs: dict[str, Any],
+    *,
+    finish: bool = False,
 ) -> bool:
-    """Run ``receiver`` and record its success in one transaction; False (and the run's
-    work undone) when another worker recorded its success first: that row is unique."""
+    """Run ``receiver`` and record its success in one transaction, with ``finish`` the
+    transition's delivery too; False (and the run's work undone) when another worker
+    recorded its success first: that row is unique."""
     with transaction.atomic():
         if iscoroutinefunction(receiver):
             async_to_sync(receiver)(signal=signal, sender=sender, **kwargs)
@@ -272,6 +289,11 @@ def _run_once(
         if not _record_success(transition, name):
             transaction.set_rollback(True)
             return False
+        if finish:
+            now = timezone.now()
+            _mark_delivered(transition, now)
+    if finish:
+        transition.delivered_at, transition.next_attempt_at, transition.error = now, None, ""
     return True
 
 
@@ -326,13 +348,19 @@ def _write_attempt(transition: Transition, name: str, **fields: Any) -> bool:
     return True
 
 
+def _mark_delivered(transition: Transition, now: datetime.datetime) -> None:
+    Transition.objects.filter(pk=transition.pk, delivered_at__isnull=True).update(
+        delivered_at=now, next_attempt_at=None, error=""
+    )
+
+
 def _finish(transition: Transition, errors: list[str]) -> None:
     now = timezone.now()
-    rows = Transition.objects.filter(pk=transition.pk, delivered_at__isnull=True)
     if not errors:
-        rows.update(delivered_at=now, next_attempt_at=None, error="")
+        _mark_delivered(transition, now)
         transition.delivered_at, transition.next_attempt_at, transition.error = now, None, ""
         return
+    rows = Transition.objects.filter(pk=transition.pk, delivered_at__isnull=True)
     attempts = transition.attempts + 1
     next_attempt = None
     if attempts < conf.LEDGEPAY_DELIVERY_MAX_ATTEMPTS:

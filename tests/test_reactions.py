@@ -375,3 +375,74 @@ def test_the_hot_path_stays_two_statements_without_receivers(client, django_asse
     transition = Transition.objects.get()
     assert transition.event_id == WebhookEvent.objects.get().pk
     assert transition.delivered_at is not None
+
+
+def test_a_first_delivery_costs_a_read_and_one_transaction(
+    connect, held_deliveries, django_assert_num_queries
+):
+    flaky = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="one")
+    payment = make_payment(status="pending", description="")
+    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+    transition = Transition.objects.get()
+    # The transition with its objects and whether any receiver succeeded before (one
+    # SELECT); then one transaction: the receiver's write, its success, the transition
+    # marked delivered.
+    with django_assert_num_queries(6) as captured:
+        outcome = reactions.deliver(transition.pk)
+    assert [query["sql"].split()[0] for query in captured.captured_queries] == [
+        "SELECT",
+        "BEGIN",
+        "UPDATE",
+        "INSERT",
+        "UPDATE",
+        "COMMIT",
+    ]
+    assert (outcome.succeeded, outcome.delivered, flaky.calls) == (["one"], True, 1)
+    transition.refresh_from_db()
+    assert transition.delivered_at is not None
+
+
+def test_a_delivery_cut_short_after_one_success_skips_it_next_time(
+    connect, held_deliveries, monkeypatch
+):
+    first = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="first")
+    second = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="second")
+    payment = make_payment(status="pending", description="")
+    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+    transition = Transition.objects.get()
+    run_once = reactions._run_once
+
+    def killed_after_the_first(transition: Transition, name: str, *args: Any, **kw: Any) -> Any:
+        if name == "second":
+            raise KeyboardInterrupt  # The worker dies: nothing after this runs.
+        return run_once(transition, name, *args, **kw)
+
+    monkeypatch.setattr(reactions, "_run_once", killed_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        reactions.deliver(transition.pk)
+    monkeypatch.undo()
+    transition.refresh_from_db()
+    assert (transition.attempts, transition.delivered_at) == (0, None)
+    outcome = reactions.deliver(transition.pk)
+    assert outcome.succeeded == ["second"] and outcome.delivered
+    assert (first.calls, second.calls) == (1, 1)
+    payment.refresh_from_db()
+    assert payment.description == "++"
+
+
+def test_a_last_receiver_another_worker_ran_first_still_ends_the_delivery(
+    connect, held_deliveries, monkeypatch
+):
+    only = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="only")
+    payment = make_payment(status="pending", description="")
+    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+    transition = Transition.objects.get()
+    # Another worker records the receiver's success while this one runs it.
+    monkeypatch.setattr(reactions, "_record_success", lambda transition, name: False)
+    outcome = reactions.deliver(transition.pk)
+    assert (outcome.succeeded, outcome.failed, outcome.delivered) == ([], [], True)
+    assert only.calls == 1
+    payment.refresh_from_db()
+    assert payment.description == ""  # This run's write undone: the other's counts.
+    transition.refresh_from_db()
+    assert transition.delivered_at is not None
