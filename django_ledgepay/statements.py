@@ -63,6 +63,18 @@ class KnownPayment(NamedTuple):
     currency: str
 
 
+class KnownRefund(NamedTuple):
+    """The mirror's refund, as the look-up found it."""
+
+    id: int
+    status: str
+    payment_id: int
+    amount: int
+    currency: str
+    reason: str
+    created_at: Any
+
+
 def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
     """Apply a validated event in at most two statements; None when the event is of no
     type handled here (take the general path). PostgreSQL and SQLite only."""
@@ -73,7 +85,10 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
         return None
     data = payload["data"]
     refund = event_type in REFUND_EVENTS
-    stored, payment = look_up(digest, data["payment_id"] if refund else data["id"])
+    if refund:
+        stored, payment, known_refund = look_up(digest, data["payment_id"], data["id"])
+    else:
+        stored, payment, known_refund = look_up(digest, data["id"])
     if stored is not None:
         return FastOutcome(settled=None, stored=stored)
     now = timezone.now()
@@ -93,7 +108,9 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
     elif connection.vendor != "postgresql":
         pass  # A change with its transition: a data-modifying CTE, which is PostgreSQL's.
     elif refund:
-        statement = _refund_statement(data, REFUND_EVENTS[event_type], event, now, payment)
+        statement = _refund_statement(
+            data, REFUND_EVENTS[event_type], event, now, payment, known_refund
+        )
     else:
         statement = _payment_statement(data, PAYMENT_EVENTS[event_type], event, now, payment)
     if statement is None:
@@ -115,28 +132,38 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
     return FastOutcome(settled=event, stored=event)
 
 
-def look_up(digest: str, payment_id: str) -> tuple[WebhookEvent | None, KnownPayment | None]:
-    """The event stored for this body, if any, and the payment ``payment_id``, if known:
-    one statement, two index look-ups."""
+def look_up(
+    digest: str, payment_id: str, refund_id: str | None = None
+) -> tuple[WebhookEvent | None, KnownPayment | None, KnownRefund | None]:
+    """The event stored for this body, if any, the payment ``payment_id`` and the refund
+    ``refund_id``, if known: one statement, an index look-up each."""
+    params = [digest, payment_id] if refund_id is None else [digest, payment_id, refund_id]
     with connection.cursor() as cursor:
-        cursor.execute(_look_up_sql(), [digest, payment_id])
-        event_id, event_status, *payment = cursor.fetchone()
+        cursor.execute(_look_up_sql(refund=refund_id is not None), params)
+        row = cursor.fetchone()
+    event_id, event_status = row[:2]
     stored = None
     if event_id is not None:
         stored = WebhookEvent(pk=event_id, status=event_status, body_sha256=digest)
         stored._state.adding = False
-    return stored, (KnownPayment(*payment) if payment[0] is not None else None)
+    payment = KnownPayment(*row[2:6]) if row[2] is not None else None
+    refund = KnownRefund(*row[6:]) if refund_id is not None and row[6] is not None else None
+    return stored, payment, refund
 
 
 @functools.cache
-def _look_up_sql() -> str:
+def _look_up_sql(*, refund: bool) -> str:
     events, payments = _q(WebhookEvent._meta.db_table), _q(Payment._meta.db_table)
-    return (
-        f"SELECT e.{_q('id')}, e.{_q('status')}, p.{_q('id')}, p.{_q('status')}, "
-        f"p.{_q('amount')}, p.{_q('currency')} FROM (SELECT 1) AS one "
+    columns = [f"e.{_q('id')}", f"e.{_q('status')}"]
+    columns += [f"p.{_q(name)}" for name in KnownPayment._fields]
+    joins = (
         f"LEFT JOIN {events} e ON e.{_q('body_sha256')} = %s "
         f"LEFT JOIN {payments} p ON p.{_q('ledgepay_id')} = %s"
     )
+    if refund:
+        columns += [f"r.{_q(_field(Refund, name).column)}" for name in KnownRefund._fields]
+        joins += f" LEFT JOIN {_q(Refund._meta.db_table)} r ON r.{_q('ledgepay_id')} = %s"
+    return f"SELECT {', '.join(columns)} FROM (SELECT 1) AS one {joins}"
 
 
 # SQL helpers
@@ -205,20 +232,6 @@ def _transition_insert(
         f"{event_sql} FROM {source}, stored RETURNING {_q('id')})"
     )
     return sql, values
-
-
-def _matches(model: type[Model], alias: str, values: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """`` AND alias.column IS NOT DISTINCT FROM %s`` for each of ``values``."""
-    sql, params = "", []
-    for name, value in values.items():
-        column = (
-            f"{alias}.{_q(_field(model, name).column)}"
-            if alias
-            else _q(_field(model, name).column)
-        )
-        sql += f" AND {column} IS NOT DISTINCT FROM %s"
-        params.append(_value(model, name, value))
-    return sql, params
 
 
 # payment.*
@@ -315,32 +328,37 @@ def _refund_statement(
     announced: str | None,
     event: WebhookEvent,
     now: Any,
-    known: KnownPayment | None,
+    payment: KnownPayment | None,
+    refund: KnownRefund | None,
 ) -> tuple[str, list[Any], list[Transition]] | None:
     """The statement for a refund event; None for a case left to the general path."""
-    refunds, payments = _q(Refund._meta.db_table), _q(Payment._meta.db_table)
     values = services.refund_values(data)
     if announced is not None:
         values["status"] = announced
     facts = {name: values.pop(name) for name in sorted(services.FIXED_FACTS) if name in values}
     status = values.pop("status", None)
     others = values  # reason, created_at: what else the general path would merge
+    if refund is not None:
+        return _known_refund_statement(event, now, payment, refund, facts, status, others)
+    if "amount" not in facts:
+        return None  # Not enough to record it: the general path says why.
+
+    refunds, payments = _q(Refund._meta.db_table), _q(Payment._meta.db_table)
     params: list[Any] = []
     parts = []
-    # The transitions' INSERTs, which come after the event's (they name it).
-    deferred: list[tuple[str, list[Any]]] = []
+    deferred: list[tuple[str, list[Any]]] = []  # After the event's INSERT: they name it.
     transitions: list[Transition] = []
     selects: list[str] = []
-    if known is not None:
+    if payment is not None:
         # The payment's row is locked first, as the general path and refund_payment() lock
-        # it before its refunds: every statement below reads from ``pay``, so runs after it.
+        # it before its refunds: the statements below read from ``pay``, so run after it.
         parts.append(
             f"pay AS (SELECT {_q('id')}, {_q('currency')} FROM {payments} "
             f"WHERE {_q('id')} = %s FOR UPDATE)"
         )
-        params.append(known.id)
+        params.append(payment.id)
     else:
-        unseen = _unseen_payment(data, facts, now)
+        unseen = _unseen_payment(data, now)
         if unseen is None:
             return None
         pay_sql, pay_params, synced = unseen
@@ -350,109 +368,45 @@ def _refund_statement(
             deferred.append(_transition_insert("synced", synced, "pay.id", "NULL", "pay", "NULL"))
             transitions.append(synced)
             selects.append("(SELECT id FROM synced)")
+
+    # A refund never seen: created under its payment, whose row is written with it.
+    new = Refund(
+        ledgepay_id=data["id"],
+        payment_id=0,
+        updated_at=now,
+        status=status or Refund.Status.PENDING,
+        **facts,
+        **others,
+    )
+    names, new_values = _columns(new, skip=frozenset({"payment", "currency"}))
     parts.append(
-        f"current AS (SELECT r.{_q('id')}, r.{_q('status')} FROM {refunds} r "
-        f"WHERE r.{_q('ledgepay_id')} = %s)"
+        f"created AS (INSERT INTO {refunds} ({', '.join(names)}, {_q('payment_id')}, "
+        f"{_q('currency')}) SELECT {', '.join(['%s'] * len(new_values))}, pay.id, "
+        f"COALESCE(%s, pay.currency) FROM pay ON CONFLICT ({_q('ledgepay_id')}) DO NOTHING "
+        f"RETURNING {_q('id')}, {_q('payment_id')}, {_q('status')})"
     )
-    params.append(data["id"])
-
-    changed = []
-
-    # A known refund of this payment that the event says nothing new about, bar its status.
-    same_facts_sql, same_facts_params = _matches(Refund, "r", facts)
-    same_others_sql, same_others_params = _matches(Refund, "r", others)
-    known_where = (
-        f"r.{_q('ledgepay_id')} = %s "
-        f"AND r.{_q('payment_id')} = (SELECT id FROM pay){same_facts_sql}"
-    )
-    known_params = [data["id"], *same_facts_params]
-
-    if status in (Refund.Status.SUCCEEDED, Refund.Status.FAILED):
-        assignments = [f"{_q('status')} = %s", f"{_q('updated_at')} = %s"]
-        move_params: list[Any] = [status, _value(Refund, "updated_at", now)]
-        for name, value in others.items():
-            assignments.append(f"{_q(_field(Refund, name).column)} = %s")
-            move_params.append(_value(Refund, name, value))
-        parts.append(
-            f"moved AS (UPDATE {refunds} r SET {', '.join(assignments)} WHERE {known_where} "
-            f"AND r.{_q('status')} = %s RETURNING r.{_q('id')}, r.{_q('payment_id')})"
-        )
-        params += move_params + known_params + [Refund.Status.PENDING]
-        moved = reactions.new_transition(
-            services.REFUND_TRANSITIONS[status], payment=Payment(), event=event, now=now
-        )
-        deferred.append(
-            _transition_insert("moved_noted", moved, "moved.payment_id", "moved.id", "moved")
-        )
-        transitions.append(moved)
-        selects.append("(SELECT id FROM moved_noted)")
-        changed.append("EXISTS (SELECT 1 FROM moved)")
-
-    # Nothing new: the status is the event's (or the event names none), the rest matches.
-    same_status, same_params = "", []
-    if status is not None:
-        same_status = f" AND r.{_q('status')} = %s"
-        same_params = [status]
-    parts.append(
-        f"same AS (SELECT r.{_q('id')} FROM {refunds} r WHERE {known_where}"
-        f"{same_others_sql}{same_status})"
-    )
-    params += [*known_params, *same_others_params, *same_params]
-    changed.append("EXISTS (SELECT 1 FROM same)")
-
-    if "amount" in facts:
-        # A refund never seen: created under its payment, whose row is written with it.
-        new = Refund(
-            ledgepay_id=data["id"],
-            payment_id=0,
-            updated_at=now,
-            status=status or Refund.Status.PENDING,
-            **facts,
-            **others,
-        )
-        skip = frozenset({"payment", "currency"})
-        names, new_values = _columns(new, skip=skip)
-        currency = facts.get("currency")
-        parts.append(
-            f"created AS (INSERT INTO {refunds} ({', '.join(names)}, {_q('payment_id')}, "
-            f"{_q('currency')}) SELECT {', '.join(['%s'] * len(new_values))}, pay.id, "
-            f"COALESCE(%s, pay.currency) FROM pay "
-            f"WHERE NOT EXISTS (SELECT 1 FROM current) "
-            f"ON CONFLICT ({_q('ledgepay_id')}) DO NOTHING "
-            f"RETURNING {_q('id')}, {_q('payment_id')}, {_q('status')})"
-        )
-        params += [*new_values, currency]
+    params += [*new_values, facts.get("currency")]
+    if payment is not None:
         parts.append(
             f"touched AS (UPDATE {payments} SET {_q('updated_at')} = %s "
             f"WHERE {_q('id')} = (SELECT payment_id FROM created) RETURNING {_q('id')})"
         )
         params.append(_value(Payment, "updated_at", now))
-        first = reactions.new_transition(
-            Transition.Signal.REFUND_CREATED, payment=Payment(), event=event, now=now
-        )
+    signals: list[str] = [Transition.Signal.REFUND_CREATED]
+    if status in services.REFUND_TRANSITIONS:
+        signals.append(services.REFUND_TRANSITIONS[status])
+    for number, signal in enumerate(signals):
+        transition = reactions.new_transition(signal, payment=Payment(), event=event, now=now)
+        alias = f"created_noted_{number}"
         deferred.append(
-            _transition_insert(
-                "created_noted", first, "created.payment_id", "created.id", "created"
-            )
+            _transition_insert(alias, transition, "created.payment_id", "created.id", "created")
         )
-        transitions.append(first)
-        selects.append("(SELECT id FROM created_noted)")
-        if status in services.REFUND_TRANSITIONS:
-            then = reactions.new_transition(
-                services.REFUND_TRANSITIONS[status], payment=Payment(), event=event, now=now
-            )
-            deferred.append(
-                _transition_insert(
-                    "created_final", then, "created.payment_id", "created.id", "created"
-                )
-            )
-            transitions.append(then)
-            selects.append("(SELECT id FROM created_final)")
-        changed.append("EXISTS (SELECT 1 FROM created)")
+        transitions.append(transition)
+        selects.append(f"(SELECT id FROM {alias})")
 
-    stored, stored_params = _event_insert(event, "%s", "''", " OR ".join(changed))
-    params += [*stored_params, WebhookEvent.Status.PROCESSED]
+    stored, stored_params = _event_insert(event, "%s", "''", "EXISTS (SELECT 1 FROM created)")
     parts.append(f"stored AS ({stored})")
+    params += [*stored_params, WebhookEvent.Status.PROCESSED]
     for sql, noted_params in deferred:
         parts.append(sql)
         params += noted_params
@@ -465,17 +419,69 @@ def _refund_statement(
     return sql, params, transitions
 
 
+def _known_refund_statement(
+    event: WebhookEvent,
+    now: Any,
+    payment: KnownPayment | None,
+    refund: KnownRefund,
+    facts: Mapping[str, Any],
+    status: str | None,
+    others: Mapping[str, Any],
+) -> tuple[str, list[Any], list[Transition]] | None:
+    """A known pending refund moved to a final status, under its payment's lock; or, when
+    the event says nothing new, the event alone. None for what the general path decides:
+    a fixed fact or the payment contradicted, or news the status rules weigh."""
+    if payment is None or refund.payment_id != payment.id:
+        return None
+    if any(value != getattr(refund, name) for name, value in facts.items()):
+        return None
+    if status in (Refund.Status.SUCCEEDED, Refund.Status.FAILED) and (
+        refund.status == Refund.Status.PENDING
+    ):
+        refunds, payments = _q(Refund._meta.db_table), _q(Payment._meta.db_table)
+        assignments = [f"{_q('status')} = %s", f"{_q('updated_at')} = %s"]
+        params: list[Any] = [payment.id, status, _value(Refund, "updated_at", now)]
+        for name, value in others.items():
+            assignments.append(f"{_q(_field(Refund, name).column)} = %s")
+            params.append(_value(Refund, name, value))
+        params += [refund.id, Refund.Status.PENDING]
+        moved = reactions.new_transition(
+            services.REFUND_TRANSITIONS[status], payment=Payment(), event=event, now=now
+        )
+        stored, stored_params = _event_insert(event, "%s", "''", "EXISTS (SELECT 1 FROM moved)")
+        noted, noted_params = _transition_insert(
+            "noted", moved, "moved.payment_id", "moved.id", "moved"
+        )
+        params += [*stored_params, WebhookEvent.Status.PROCESSED, *noted_params]
+        sql = (
+            # The payment's row first, as everywhere its refunds change.
+            f"WITH pay AS (SELECT {_q('id')} FROM {payments} WHERE {_q('id')} = %s "
+            f"FOR UPDATE), moved AS (UPDATE {refunds} SET {', '.join(assignments)} "
+            f"WHERE {_q('id')} = %s AND {_q('status')} = %s "
+            f"AND EXISTS (SELECT 1 FROM pay) RETURNING {_q('id')}, {_q('payment_id')}), "
+            f"stored AS ({stored}), {noted} "
+            "SELECT (SELECT id FROM stored), (SELECT status FROM stored), "
+            "(SELECT id FROM noted)"
+        )
+        return sql, params, [moved]
+    if status in (None, refund.status) and all(
+        value == getattr(refund, name) for name, value in others.items()
+    ):
+        # Nothing new: the event's outcome alone.
+        sql, params = _event_insert(event, "%s", "%s", "TRUE")
+        return sql, [*params, WebhookEvent.Status.PROCESSED, ""], []
+    return None
+
+
 def _unseen_payment(
-    data: Mapping[str, Any], facts: Mapping[str, Any], now: Any
+    data: Mapping[str, Any], now: Any
 ) -> tuple[str, list[Any], Transition | None] | None:
     """``pay`` for a refund whose payment the mirror lacks: the payment fetched from
     LedgePay (outside any transaction: no lock is held over HTTP) and recorded as
     ``sync_payment`` records it, with its transition, unless a rival recorded it first or
     the mirror knows the refund (under another payment: the general path notes that).
-    None when the refund cannot be recorded from the event (no amount), or the payment
-    cannot be fetched or recorded: the general path then does what it does."""
-    if "amount" not in facts:
-        return None
+    None when the payment cannot be fetched or recorded: the general path then does what
+    it does."""
     ledgepay_id = data["payment_id"]
     try:
         remote = services.get_client().retrieve_payment(ledgepay_id)

@@ -255,9 +255,9 @@ def stale(monkeypatch: Any, payment: Any) -> None:
     """The look-up reports the payment as it was (``payment``), not as it is."""
     look_up = statements.look_up
 
-    def as_it_was(digest: str, payment_id: str) -> Any:
-        stored, _ = look_up(digest, payment_id)
-        return stored, payment
+    def as_it_was(digest: str, payment_id: str, refund_id: str | None = None) -> Any:
+        stored, _, refund = look_up(digest, payment_id, refund_id)
+        return stored, payment, refund
 
     monkeypatch.setattr(statements, "look_up", as_it_was)
 
@@ -283,6 +283,23 @@ def test_a_payment_a_rival_recorded_after_the_look_up(client, monkeypatch):
     }
     assert Payment.objects.get().status == "succeeded"
     assert list(Transition.objects.values_list("signal", flat=True)) == ["payment_succeeded"]
+
+
+def test_a_refund_a_rival_moved_after_the_look_up(client, monkeypatch):
+    payment = make_payment(ledgepay_id="pay_a", status="succeeded", amount=5000)
+    refund = make_refund(payment, ledgepay_id="re_1", amount=2000, status="pending")
+    succeeded = refund_event("refund.succeeded", "re_1", "pay_a", amount=2000)
+    assert post(client, succeeded).json() == {"detail": "processed"}
+    look_up = statements.look_up
+    as_it_was = statements.KnownRefund(
+        refund.pk, "pending", payment.pk, 2000, "EUR", refund.reason, refund.created_at
+    )
+    monkeypatch.setattr(statements, "look_up", lambda *args: (*look_up(*args)[:2], as_it_was))
+    failed = refund_event("refund.failed", "re_1", "pay_a", amount=2000)
+    # Not moved twice: the general path finds it succeeded, and the news contradicts that.
+    assert post(client, failed).json() == {"detail": "ignored"}
+    assert Refund.objects.get().status == "succeeded"
+    assert list(Transition.objects.values_list("signal", flat=True)) == ["refund_succeeded"]
 
 
 def test_a_refund_whose_payment_cannot_be_fetched_is_kept_failed(client, api, settings):
