@@ -118,18 +118,33 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
     sql, params, transitions = statement
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
+        # An event's INSERT alone returns no row when a rival stored the body first.
+        row: tuple[Any, ...] = cursor.fetchone() or (None, None)
     stored_id, stored_status, *transition_ids = row
-    if stored_id is None:
-        return FastOutcome(settled=None, stored=None)
-    event.pk, event.status = stored_id, stored_status
-    event._state.adding = False
+    written = []
     for transition, transition_id in zip(transitions, transition_ids, strict=True):
         if transition_id is not None:
             transition.pk = transition_id
             transition._state.adding = False
-            reactions.deliver_on_commit(transition)
+            written.append(transition)
+    of_the_event = [t for t in written if t.event is not None]  # Not a sync's: it has none.
+    if stored_id is None and of_the_event:
+        # The change was made, but a delivery of the same body on the general path stored
+        # the event after the look-up (its INSERT is committed: ours waited for it, then
+        # yielded). The transitions name that event; the general path records its outcome.
+        _name_stored_event(of_the_event, digest)
+    for transition in written:
+        reactions.deliver_on_commit(transition)
+    if stored_id is None:
+        return FastOutcome(settled=None, stored=None)
+    event.pk, event.status = stored_id, stored_status
+    event._state.adding = False
     return FastOutcome(settled=event, stored=event)
+
+
+def _name_stored_event(transitions: list[Transition], digest: str) -> None:
+    stored = WebhookEvent.objects.filter(body_sha256=digest).values("pk")[:1]
+    Transition.objects.filter(pk__in=[t.pk for t in transitions]).update(event=stored)
 
 
 def look_up(
@@ -221,15 +236,19 @@ def _transition_insert(
     payment_sql: str,
     refund_sql: str,
     source: str,
-    event_sql: str = "stored.id",
+    event_sql: str = "(SELECT id FROM stored)",
 ) -> tuple[str, list[Any]]:
-    """``alias``: a transition's INSERT for each row of ``source`` (with the event stored)."""
+    """``alias``: a transition's INSERT for each row of ``source``, the change it records.
+
+    It follows the change, not the event's INSERT: when a delivery of the same body on the
+    general path stored the event after the look-up, the event's INSERT yields to it, but
+    the change is made here and must not go without its transition (see :func:`apply`)."""
     names, values = _columns(transition, skip=frozenset({"payment", "refund", "event"}))
     sql = (
         f"{alias} AS (INSERT INTO {_q(Transition._meta.db_table)} "
         f"({', '.join(names)}, {_q('payment_id')}, {_q('refund_id')}, {_q('event_id')}) "
         f"SELECT {', '.join(['%s'] * len(values))}, {payment_sql}, {refund_sql}, "
-        f"{event_sql} FROM {source}, stored RETURNING {_q('id')})"
+        f"{event_sql} FROM {source} RETURNING {_q('id')})"
     )
     return sql, values
 

@@ -327,3 +327,52 @@ def test_a_refund_for_a_payment_never_seen_costs_the_fetch_and_two_statements(
         ("refund_created", "webhook"),
     ]
     assert len(api.calls) == 1
+
+
+def stored_after_the_look_up(monkeypatch: Any, body: bytes) -> WebhookEvent:
+    """A delivery of the same body on the general path stored it (``received``) after this
+    one's look-up, which therefore found no event for it."""
+    event, created, _ = webhooks.record_event(body)
+    assert created
+    look_up = statements.look_up
+    monkeypatch.setattr(statements, "look_up", lambda *args: (None, *look_up(*args)[1:]))
+    return event
+
+
+@pytest.mark.parametrize("kind", ["payment", "refund"])
+def test_a_change_whose_body_a_rival_stored_after_the_look_up_keeps_its_signal(
+    client, monkeypatch, kind
+):
+    payment = make_payment(
+        ledgepay_id="pay_a", status="succeeded" if kind == "refund" else "pending", amount=5000
+    )
+    if kind == "refund":
+        make_refund(payment, ledgepay_id="re_1", amount=2000, status="pending")
+        payload = refund_event("refund.succeeded", "re_1", "pay_a", amount=2000)
+    else:
+        payload = paid("pay_a", amount=5000, currency="EUR")
+    body, headers = signed_webhook(payload)
+    event = stored_after_the_look_up(monkeypatch, body)
+    response = client.post(URL, body, content_type="application/json", headers=headers)
+    assert response.json() == {"detail": "processed"}
+    # The change made once, with its transition, which names the one stored event.
+    transition = Transition.objects.get()
+    assert transition.signal == f"{kind}_succeeded"
+    assert transition.event_id == event.pk
+    assert WebhookEvent.objects.get().status == "processed"
+    changed = Refund.objects.get() if kind == "refund" else Payment.objects.get()
+    assert changed.status == "succeeded"
+
+
+@pytest.mark.parametrize("news", ["payment.succeeded", "payment.failed"])
+def test_a_final_payment_whose_body_a_rival_stored_after_the_look_up(client, monkeypatch, news):
+    make_payment(ledgepay_id="pay_a", status="succeeded", amount=5000)
+    body, headers = signed_webhook({"event": news, "data": {"id": "pay_a", "amount": 5000}})
+    stored_after_the_look_up(monkeypatch, body)
+    # The event's INSERT yields to the rival's (no row comes back); the general path
+    # records the outcome on the rival's event.
+    response = client.post(URL, body, content_type="application/json", headers=headers)
+    outcome = "processed" if news == "payment.succeeded" else "ignored"
+    assert response.json() == {"detail": outcome}
+    assert WebhookEvent.objects.get().status == outcome
+    assert not Transition.objects.exists()
