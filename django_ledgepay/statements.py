@@ -32,6 +32,7 @@ compares the rows they leave.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
@@ -43,6 +44,8 @@ from django.utils import timezone
 from django_ledgepay import reactions, services
 from django_ledgepay.exceptions import LedgePayError
 from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
+
+logger = logging.getLogger("django_ledgepay.webhooks")
 
 
 @dataclass(frozen=True)
@@ -102,17 +105,12 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
         received_at=now,
         processed_at=now,
     )
-    statement: tuple[str, list[Any], list[Transition]] | None = None
-    if not refund and payment is not None and payment.status != Payment.Status.PENDING:
-        statement = _final_payment_statement(data, PAYMENT_EVENTS[event_type], event, payment)
-    elif connection.vendor != "postgresql":
-        pass  # A change with its transition: a data-modifying CTE, which is PostgreSQL's.
-    elif refund:
-        statement = _refund_statement(
-            data, REFUND_EVENTS[event_type], event, now, payment, known_refund
-        )
-    else:
-        statement = _payment_statement(data, PAYMENT_EVENTS[event_type], event, now, payment)
+    try:
+        statement = _statement(data, event_type, event, now, payment, known_refund)
+    except _Unreachable as unreachable:
+        # A refund's payment could not be fetched: the event is kept failed, as the general
+        # path keeps it, without asking LedgePay a second time.
+        return _failed(event, unreachable.error)
     if statement is None:
         return FastOutcome(settled=None, stored=None)
     sql, params, transitions = statement
@@ -145,6 +143,50 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
 def _name_stored_event(transitions: list[Transition], digest: str) -> None:
     stored = WebhookEvent.objects.filter(body_sha256=digest).values("pk")[:1]
     Transition.objects.filter(pk__in=[t.pk for t in transitions]).update(event=stored)
+
+
+def _statement(
+    data: Mapping[str, Any],
+    event_type: str,
+    event: WebhookEvent,
+    now: Any,
+    payment: KnownPayment | None,
+    refund: KnownRefund | None,
+) -> tuple[str, list[Any], list[Transition]] | None:
+    """The statement for the case the look-up found, or None (take the general path)."""
+    from django_ledgepay.webhooks import PAYMENT_EVENTS, REFUND_EVENTS
+
+    if event_type in PAYMENT_EVENTS and payment is not None and payment.status != Payment.Status.PENDING:
+        return _final_payment_statement(data, PAYMENT_EVENTS[event_type], event, payment)
+    if connection.vendor != "postgresql":
+        return None  # A change with its transition: a data-modifying CTE, PostgreSQL's.
+    if event_type in REFUND_EVENTS:
+        return _refund_statement(data, REFUND_EVENTS[event_type], event, now, payment, refund)
+    return _payment_statement(data, PAYMENT_EVENTS[event_type], event, now, payment)
+
+
+class _Unreachable(Exception):
+    """LedgePay could not give a refund's payment (``error`` says why)."""
+
+    def __init__(self, error: LedgePayError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _failed(event: WebhookEvent, error: LedgePayError) -> FastOutcome:
+    """Store the event failed with the error, as ``webhooks.process_event`` does; leave it
+    to the general path when a rival stored the body first."""
+    event.status, event.error, event.processed_at = WebhookEvent.Status.FAILED, str(error), None
+    sql, params = _event_insert(event, "%s", "%s", "TRUE")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, event.status, event.error])
+        row = cursor.fetchone()
+    if row is None:
+        return FastOutcome(settled=None, stored=None)
+    event.pk = row[0]
+    event._state.adding = False
+    logger.warning("Webhook event %s (%s) failed: %s", event.pk, event.event_type, event.error)
+    return FastOutcome(settled=event, stored=event)
 
 
 def look_up(
@@ -499,13 +541,13 @@ def _unseen_payment(
     LedgePay (outside any transaction: no lock is held over HTTP) and recorded as
     ``sync_payment`` records it, with its transition, unless a rival recorded it first or
     the mirror knows the refund (under another payment: the general path notes that).
-    None when the payment cannot be fetched or recorded: the general path then does what
-    it does."""
+    None when the payment cannot be recorded (the general path then does what it does);
+    _Unreachable when LedgePay cannot give it."""
     ledgepay_id = data["payment_id"]
     try:
         remote = services.get_client().retrieve_payment(ledgepay_id)
-    except LedgePayError:
-        return None  # The general path asks again, and keeps the delivery failed.
+    except LedgePayError as err:
+        raise _Unreachable(err) from err
     values = services.payment_values({**remote, "id": remote.get("id") or ledgepay_id})
     if not values.keys() >= services.FIXED_FACTS or remote.get("id", ledgepay_id) != ledgepay_id:
         return None

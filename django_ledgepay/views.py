@@ -72,6 +72,8 @@ class WebhookView(View):
             return self.store(body)
         fast = webhooks.settle_in_one_statement(body)
         if fast is not None and fast.settled is not None:
+            if fast.settled.status == WebhookEvent.Status.FAILED:
+                return _answer(503, KEPT_FOR_REDELIVERY)
             return _answer(200, fast.settled.status)
         if fast is not None and fast.stored is not None and fast.stored.is_processed:
             return _answer(200, "duplicate")
@@ -84,7 +86,7 @@ class WebhookView(View):
             return _answer(200, "duplicate")
         webhooks.process_event(event)
         if event.status == WebhookEvent.Status.FAILED:
-            return _answer(503, "The event could not be applied now; it is kept for redelivery.")
+            return _answer(503, KEPT_FOR_REDELIVERY)
         return _answer(200, event.status)
 
     def store(self, body: bytes) -> HttpResponse:
@@ -107,6 +109,9 @@ class WebhookView(View):
                 event.pk,
             )
         return _answer(200, WebhookEvent.Status.RECEIVED if created else "duplicate")
+
+
+KEPT_FOR_REDELIVERY = "The event could not be applied now; it is kept for redelivery."
 
 
 def _answer(status: int, detail: str) -> JsonResponse:

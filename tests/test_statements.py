@@ -306,10 +306,21 @@ def test_a_refund_whose_payment_cannot_be_fetched_is_kept_failed(client, api, se
     settings.LEDGEPAY_MAX_RETRIES = 0
     api.get(f"{API}/payments/pay_x", body=requests.ConnectionError("down"))
     created = refund_event("refund.created", "re_1", "pay_x", amount=2000)
-    assert post(client, created).status_code == 503
-    assert WebhookEvent.objects.get().status == "failed"
+    response = post(client, created)
+    assert response.status_code == 503
+    assert "kept for redelivery" in response.json()["detail"]
+    event = WebhookEvent.objects.get()
+    assert (event.status, event.attempts, event.processed_at) == ("failed", 1, None)
+    assert "Could not reach LedgePay" in event.error
+    assert len(api.calls) == 1  # Asked once, not again by the general path.
     assert not Payment.objects.exists()
     assert not Transition.objects.exists()
+    # Its redelivery, once LedgePay answers, applies it.
+    api.replace("GET", f"{API}/payments/pay_x", json=payment_data(id="pay_x", status="succeeded"))
+    assert post(client, created).json() == {"detail": "processed"}
+    event.refresh_from_db()
+    assert (event.status, event.attempts) == ("processed", 2)
+    assert Refund.objects.get().payment.ledgepay_id == "pay_x"
 
 
 def test_a_refund_for_a_payment_never_seen_costs_the_fetch_and_two_statements(
