@@ -58,6 +58,14 @@ class Flaky:
             raise RuntimeError(f"boom {self.calls}")
 
 
+def a_payment_that_succeeded() -> tuple[Payment, Transition]:
+    """A pending payment moved to succeeded, and its transition (delivered or held, as the
+    test's backend does)."""
+    payment = make_payment(status="pending", description="")
+    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+    return payment, Transition.objects.get()
+
+
 @pytest.fixture
 def connect():
     connected: list[tuple[signals.Signal, Any, str | None]] = []
@@ -179,9 +187,7 @@ def test_a_raising_receiver_never_makes_the_webhook_fail_and_is_retried(client, 
 def test_a_receiver_that_succeeded_is_not_run_again_while_another_fails(connect):
     steady = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="steady")
     flaky = connect(signals.payment_succeeded, Flaky(failures=2), dispatch_uid="flaky")
-    payment = make_payment(status="pending", description="")
-    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
-    transition = Transition.objects.get()
+    payment, transition = a_payment_that_succeeded()
     for _ in range(3):
         reactions.deliver(transition.pk)
     assert (steady.calls, flaky.calls) == (1, 3)
@@ -381,9 +387,7 @@ def test_a_first_delivery_costs_a_read_and_one_transaction(
     connect, held_deliveries, django_assert_num_queries
 ):
     flaky = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="one")
-    payment = make_payment(status="pending", description="")
-    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
-    transition = Transition.objects.get()
+    payment, transition = a_payment_that_succeeded()
     # The transition with its objects and whether any receiver succeeded before (one
     # SELECT); then one transaction: the receiver's write, its success, the transition
     # marked delivered.
@@ -407,9 +411,7 @@ def test_a_delivery_cut_short_after_one_success_skips_it_next_time(
 ):
     first = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="first")
     second = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="second")
-    payment = make_payment(status="pending", description="")
-    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
-    transition = Transition.objects.get()
+    payment, transition = a_payment_that_succeeded()
     run_once = reactions._run_once
 
     def killed_after_the_first(transition: Transition, name: str, *args: Any, **kw: Any) -> Any:
@@ -434,9 +436,7 @@ def test_a_last_receiver_another_worker_ran_first_still_ends_the_delivery(
     connect, held_deliveries, monkeypatch
 ):
     only = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="only")
-    payment = make_payment(status="pending", description="")
-    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
-    transition = Transition.objects.get()
+    payment, transition = a_payment_that_succeeded()
     # Another worker records the receiver's success while this one runs it.
     monkeypatch.setattr(reactions, "_record_success", lambda transition, name: False)
     outcome = reactions.deliver(transition.pk)
