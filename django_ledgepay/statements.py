@@ -156,8 +156,11 @@ def _statement(
     """The statement for the case the look-up found, or None (take the general path)."""
     from django_ledgepay.webhooks import PAYMENT_EVENTS, REFUND_EVENTS
 
-    if event_type in PAYMENT_EVENTS and payment is not None and payment.status != Payment.Status.PENDING:
-        return _final_payment_statement(data, PAYMENT_EVENTS[event_type], event, payment)
+    known_final = (
+        payment if payment is not None and payment.status != Payment.Status.PENDING else None
+    )
+    if event_type in PAYMENT_EVENTS and known_final is not None:
+        return _final_payment_statement(data, PAYMENT_EVENTS[event_type], event, known_final)
     if connection.vendor != "postgresql":
         return None  # A change with its transition: a data-modifying CTE, PostgreSQL's.
     if event_type in REFUND_EVENTS:
