@@ -351,19 +351,13 @@ def check(response: Any, path: str) -> None:
 def describe_machine() -> str:
     from django.db import connection
 
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bench.machine import cpu_model
+
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         server = cursor.fetchone()[0]
     return (
-        f"{platform.node()}: {model or platform.processor()}, {os.cpu_count()} CPUs, "
+        f"{platform.node()}: {cpu_model()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, PostgreSQL {server} on the same machine"
     )
 

@@ -1266,19 +1266,11 @@ def format_markdown(summary: dict[str, Any], paths: Sequence[BenchPath]) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def describe_environment(args: argparse.Namespace) -> dict[str, str]:
     import django
     from django.db import connection
+
+    from bench.machine import cpu_model
 
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")

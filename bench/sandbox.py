@@ -117,17 +117,11 @@ def configure_django(database_url: str | None = None, *, directory: str | None =
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bench.machine import cpu_model
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"{os.cpu_count()} cores, {model}; Python {platform.python_version()} "
+        f"{os.cpu_count()} cores, {cpu_model()}; Python {platform.python_version()} "
         f"({platform.python_implementation()}), {platform.system()} {platform.release()}; "
         f"load average {load:.2f} at the start"
     )

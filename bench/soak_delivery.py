@@ -755,18 +755,14 @@ def print_report(report: dict[str, Any]) -> int:
 
 
 def machine(connection: Any) -> str:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    from bench.machine import cpu_model
+
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         postgres = cursor.fetchone()[0]
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     return (
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, {model or 'unknown CPU'}; "
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_model()}; "
         f"load {load}; Python {platform.python_version()}, Django {metadata.version('django')}, "
         f"gunicorn {metadata.version('gunicorn')}, django-tasks-db "
         f"{metadata.version('django-tasks-db')}, PostgreSQL {postgres}"

@@ -544,17 +544,13 @@ def compare(
 
 
 def machine() -> str:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    from bench.machine import cpu_model
+
     load = ""
     with contextlib.suppress(OSError):
         load = f", load average {os.getloadavg()[0]:.1f} at the start"
     return (
-        f"machine: {os.cpu_count()} cores, {model}, {platform.system()} "
+        f"machine: {os.cpu_count()} cores, {cpu_model()}, {platform.system()} "
         f"{platform.release()}; Python {platform.python_version()}{load}"
     )
 
