@@ -298,6 +298,13 @@ def _transition_insert(
     return sql, values
 
 
+def _contradicts(said: Mapping[str, Any], known: KnownPayment | KnownRefund) -> bool:
+    """Whether the event's values ``said`` hold a fixed fact other than the mirror's."""
+    return any(
+        name in said and said[name] != getattr(known, name) for name in services.FIXED_FACTS
+    )
+
+
 # payment.*
 
 
@@ -306,7 +313,7 @@ def _final_payment_statement(
 ) -> tuple[str, list[Any], list[Transition]] | None:
     """A final payment never changes: the event's outcome alone, as services' _outcome
     decides it, in one INSERT. None when the event contradicts its fixed facts."""
-    if _contradicts(data, known):
+    if _contradicts(services.payment_values(data), known):
         return None
     status, error = WebhookEvent.Status.PROCESSED, ""
     if known.status != announced:
@@ -314,13 +321,6 @@ def _final_payment_statement(
         error = f"The payment is already {known.status}."
     sql, params = _event_insert(event, "%s", "%s", "TRUE")
     return sql, [*params, status, error], []
-
-
-def _contradicts(data: Mapping[str, Any], known: KnownPayment) -> bool:
-    said = services.payment_values(data)
-    return any(
-        name in said and said[name] != getattr(known, name) for name in services.FIXED_FACTS
-    )
 
 
 def _payment_statement(
@@ -335,7 +335,7 @@ def _payment_statement(
     seen whose event lacks its amount or currency (it is fetched)."""
     values = {**services.payment_values(data), "status": announced}
     facts = {name: values.pop(name) for name in sorted(services.FIXED_FACTS) if name in values}
-    if known is not None and _contradicts(data, known):
+    if known is not None and _contradicts(facts, known):
         return None
     if known is None and len(facts) < len(services.FIXED_FACTS):
         return None
@@ -497,7 +497,7 @@ def _known_refund_statement(
     a fixed fact or the payment contradicted, or news the status rules weigh."""
     if payment is None or refund.payment_id != payment.id:
         return None
-    if any(value != getattr(refund, name) for name, value in facts.items()):
+    if _contradicts(facts, refund):
         return None
     if status in (Refund.Status.SUCCEEDED, Refund.Status.FAILED) and (
         refund.status == Refund.Status.PENDING
