@@ -89,6 +89,8 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"Cannot write the state file {options['state']}: {err.strerror}."
                 ) from err
+        # Counted before it serves: a client may add a payment as soon as it answers.
+        held = len(sandbox.payments)
         stopping = threading.Event()
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
@@ -107,7 +109,6 @@ class Command(BaseCommand):
             if options["webhook_url"]:
                 self.stdout.write(f"Delivering webhooks to {options['webhook_url']}")
             if options["state"] is not None:
-                held = len(sandbox.payments)
                 self.stdout.write(f"State in {options['state']} ({held} payments).")
             self.stdout.write("Quit with Ctrl-C.")
             try:
