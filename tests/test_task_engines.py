@@ -368,16 +368,22 @@ def test_a_raising_receiver_is_retried_by_the_worker_after_its_backoff(engine):
     backoff = transition.next_attempt_at - timezone.now()
     assert datetime.timedelta(seconds=50) < backoff <= datetime.timedelta(minutes=1)
 
-    # The worker enqueued its next attempt, deferred to the transition's next_attempt_at.
+    # The worker enqueues its next attempt, deferred to the transition's next_attempt_at,
+    # just after it records the attempt: waited for, not assumed.
     if engine.engine == "db":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT id, run_after FROM {TASKS_TABLE} WHERE status = 'READY' "
-                "AND task_path = 'django_ledgepay.tasks.deliver_transition' "
-                "AND args_kwargs = %s::jsonb",
-                [json.dumps({"args": [transition.pk], "kwargs": {}})],
-            )
-            rows = cursor.fetchall()
+
+        def deferred() -> list[Any]:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT id, run_after FROM {TASKS_TABLE} WHERE status = 'READY' "
+                    "AND task_path = 'django_ledgepay.tasks.deliver_transition' "
+                    "AND args_kwargs = %s::jsonb",
+                    [json.dumps({"args": [transition.pk], "kwargs": {}})],
+                )
+                return list(cursor.fetchall())
+
+        wait_for(deferred, what="the deferred retry")
+        rows = deferred()
         assert len(rows) == 1
         task_id, run_after = rows[0]
         assert run_after == transition.next_attempt_at
@@ -391,8 +397,13 @@ def test_a_raising_receiver_is_retried_by_the_worker_after_its_backoff(engine):
 
         queue = Queue("default", connection=redis())
         registry = ScheduledJobRegistry(queue=queue)
-        jobs = [Job.fetch(job_id, connection=redis()) for job_id in registry.get_job_ids()]
-        retries = [job for job in jobs if list(job.args) == [transition.pk]]
+
+        def scheduled() -> list[Job]:
+            jobs = [Job.fetch(job_id, connection=redis()) for job_id in registry.get_job_ids()]
+            return [job for job in jobs if list(job.args) == [transition.pk]]
+
+        wait_for(scheduled, what="the deferred retry")
+        retries = scheduled()
         assert len(retries) == 1
         when = registry.get_scheduled_time(retries[0])
         assert abs(when - transition.next_attempt_at) < datetime.timedelta(seconds=2)
