@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import functools
 import logging
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,8 +28,8 @@ from typing import Any, Final
 
 from asgiref.sync import async_to_sync
 
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, F, OuterRef
+from django.db import IntegrityError, connection, connections, transaction
+from django.db.models import F, Model
 from django.utils import timezone
 
 from django_ledgepay import signals
@@ -204,18 +205,10 @@ def deliver(transition_id: int) -> Outcome:
     """Run each receiver of the transition that has not yet succeeded, each in a
     transaction with the record of its success; then mark the transition delivered, or
     schedule its next attempt. Never raises for a receiver's sake."""
-    try:
-        transition = (
-            Transition.objects.select_related("payment", "refund", "event")
-            .annotate(
-                succeeded_before=Exists(
-                    Reaction.objects.filter(transition=OuterRef("pk"), succeeded_at__isnull=False)
-                )
-            )
-            .get(pk=transition_id)
-        )
-    except Transition.DoesNotExist:
+    found = _read(transition_id)
+    if found is None:
         return Outcome(None, [], [])
+    transition, succeeded_before = found
     outcome = Outcome(transition, [], [])
     if transition.delivered_at is not None:
         return outcome
@@ -231,7 +224,7 @@ def deliver(transition_id: int) -> Outcome:
     # short (a worker killed after one receiver's success but before the next's). On a
     # first delivery there are none, and the query is spared.
     done: set[str] = set()
-    if transition.succeeded_before:
+    if succeeded_before:
         done = set(
             Reaction.objects.filter(transition=transition, succeeded_at__isnull=False).values_list(
                 "receiver", flat=True
@@ -268,6 +261,90 @@ def deliver(transition_id: int) -> Outcome:
     return outcome
 
 
+def _read(transition_id: int) -> tuple[Transition, bool] | None:
+    """The transition with its payment, refund and event, and whether any receiver
+    succeeded for it before, in one query. Its SQL is composed once per database: the ORM
+    would compose the three joins and the ``EXISTS`` again on every delivery, at several
+    times the cost of running them."""
+    sql, parts = _read_plan(connection.alias)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [transition_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    instances: list[Model | None] = []
+    start = 0
+    for part in parts:
+        end = start + len(part.attnames)
+        values = [part.convert(index, value) for index, value in enumerate(row[start:end])]
+        # A refund or an event the transition lacks has every column NULL, its pk first.
+        found = values[0] is not None
+        instances.append(
+            part.model.from_db(connection.alias, part.attnames, values) if found else None
+        )
+        start = end
+    transition, *related = instances
+    assert isinstance(transition, Transition)
+    for part, instance in zip(parts[1:], related, strict=True):
+        setattr(transition, part.relation, instance)  # Cached: reading it costs no query.
+    return transition, bool(row[start])
+
+
+@dataclass(frozen=True)
+class _ReadPart:
+    """One object :func:`_read` builds from a slice of its row."""
+
+    relation: str
+    model: type[Model]
+    attnames: list[str]
+    #: Each column's expression and the converters the ORM would apply to its values: the
+    #: backend's (an aware datetime on SQLite, say), then the field's (a JSONField's decoding).
+    columns: list[tuple[Any, list[Any]]]
+
+    def convert(self, index: int, value: Any) -> Any:
+        expression, converters = self.columns[index]
+        for converter in converters:
+            value = converter(value, expression, connection)
+        return value
+
+
+@functools.cache
+def _read_plan(db: str) -> tuple[str, list[_ReadPart]]:
+    """:func:`_read`'s SQL on the database ``db``, and its parts, the transition first."""
+    backend = connections[db]
+    quote = backend.ops.quote_name
+    related = {"payment": Payment, "refund": Refund, "event": WebhookEvent}
+    parts, selected = [], []
+    for relation, model in {"": Transition, **related}.items():
+        alias = relation[:1] or "t"
+        fields = model._meta.concrete_fields
+        columns = []
+        for field in fields:
+            column = field.get_col(alias)
+            converters = [
+                *backend.ops.get_db_converters(column),
+                *column.get_db_converters(backend),
+            ]
+            columns.append((column, converters))
+            selected.append(f"{alias}.{quote(field.column)}")
+        parts.append(_ReadPart(relation, model, [field.attname for field in fields], columns))
+    joins = " ".join(
+        f"{'JOIN' if relation == 'payment' else 'LEFT JOIN'} {quote(model._meta.db_table)} "
+        f"{relation[0]} ON {relation[0]}.{quote('id')} = t.{quote(relation + '_id')}"
+        for relation, model in related.items()
+    )
+    succeeded = (
+        f"SELECT 1 FROM {quote(Reaction._meta.db_table)} x "
+        f"WHERE x.{quote('transition_id')} = t.{quote('id')} "
+        f"AND x.{quote('succeeded_at')} IS NOT NULL"
+    )
+    sql = (
+        f"SELECT {', '.join(selected)}, CASE WHEN EXISTS ({succeeded}) THEN 1 ELSE 0 END "
+        f"FROM {quote(Transition._meta.db_table)} t {joins} WHERE t.{quote('id')} = %s"
+    )
+    return sql, parts
+
+
 def _run_once(
     transition: Transition,
     name: str,
@@ -281,47 +358,63 @@ def _run_once(
     """Run ``receiver`` and record its success in one transaction, with ``finish`` the
     transition's delivery too; False (and the run's work undone) when another worker
     recorded its success first: that row is unique."""
+    now = timezone.now()
     with transaction.atomic():
         if iscoroutinefunction(receiver):
             async_to_sync(receiver)(signal=signal, sender=sender, **kwargs)
         else:
             receiver(signal=signal, sender=sender, **kwargs)
-        if not _record_success(transition, name):
+        if not _record_success(transition, name, now, finish=finish):
             transaction.set_rollback(True)
             return False
-        if finish:
-            now = timezone.now()
-            _mark_delivered(transition, now)
     if finish:
         transition.delivered_at, transition.next_attempt_at, transition.error = now, None, ""
     return True
 
 
-def _record_success(transition: Transition, name: str) -> bool:
-    """Insert the receiver's success, or mark its row of failures succeeded; False when it
-    had succeeded already. One statement where the database can upsert."""
-    now = timezone.now()
+def _record_success(
+    transition: Transition, name: str, now: datetime.datetime, *, finish: bool = False
+) -> bool:
+    """Insert the receiver's success, or mark its row of failures succeeded, and with
+    ``finish`` mark the transition delivered; False, and nothing written, when the receiver
+    had succeeded already. One statement on PostgreSQL, an upsert on SQLite."""
     vendor = connection.vendor
-    if vendor in {"postgresql", "sqlite"}:
-        table = connection.ops.quote_name(Reaction._meta.db_table)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} "
-                "(transition_id, receiver, attempts, succeeded_at, last_attempt_at, error) "
-                "VALUES (%s, %s, 1, %s, %s, '') "
-                "ON CONFLICT (transition_id, receiver) DO UPDATE SET "
-                "succeeded_at = EXCLUDED.succeeded_at, attempts = "
-                f"{table}.attempts + 1, last_attempt_at = EXCLUDED.last_attempt_at, error = '' "
-                f"WHERE {table}.succeeded_at IS NULL RETURNING id",
-                [
-                    transition.pk,
-                    name,
-                    _db_time(now),
-                    _db_time(now),
-                ],
-            )
-            return cursor.fetchone() is not None
-    return _write_attempt(transition, name, succeeded_at=now, last_attempt_at=now, error="")
+    if vendor not in {"postgresql", "sqlite"}:
+        if not _write_attempt(transition, name, succeeded_at=now, last_attempt_at=now, error=""):
+            return False
+        if finish:
+            _mark_delivered(transition, now)
+        return True
+    table = connection.ops.quote_name(Reaction._meta.db_table)
+    moment = _db_time(now)
+    sql = (
+        f"INSERT INTO {table} "
+        "(transition_id, receiver, attempts, succeeded_at, last_attempt_at, error) "
+        "VALUES (%s, %s, 1, %s, %s, '') "
+        "ON CONFLICT (transition_id, receiver) DO UPDATE SET "
+        f"succeeded_at = EXCLUDED.succeeded_at, attempts = {table}.attempts + 1, "
+        "last_attempt_at = EXCLUDED.last_attempt_at, error = '' "
+        f"WHERE {table}.succeeded_at IS NULL RETURNING id"
+    )
+    params = [transition.pk, name, moment, moment]
+    together = finish and vendor == "postgresql"
+    if together:
+        # The transition is marked only with the success: the UPDATE sees the INSERT's row.
+        transitions = connection.ops.quote_name(Transition._meta.db_table)
+        sql = (
+            f"WITH success AS ({sql}), delivered AS (UPDATE {transitions} "
+            "SET delivered_at = %s, next_attempt_at = NULL, error = '' "
+            "WHERE id = %s AND delivered_at IS NULL AND EXISTS (SELECT 1 FROM success)) "
+            "SELECT id FROM success"
+        )
+        params += [moment, transition.pk]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if cursor.fetchone() is None:
+            return False
+    if finish and not together:
+        _mark_delivered(transition, now)
+    return True
 
 
 def _db_time(moment: datetime.datetime) -> Any:

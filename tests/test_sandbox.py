@@ -229,6 +229,8 @@ def test_idempotency_key_replays_the_first_answer(sandbox):
 
 
 def test_list_newest_first_paged_by_created_before(sandbox):
+    moment = time.time()
+    sandbox.state.clock = lambda: moment  # All three in one second, whenever the test runs.
     ids = [create(sandbox, amount=amount).json()["id"] for amount in (1, 2, 3)]
     page = requests.get(f"{sandbox.api_base}/payments?limit=2", headers=AUTH, timeout=5).json()
     assert page["has_more"] is True
