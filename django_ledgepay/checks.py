@@ -52,7 +52,13 @@ def check_settings(
                 id="django_ledgepay.W002",
             )
         )
-    for name in ("LEDGEPAY_TIMEOUT", "LEDGEPAY_MAX_RETRIES", "LEDGEPAY_WEBHOOK_TOLERANCE"):
+    numbers = (
+        "LEDGEPAY_TIMEOUT",
+        "LEDGEPAY_MAX_RETRIES",
+        "LEDGEPAY_MAX_WAIT",
+        "LEDGEPAY_WEBHOOK_TOLERANCE",
+    )
+    for name in numbers:
         try:
             getattr(conf, name)
         except ImproperlyConfigured as err:

@@ -5,6 +5,7 @@ Only :mod:`django_ledgepay.services` calls it; it knows nothing of the models.
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import logging
 import os
@@ -13,7 +14,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -78,6 +80,42 @@ ERRORS_BY_STATUS: Final[Mapping[int, type[LedgePayError]]] = {
 sleep = time.sleep
 monotonic = time.monotonic
 now = time.time
+
+_UNSET: Final = object()
+_patience: contextvars.ContextVar[object] = contextvars.ContextVar(
+    "ledgepay_patience", default=_UNSET
+)
+
+
+@contextmanager
+def patience(seconds: float | None) -> Iterator[None]:
+    """Let each call made inside wait up to ``seconds`` in all between its attempts, in
+    place of ``LEDGEPAY_MAX_WAIT``; ``None``: as long as the retries take, each wait within
+    its cap. The commands that page through LedgePay run with ``None``: an operator's
+    command may wait out a rate limit, where a shopper's request must not."""
+    token = _patience.set(seconds)
+    try:
+        yield
+    finally:
+        _patience.reset(token)
+
+
+class _Waits:
+    """What one call may still wait between its attempts; None: no limit."""
+
+    def __init__(self) -> None:
+        chosen = _patience.get()
+        self.left: float | None = (
+            conf.LEDGEPAY_MAX_WAIT if chosen is _UNSET else chosen  # type: ignore[assignment]
+        )
+
+    def allow(self, wait: float) -> bool:
+        return self.left is None or wait <= self.left
+
+    def sleep(self, wait: float) -> None:
+        if self.left is not None:
+            self.left -= wait
+        sleep(wait)
 
 
 @dataclass(frozen=True)
@@ -258,11 +296,12 @@ class LedgePayClient:
             headers["Idempotency-Key"] = idempotency_key or new_idempotency_key()
         timeout = conf.LEDGEPAY_TIMEOUT
         max_retries = conf.LEDGEPAY_MAX_RETRIES
+        waits = _Waits()
         session = get_session()
 
         attempt = 0
         while True:
-            self._wait_for_rate_limit()
+            self._wait_for_rate_limit(waits, method, path, again=attempt > 0)
             started = monotonic()
             try:
                 response = session.request(
@@ -270,12 +309,13 @@ class LedgePayClient:
                 )
             except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
                 error: LedgePayError = _error_from_failure(err, method, path)
-                if attempt >= max_retries or not isinstance(err, RETRYABLE_FAILURES):
+                wait = _backoff(attempt)
+                retried = isinstance(err, RETRYABLE_FAILURES) and attempt < max_retries
+                if not retried or not _may_wait(waits, wait, method, path, type(err).__name__):
                     if _shows_key(err, api_key):
                         # Left out of the chain, so no traceback or error report shows it.
                         raise error from None
                     raise error from err
-                wait = _backoff(attempt)
                 logger.warning(
                     "LedgePay %s %s: %s; retry %d of %d in %.2fs",
                     method,
@@ -285,7 +325,7 @@ class LedgePayClient:
                     max_retries,
                     wait,
                 )
-                sleep(wait)
+                waits.sleep(wait)
                 attempt += 1
                 continue
 
@@ -301,6 +341,8 @@ class LedgePayClient:
             if not retryable or attempt >= max_retries:
                 raise error
             wait = _retry_wait(response, attempt)
+            if not _may_wait(waits, wait, method, path, f"HTTP {response.status_code}"):
+                raise error
             logger.warning(
                 "LedgePay %s %s: HTTP %d; retry %d of %d in %.2fs",
                 method,
@@ -310,18 +352,28 @@ class LedgePayClient:
                 max_retries,
                 wait,
             )
-            sleep(wait)
+            waits.sleep(wait)
             attempt += 1
 
-    def _wait_for_rate_limit(self) -> None:
-        """When the last answer left no requests in the window, wait for it to reset."""
+    def _wait_for_rate_limit(
+        self, waits: _Waits, method: str, path: str, *, again: bool = False
+    ) -> None:
+        """When the last answer left no requests in the window, wait for it to reset; when
+        that is longer than the call may wait, raise RateLimitError without sending."""
         rate_limit = _state.rate_limit
         if rate_limit is None or rate_limit.remaining != 0 or rate_limit.reset is None:
             return
         wait = min(rate_limit.reset - now(), RATE_LIMIT_WAIT_CAP)
-        if wait > 0:
-            logger.info("LedgePay rate limit reached; waiting %.2fs for the window to reset", wait)
-            sleep(wait)
+        if wait <= 0:
+            return
+        if not waits.allow(wait):
+            raise RateLimitError(
+                f"LedgePay's rate limit is used up for {wait:.0f}s more, longer than this call"
+                f" may wait (LEDGEPAY_MAX_WAIT); {method} {path} was not sent"
+                + (" again." if again else ".")
+            )
+        logger.info("LedgePay rate limit reached; waiting %.2fs for the window to reset", wait)
+        waits.sleep(wait)
 
     def _record_rate_limit(self, response: requests.Response) -> None:
         rate_limit = RateLimit.from_headers(response.headers)
@@ -416,6 +468,20 @@ def redact(text: str, api_key: str | None = None) -> str:
 def _backoff(attempt: int) -> float:
     """Exponential backoff with full jitter for retry number ``attempt`` (from 0)."""
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+
+
+def _may_wait(waits: _Waits, wait: float, method: str, path: str, failure: str) -> bool:
+    """Whether the call may wait ``wait`` seconds for its next attempt; if not, say so."""
+    if waits.allow(wait):
+        return True
+    logger.warning(
+        "LedgePay %s %s: %s; not retried: the wait of %.2fs would pass LEDGEPAY_MAX_WAIT",
+        method,
+        path,
+        failure,
+        wait,
+    )
+    return False
 
 
 def _retry_wait(response: requests.Response, attempt: int) -> float:

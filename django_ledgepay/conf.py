@@ -65,6 +65,15 @@ class Settings:
         return max(0, int(_number("LEDGEPAY_MAX_RETRIES", 3)))
 
     @property
+    def LEDGEPAY_MAX_WAIT(self) -> float:
+        """The most one call to LedgePay waits in all between its attempts (backoff and
+        rate-limit waits together); a retry that would wait longer is not made."""
+        wait = _number("LEDGEPAY_MAX_WAIT", 20)
+        if wait < 0:
+            raise ImproperlyConfigured("LEDGEPAY_MAX_WAIT must not be negative.")
+        return wait
+
+    @property
     def LEDGEPAY_TASK_BACKEND(self) -> str:
         """The alias in ``TASKS`` of the backend that runs this app's tasks."""
         return str(getattr(settings, "LEDGEPAY_TASK_BACKEND", "default"))

@@ -236,12 +236,14 @@ def test_w006_when_a_router_sends_the_models_elsewhere(monkeypatch):
 
 def test_w007_for_a_number_setting_that_is_not_one(settings):
     settings.LEDGEPAY_TIMEOUT = 0
+    settings.LEDGEPAY_MAX_WAIT = -1
     settings.LEDGEPAY_WEBHOOK_TOLERANCE = "5m"
 
     messages = [m for m in check_settings() if m.id == "django_ledgepay.W007"]
 
     assert [m.msg for m in messages] == [
         "LEDGEPAY_TIMEOUT must be a number of seconds above 0.",
+        "LEDGEPAY_MAX_WAIT must not be negative.",
         "LEDGEPAY_WEBHOOK_TOLERANCE must be a number.",
     ]
 

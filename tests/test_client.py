@@ -437,6 +437,7 @@ def test_a_retry_that_succeeds_returns_the_answer(api, sleeps):
 
 def test_backoff_is_exponential_and_capped(api, settings, sleeps, top_of_backoff):
     settings.LEDGEPAY_MAX_RETRIES = 7
+    settings.LEDGEPAY_MAX_WAIT = 60
     api.get(f"{API}/payments/pay_1", status=500)
 
     with pytest.raises(APIError):
@@ -483,7 +484,8 @@ def test_429_honours_retry_after(api, sleeps):
     assert sleeps == [7.0]
 
 
-def test_429_retry_after_is_capped(api, sleeps):
+def test_429_retry_after_is_capped(api, settings, sleeps):
+    settings.LEDGEPAY_MAX_WAIT = 3600
     api.get(f"{API}/payments/pay_1", status=429, headers={"Retry-After": "3600"})
     api.get(f"{API}/payments/pay_1", json=PAYMENT)
 
@@ -556,7 +558,8 @@ def test_429_uses_the_rate_limit_reset_without_retry_after(api, clock):
     assert clock.waits == [12.0]
 
 
-def test_429_reset_wait_is_capped(api, clock):
+def test_429_reset_wait_is_capped(api, settings, clock):
+    settings.LEDGEPAY_MAX_WAIT = 3600
     headers = {"X-RateLimit-Reset": str(int(clock.time + 10_000))}
     api.get(f"{API}/payments/pay_1", status=429, headers=headers)
     api.get(f"{API}/payments/pay_1", json=PAYMENT)
@@ -706,7 +709,8 @@ def test_exhausted_window_wait_applies_to_posts_too(api, clock):
     assert clock.waits == [2.0]  # the header holds whole seconds: int(reset)
 
 
-def test_exhausted_window_wait_is_capped(api, clock):
+def test_exhausted_window_wait_is_capped(api, settings, clock):
+    settings.LEDGEPAY_MAX_WAIT = 3600
     api.get(f"{API}/payments/pay_1", json=PAYMENT, headers=rate_headers(0, clock.time + 7200))
 
     lp = LedgePayClient()
@@ -714,6 +718,110 @@ def test_exhausted_window_wait_is_capped(api, clock):
     lp.retrieve_payment("pay_1")
 
     assert clock.waits == [RATE_LIMIT_WAIT_CAP]
+
+
+# The wait budget: LEDGEPAY_MAX_WAIT, and patience() for operators' commands
+
+
+def test_a_retry_that_would_wait_past_max_wait_is_not_made(api, sleeps, caplog):
+    api.get(f"{API}/payments/pay_1", status=429, headers={"Retry-After": "30"})
+    api.get(f"{API}/payments/pay_1", json=PAYMENT)
+
+    with pytest.raises(RateLimitError):
+        LedgePayClient().retrieve_payment("pay_1")
+
+    # A shopper's request is not held for 30 s: the 429 is the answer (default 20 s).
+    assert (sleeps, len(api.calls)) == ([], 1)
+    assert "not retried: the wait of 30.00s would pass LEDGEPAY_MAX_WAIT" in caplog.text
+
+
+def test_max_wait_counts_every_wait_of_one_call(api, settings, sleeps, top_of_backoff):
+    settings.LEDGEPAY_MAX_RETRIES = 7
+    settings.LEDGEPAY_MAX_WAIT = 5
+    api.get(f"{API}/payments/pay_1", status=500)
+
+    with pytest.raises(APIError):
+        LedgePayClient().retrieve_payment("pay_1")
+
+    assert sleeps == [0.5, 1.0, 2.0]  # 3.5 s; the next 4 s would pass 5
+    assert len(api.calls) == 4
+
+
+def test_max_wait_is_per_call(api, settings, sleeps, top_of_backoff):
+    settings.LEDGEPAY_MAX_WAIT = 1
+    for _ in range(2):
+        api.get(f"{API}/payments/pay_1", status=503)
+        api.get(f"{API}/payments/pay_1", json=PAYMENT)
+
+    lp = LedgePayClient()
+    lp.retrieve_payment("pay_1")
+    lp.retrieve_payment("pay_1")
+
+    assert sleeps == [0.5, 0.5]
+
+
+def test_max_wait_stops_network_retries_too(api, settings, sleeps, top_of_backoff):
+    settings.LEDGEPAY_MAX_WAIT = 0
+    api.get(f"{API}/payments/pay_1", body=requests.ConnectionError("down"))
+
+    with pytest.raises(APIConnectionError):
+        LedgePayClient().retrieve_payment("pay_1")
+
+    assert (sleeps, len(api.calls)) == ([], 1)
+
+
+def test_an_exhausted_window_past_max_wait_sends_nothing(api, clock):
+    reset = clock.time + 45
+    api.get(f"{API}/payments/pay_1", json=PAYMENT, headers=rate_headers(0, reset))
+    api.post(f"{API}/refunds", json=REFUND, status=201)
+
+    lp = LedgePayClient()
+    lp.retrieve_payment("pay_1")
+    with pytest.raises(RateLimitError) as excinfo:
+        lp.create_refund({"payment_id": "pay_1"})
+
+    assert str(excinfo.value) == (
+        "LedgePay's rate limit is used up for 45s more, longer than this call may wait"
+        " (LEDGEPAY_MAX_WAIT); POST /refunds was not sent."
+    )
+    assert (clock.waits, [call.request.method for call in api.calls]) == ([], ["GET"])
+
+
+def test_a_retry_past_max_wait_for_the_window_says_it_was_not_sent_again(api, clock):
+    api.get(f"{API}/payments/pay_1", status=503, headers=rate_headers(0, clock.time + 45))
+
+    with pytest.raises(RateLimitError) as excinfo:
+        LedgePayClient().retrieve_payment("pay_1")
+
+    assert str(excinfo.value).endswith("GET /payments/pay_1 was not sent again.")
+    assert (len(clock.waits), len(api.calls)) == (1, 1)  # the 503's backoff, no window wait
+
+
+def test_patience_none_waits_as_long_as_the_retries_take(api, clock):
+    api.get(f"{API}/payments/pay_1", status=429, headers={"Retry-After": "30"})
+    api.get(f"{API}/payments/pay_1", json=PAYMENT, headers=rate_headers(0, clock.time + 45))
+    api.get(f"{API}/payments/pay_2", json={**PAYMENT, "id": "pay_2"})
+
+    lp = LedgePayClient()
+    with client.patience(None):
+        lp.retrieve_payment("pay_1")
+        lp.retrieve_payment("pay_2")
+
+    assert clock.waits == [30.0, 15.0]  # the 429's, then the window's rest
+
+
+def test_patience_replaces_max_wait_and_is_undone(api, settings, sleeps):
+    settings.LEDGEPAY_MAX_WAIT = 0
+    api.get(f"{API}/payments/pay_1", status=429, headers={"Retry-After": "2"})
+    api.get(f"{API}/payments/pay_1", json=PAYMENT)
+    api.get(f"{API}/payments/pay_1", status=429, headers={"Retry-After": "2"})
+
+    with client.patience(2):
+        LedgePayClient().retrieve_payment("pay_1")
+    with pytest.raises(RateLimitError):
+        LedgePayClient().retrieve_payment("pay_1")
+
+    assert sleeps == [2.0]
 
 
 @pytest.mark.parametrize(
@@ -1357,6 +1465,7 @@ def test_no_log_line_shows_the_key(api, settings, sleeps, caplog):
     caplog.set_level(logging.DEBUG, logger="django_ledgepay")
     caplog.set_level(logging.DEBUG, logger="urllib3")
     settings.LEDGEPAY_MAX_RETRIES = 3
+    settings.LEDGEPAY_MAX_WAIT = 3600
     api.post(f"{API}/payments", status=500, body=f"upstream said {KEY}")
     api.post(f"{API}/payments", body=requests.ConnectionError(f"reset {KEY}"))
     api.post(f"{API}/payments", status=429, headers={"Retry-After": "1"})

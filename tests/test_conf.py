@@ -23,6 +23,7 @@ def test_defaults_when_the_project_sets_nothing(settings):
         "LEDGEPAY_WEBHOOK_TOLERANCE",
         "LEDGEPAY_TIMEOUT",
         "LEDGEPAY_MAX_RETRIES",
+        "LEDGEPAY_MAX_WAIT",
     ):
         if hasattr(settings, name):
             delattr(settings, name)
@@ -34,6 +35,7 @@ def test_defaults_when_the_project_sets_nothing(settings):
     assert conf.LEDGEPAY_WEBHOOK_TOLERANCE == 300
     assert conf.LEDGEPAY_TIMEOUT == 10
     assert conf.LEDGEPAY_MAX_RETRIES == 3
+    assert conf.LEDGEPAY_MAX_WAIT == 20
 
 
 def test_override_settings_takes_effect_and_is_undone():
@@ -155,6 +157,8 @@ def test_webhook_tolerance_is_an_int(settings):
         ("LEDGEPAY_TIMEOUT", float("nan"), "LEDGEPAY_TIMEOUT must be a number."),
         ("LEDGEPAY_MAX_RETRIES", None, "LEDGEPAY_MAX_RETRIES must be a number."),
         ("LEDGEPAY_MAX_RETRIES", True, "LEDGEPAY_MAX_RETRIES must be a number."),
+        ("LEDGEPAY_MAX_WAIT", -0.5, "LEDGEPAY_MAX_WAIT must not be negative."),
+        ("LEDGEPAY_MAX_WAIT", "20s", "LEDGEPAY_MAX_WAIT must be a number."),
         ("LEDGEPAY_WEBHOOK_TOLERANCE", -5, "LEDGEPAY_WEBHOOK_TOLERANCE must not be negative."),
         ("LEDGEPAY_WEBHOOK_TOLERANCE", "5m", "LEDGEPAY_WEBHOOK_TOLERANCE must be a number."),
     ],

@@ -15,6 +15,7 @@ from django_ledgepay import reconcile, services, signals
 from django_ledgepay.client import LedgePayClient
 from django_ledgepay.models import Payment, Reconciliation, RefundRequest, Transition
 from django_ledgepay.testing import FakeLedgePay
+from tests.conftest import API
 from tests.factories import make_payment
 
 pytestmark = pytest.mark.django_db
@@ -566,3 +567,11 @@ def test_a_refund_request_ledgepay_cannot_answer_stays_in_the_report(settings, m
     assert [(e["kind"], e["repaired"]) for e in report["drift"]] == [("unresolved_refund", False)]
     assert RefundRequest.objects.get().outcome == "unknown"
     assert fake.refunds == {}
+
+
+def test_the_command_waits_out_a_rate_limit_past_max_wait(api, sleeps):
+    # As ledgepay_sync: an operator's command may wait longer than LEDGEPAY_MAX_WAIT.
+    api.get(f"{API}/payments", status=429, headers={"Retry-After": "45"})
+    api.get(f"{API}/payments", json={"data": [], "has_more": False})
+    out, err, status = run()
+    assert (status, sleeps) == (0, [45.0])

@@ -64,6 +64,16 @@ def test_failed_events_are_processed_again(
     assert len(paid.calls) == 1
 
 
+def test_the_command_waits_out_a_rate_limit_past_max_wait(far_away, api, settings, sleeps):
+    # As ledgepay_sync: an operator's command may wait longer than LEDGEPAY_MAX_WAIT.
+    settings.LEDGEPAY_MAX_RETRIES = 1
+    url = f"{API}/payments/pay_far"
+    api.replace("GET", url, status=429, headers={"Retry-After": "45"})
+    api.get(url, json=payment_data(id="pay_far"))
+    assert "1 processed" in reprocess()
+    assert sleeps == [45.0]
+
+
 def test_still_failing_is_reported_without_the_api_key(far_away, settings):
     out = reprocess()
     far_away.refresh_from_db()

@@ -306,3 +306,15 @@ def test_listing_remembers_only_the_last_seconds(api):
 
     small, large = peak_for(500), peak_for(3000)
     assert large < small * 1.5
+
+
+def test_sync_command_waits_out_a_rate_limit_past_max_wait(api, sleeps):
+    # LEDGEPAY_MAX_WAIT (20 s) keeps a web request from waiting 45 s; an operator's
+    # command waits, as LedgePay asks, and finishes.
+    api.get(f"{API}/payments", status=429, headers={"Retry-After": "45"})
+    api.get(f"{API}/payments", json={"data": [payment_data(id="pay_a")], "has_more": False})
+    out = StringIO()
+    call_command("ledgepay_sync", stdout=out)
+    assert "Synced 1 payment in 1 page" in out.getvalue()
+    assert sleeps == [45.0]
+    assert Payment.objects.filter(ledgepay_id="pay_a").exists()

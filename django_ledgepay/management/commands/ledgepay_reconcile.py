@@ -9,6 +9,7 @@ from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from django_ledgepay.client import patience
 from django_ledgepay.reconcile import Report, describe, reconcile
 
 DEFAULT_DAYS: Final = 30
@@ -73,7 +74,9 @@ class Command(BaseCommand):
                     f"checked, {found} drift so far."
                 )
 
-        report = reconcile(since=since, until=until, apply=options["apply"], progress=progress)
+        # An operator's command waits out LedgePay's rate limit (see patience()).
+        with patience(None):
+            report = reconcile(since=since, until=until, apply=options["apply"], progress=progress)
         if as_json:
             self.stdout.write(json.dumps(report.as_dict(), indent=2))
         else:

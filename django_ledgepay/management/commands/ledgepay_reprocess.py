@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from django_ledgepay.client import patience
 from django_ledgepay.models import WebhookEvent
 from django_ledgepay.webhooks import process_event
 
@@ -43,7 +44,9 @@ class Command(BaseCommand):
             events = list(WebhookEvent.objects.filter(status__in=statuses).order_by("pk"))
         counts: dict[str, int] = {}
         for event in events:
-            process_event(event)
+            # An operator's command waits out LedgePay's rate limit (see patience()).
+            with patience(None):
+                process_event(event)
             counts[event.status] = counts.get(event.status, 0) + 1
             line = f"Event {event.pk} ({event.event_type} {event.object_id}): {event.status}"
             if event.error:

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.template.defaultfilters import pluralize
 from django.utils.dateparse import parse_datetime
 
+from django_ledgepay.client import patience
 from django_ledgepay.exceptions import LedgePayError
 from django_ledgepay.models import Payment
 from django_ledgepay.services import SyncResult, sync_payments
@@ -52,7 +53,9 @@ class Command(BaseCommand):
             bounds[name] = moment
         self.done = None
         try:
-            result = sync_payments(status=options["status"], progress=self._progress, **bounds)
+            # An operator's command waits out LedgePay's rate limit (see patience()).
+            with patience(None):
+                result = sync_payments(status=options["status"], progress=self._progress, **bounds)
         except (LedgePayError, ImproperlyConfigured) as err:
             # ImproperlyConfigured names the setting to fix (LEDGEPAY_API_KEY), never its value.
             raise CommandError(self._stopped(err)) from err
