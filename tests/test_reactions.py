@@ -384,6 +384,24 @@ def test_the_hot_path_stays_two_statements_without_receivers(client, django_asse
     assert transition.delivered_at is not None
 
 
+def test_a_webhook_with_a_receiver_costs_its_path_and_one_delivery(
+    client, connect, django_assert_num_queries
+):
+    # Django's default ImmediateBackend: the receiver runs in the request, after the commit.
+    flaky = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="one")
+    payment = make_payment(status="pending", description="")
+    body, headers = succeeded_body(payment)
+    # PostgreSQL: the look-up, the change, the read, then BEGIN, the receiver's UPDATE, its
+    # success with the delivered mark, COMMIT. SQLite: the general path, then the same
+    # delivery with the success and the mark apart.
+    with django_assert_num_queries(7 if connection.vendor == "postgresql" else 14):
+        assert post(client, body, headers).status_code == 200
+    assert flaky.calls == 1
+    payment.refresh_from_db()
+    assert payment.description == "+"
+    assert Transition.objects.get().delivered_at is not None
+
+
 def test_a_first_delivery_costs_a_read_and_one_transaction(
     connect, held_deliveries, django_assert_num_queries
 ):
