@@ -374,7 +374,12 @@ def _merge(instance: Payment | Refund, values: Mapping[str, Any]) -> list[str]:
     """
     status = values.get("status")
     if instance.is_final and status is not None and status != instance.status:
-        logger.warning(
+        # "Pending" after a final status is older news overtaken (an API answer read before
+        # the webhook that settled it was applied): expected, so not a warning. Another
+        # final status is a contradiction someone should look at.
+        stale = status == "pending"
+        logger.log(
+            logging.INFO if stale else logging.WARNING,
             "LedgePay says %s is %s, but it is already %s; nothing changed.",
             instance.ledgepay_id,
             status,
