@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from inspect import iscoroutinefunction
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from asgiref.sync import async_to_sync
 
@@ -283,9 +283,8 @@ def _read(transition_id: int) -> tuple[Transition, bool] | None:
             part.model.from_db(connection.alias, part.attnames, values) if found else None
         )
         start = end
-    transition, *related = instances
-    assert isinstance(transition, Transition)
-    for part, instance in zip(parts[1:], related, strict=True):
+    transition = cast(Transition, instances[0])
+    for part, instance in zip(parts[1:], instances[1:], strict=True):
         setattr(transition, part.relation, instance)  # Cached: reading it costs no query.
     return transition, bool(row[start])
 
@@ -358,12 +357,12 @@ def _run_once(
     """Run ``receiver`` and record its success in one transaction, with ``finish`` the
     transition's delivery too; False (and the run's work undone) when another worker
     recorded its success first: that row is unique."""
-    now = timezone.now()
     with transaction.atomic():
         if iscoroutinefunction(receiver):
             async_to_sync(receiver)(signal=signal, sender=sender, **kwargs)
         else:
             receiver(signal=signal, sender=sender, **kwargs)
+        now = timezone.now()
         if not _record_success(transition, name, now, finish=finish):
             transaction.set_rollback(True)
             return False
@@ -399,7 +398,7 @@ def _record_success(
     params = [transition.pk, name, moment, moment]
     together = finish and vendor == "postgresql"
     if together:
-        # The transition is marked only with the success: the UPDATE sees the INSERT's row.
+        # The UPDATE runs only when the upsert returned a row: the mark only with a success.
         transitions = connection.ops.quote_name(Transition._meta.db_table)
         sql = (
             f"WITH success AS ({sql}), delivered AS (UPDATE {transitions} "
