@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -561,7 +562,8 @@ def buy_and_refund(sandbox: Any, number: int) -> None:
     parts: list[int | None] = [None] if number % 4 == 0 else [amount // 2, None]
     for index, part in enumerate(parts):
         retry(
-            lambda part=part, index=index: services.refund_payment(
+            functools.partial(
+                services.refund_payment,
                 payment.ledgepay_id,
                 amount=part,
                 idempotency_key=f"soak-refund-{number}-{index}",
@@ -596,14 +598,16 @@ def check(sandbox: Any, payments: int, shop_errors: list[str]) -> dict[str, Any]
             failures.append(f"payment {ledgepay_id}: mirror {local and local.status}")
     refunds = {r.ledgepay_id: r for r in Refund.objects.all()}
     for ledgepay_id, remote in remote_refunds.items():
-        local = refunds.get(ledgepay_id)
-        if local is None or local.status != remote["status"]:
-            failures.append(f"refund {ledgepay_id}: mirror {local and local.status}")
+        refund = refunds.get(ledgepay_id)
+        if refund is None or refund.status != remote["status"]:
+            failures.append(f"refund {ledgepay_id}: mirror {refund and refund.status}")
     if set(refunds) != set(remote_refunds):
         failures.append(f"{len(refunds)} refunds in the mirror, {len(remote_refunds)} sent")
 
     # What must have been delivered: one transition per payment and signal.
-    expected = {("payment_succeeded", p.pk, None) for p in mirror.values()}
+    expected: set[tuple[str, int, int | None]] = {
+        ("payment_succeeded", p.pk, None) for p in mirror.values()
+    }
     for refund in refunds.values():
         expected.add(("refund_created", refund.payment_id, refund.pk))
         expected.add(("refund_succeeded", refund.payment_id, refund.pk))

@@ -15,5 +15,8 @@ class Effect(models.Model):
     pid = models.IntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Declared, for type checkers run with settings that do not install this app.
+    objects: models.Manager[Effect] = models.Manager()
+
     def __str__(self) -> str:
         return f"{self.receiver} {self.signal} of transition {self.transition_id}"
