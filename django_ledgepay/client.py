@@ -1,6 +1,8 @@
 """The HTTP client for LedgePay's API: transport, retries, idempotency and rate limits.
 
-Only :mod:`django_ledgepay.services` calls it; it knows nothing of the models.
+Only :mod:`django_ledgepay.services` calls it; it knows nothing of the models. Code that
+runs outside a request may let its calls wait longer than ``LEDGEPAY_MAX_WAIT`` with
+:func:`patience`, as the management commands do.
 """
 
 from __future__ import annotations
