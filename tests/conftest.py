@@ -192,3 +192,23 @@ def held_deliveries(settings: Any) -> Callable[[], list[Any]]:
         return [result.task.call(*result.args, **result.kwargs) for result in results]
 
     return run_held
+
+
+def lock_waiters() -> int:
+    """How many sessions of the test database wait for a lock, from a connection of its own."""
+    import psycopg
+
+    db = connection.settings_dict
+    with psycopg.connect(
+        dbname=db["NAME"],
+        user=db.get("USER") or "postgres",
+        password=db.get("PASSWORD") or None,
+        host=db.get("HOST") or "127.0.0.1",
+        port=db.get("PORT") or 5432,
+        autocommit=True,
+    ) as other:
+        row = other.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0

@@ -39,7 +39,7 @@ from django_ledgepay.models import Payment, Reaction, Transition, WebhookEvent
 from django_ledgepay.sandbox import Sandbox
 from django_ledgepay.sandbox.state import event_payload
 from django_ledgepay.testing import signed_webhook
-from tests.conftest import DUMMY_BACKEND
+from tests.conftest import DUMMY_BACKEND, lock_waiters
 from tests.factories import make_payment
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -475,26 +475,6 @@ def test_a_worker_killed_mid_delivery_loses_nothing_after_ledgepay_deliver(engin
 
 
 # Found by bench/soak_delivery.py
-
-
-def lock_waiters() -> int:
-    """How many sessions of the test database wait for a lock, from a connection of its own."""
-    import psycopg
-
-    db = connection.settings_dict
-    with psycopg.connect(
-        dbname=db["NAME"],
-        user=db.get("USER") or "postgres",
-        password=db.get("PASSWORD") or None,
-        host=db.get("HOST") or "127.0.0.1",
-        port=db.get("PORT") or 5432,
-        autocommit=True,
-    ) as other:
-        row = other.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def test_a_refund_webhook_and_a_refund_call_on_its_payment_do_not_deadlock():
