@@ -194,6 +194,9 @@ class AmountMixin:
         return nowrap(format_amount(obj.amount, obj.currency))
 
 
+READ_ONLY_INLINE = "admin/django_ledgepay/payment/read_only_inline.html"
+
+
 class RefundInline(AmountMixin, ReadOnlyMixin, RefundInlineBase):
     model = Refund
     extra = 0
@@ -204,7 +207,8 @@ class RefundInline(AmountMixin, ReadOnlyMixin, RefundInlineBase):
     ordering = ("-created_at", "-id")
     # Django's tabular inline without the line above each row: read-only rows need no
     # name beside their fields (it repeated them); the LedgePay id links to the refund.
-    template = "admin/django_ledgepay/payment/refund_inline.html"
+    template = READ_ONLY_INLINE
+    empty_text = _("No refunds.")
 
 
 def _change_link(obj: Any, text: object) -> SafeString:
@@ -225,6 +229,8 @@ class TransitionInline(ReadOnlyMixin, TransitionInlineBase):
     fields = ("created_at", "signal", "refund", "source", "event_link", "actor", "delivery")
     readonly_fields = fields
     ordering = ("created_at", "id")
+    template = READ_ONLY_INLINE
+    empty_text = _("No changes that sent a signal yet.")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Transition]:
         return super().get_queryset(request).select_related("refund", "event", "actor")
@@ -252,6 +258,8 @@ class RefundRequestInline(ReadOnlyMixin, RefundRequestInlineBase):
     fields = ("created_at", "amount_display", "reason", "actor", "source", "outcome", "refund")
     readonly_fields = fields
     ordering = ("created_at", "id")
+    template = READ_ONLY_INLINE
+    empty_text = _("No refund requests.")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[RefundRequest]:
         return super().get_queryset(request).select_related("payment", "actor", "refund")

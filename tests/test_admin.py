@@ -1434,10 +1434,17 @@ def test_refunds_inline_has_one_line_per_refund(admin_client):
     assert inline.index(second.ledgepay_id) < inline.index(first.ledgepay_id)
 
 
-def test_refunds_inline_says_when_there_is_none(admin_client):
+def test_the_payment_pages_lists_say_when_they_are_empty(admin_client):
     content = admin_client.get(change_url(make_payment())).content.decode()
 
-    assert "No refunds." in content.split('id="refunds-group"', 1)[1]
+    for group, empty in [
+        ("refunds", "No refunds."),
+        ("refund_requests", "No refund requests."),
+        ("transitions", "No changes that sent a signal yet."),
+    ]:
+        inline = content.split(f'id="{group}-group"', 1)[1].split("</fieldset>", 1)[0]
+        assert empty in inline
+        assert '<tr class="form-row"' not in inline
 
 
 def test_payment_page_says_left_to_refund_as_the_refund_page_does(admin_client):

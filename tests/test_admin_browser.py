@@ -19,7 +19,13 @@ from responses import matchers
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from django_ledgepay.models import Payment, Reconciliation, Transition, WebhookEvent
+from django_ledgepay.models import (
+    Payment,
+    Reconciliation,
+    RefundRequest,
+    Transition,
+    WebhookEvent,
+)
 from tests.conftest import API
 from tests.factories import make_payment, make_refund, refund_data
 
@@ -292,6 +298,10 @@ def test_dashboard_in_light_and_dark_theme(chromium, live_server, django_user_mo
 
 def test_payment_list_and_page_at_1280_px(chromium, live_server, django_user_model, screenshots):
     now = timezone.now()
+    # The first payment's history as the app writes it: paid by a webhook, then refunded
+    # by root from the admin.
+    paid_at = now + datetime.timedelta(seconds=40)
+    refunded_at = paid_at + datetime.timedelta(minutes=1)
     customers = [
         ("Maria-Alexandra Konstantinopoulou-Vasquez", "maria.konstantinopoulou@example.com"),
         ("Jean Dupont", "jean.dupont@example.fr"),
@@ -314,8 +324,41 @@ def test_payment_list_and_page_at_1280_px(chromium, live_server, django_user_mod
         )
         if index == 0:
             refunded = payment
-            refund = make_refund(payment, amount=2500, created_at=created)
-    django_user_model.objects.create_superuser("root", password="root-pw")
+            refund = make_refund(payment, amount=2500, created_at=refunded_at)
+    root = django_user_model.objects.create_superuser("root", password="root-pw")
+    event = WebhookEvent.objects.create(
+        event_type="payment.succeeded",
+        object_id=refunded.ledgepay_id,
+        payload={"event": "payment.succeeded", "data": {"id": refunded.ledgepay_id}},
+        body_sha256="0" * 64,
+        status=WebhookEvent.Status.PROCESSED,
+    )
+    RefundRequest.objects.create(
+        payment=refunded,
+        amount=2500,
+        reason="customer_request",
+        idempotency_key="admin-refund-1",
+        source=Transition.Source.ADMIN,
+        actor=root,
+        outcome=RefundRequest.Outcome.MADE,
+        refund=refund,
+        created_at=refunded_at,
+        resolved_at=refunded_at,
+    )
+    for signal, source, at, of in [
+        ("payment_succeeded", Transition.Source.WEBHOOK, paid_at, None),
+        ("refund_created", Transition.Source.ADMIN, refunded_at, refund),
+    ]:
+        Transition.objects.create(
+            signal=signal,
+            payment=refunded,
+            refund=of,
+            source=source,
+            event=event if of is None else None,
+            actor=root if source == Transition.Source.ADMIN else None,
+            created_at=at,
+            delivered_at=at,
+        )
 
     with chromium() as page:
         page.set_viewport_size({"width": 1280, "height": 720})
@@ -347,6 +390,13 @@ def test_payment_list_and_page_at_1280_px(chromium, live_server, django_user_mod
             "rows => rows.map(row => [...row.cells].map(cell => cell.innerText.trim()))",
         )
         label = page.text_content(".field-refundable_display label") or ""
+        asked, history = (
+            page.eval_on_selector_all(
+                f"#{group}-group tbody tr",
+                "rows => rows.map(row => [...row.cells].map(cell => cell.innerText.trim()))",
+            )
+            for group in ("refund_requests", "transitions")
+        )
         page.screenshot(path=str(screenshots / "admin-payment.png"), full_page=True)
         page.click("#refunds-group td.field-ledgepay_id a")
         page.wait_for_url(f"**/admin/django_ledgepay/refund/{refund.pk}/change/")
@@ -371,3 +421,12 @@ def test_payment_list_and_page_at_1280_px(chromium, live_server, django_user_mod
     assert len(rows) == 1
     assert rows[0][:2] == [refund.ledgepay_id, "25.00 EUR"]
     assert label == "Left to refund:"
+    # Who asked for the refund, and the payment's history in order with who did what: one
+    # line each, their fields only, as for the refunds.
+    assert [row[1:] for row in asked] == [
+        ["25.00 EUR", "Customer request", "root", "Admin", "Made", str(refund)]
+    ]
+    assert [row[1:] for row in history] == [
+        ["Payment Succeeded", "-", "Webhook", "payment.succeeded", "-", "delivered"],
+        ["Refund Created", str(refund), "Admin", "-", "root", "delivered"],
+    ]
