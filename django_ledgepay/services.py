@@ -1127,31 +1127,40 @@ def _refund_once(
     expected_refunded: int | None,
     where: reactions.Origin,
 ) -> Refund:
+    refused: RefundError | _InFlight | None = None
     with transaction.atomic():
-        payment = _locked_payment(payment_or_ledgepay_id)
-        # What an earlier call left unknown is settled before anything new is asked.
-        _resolve_unknown(payment, amount=amount, reason=reason)
-        if idempotency_key is None:
-            # A request whose caller never got its answer, resolved now or by another call
-            # since (a refund of the same payment, resolve_refund_requests, a reconcile):
-            # a keyless call for the same refund is that caller's retry.
-            for request in payment.refund_requests.filter(
-                outcome=RefundRequest.Outcome.MADE, answered=False, reason=reason
-            ).order_by("pk"):
-                if _asks_for(request, amount, reason):
-                    return _answer_request(request)
-        else:
-            earlier = RefundRequest.objects.filter(idempotency_key=idempotency_key).first()
-            if earlier is not None and earlier.refund is not None:
-                return _answer_request(earlier)  # The same request, made already.
-        request = _new_refund_request(
-            payment,
-            amount=amount,
-            reason=reason,
-            idempotency_key=idempotency_key,
-            expected_refunded=expected_refunded,
-            where=where,
-        )
+        try:
+            payment = _locked_payment(payment_or_ledgepay_id)
+            # What an earlier call left unknown is settled before anything new is asked.
+            _resolve_unknown(payment, amount=amount, reason=reason)
+            if idempotency_key is None:
+                # A request whose caller never got its answer, resolved now or by another call
+                # since (a refund of the same payment, resolve_refund_requests, a reconcile):
+                # a keyless call for the same refund is that caller's retry.
+                for request in payment.refund_requests.filter(
+                    outcome=RefundRequest.Outcome.MADE, answered=False, reason=reason
+                ).order_by("pk"):
+                    if _asks_for(request, amount, reason):
+                        return _answer_request(request)
+            else:
+                earlier = RefundRequest.objects.filter(idempotency_key=idempotency_key).first()
+                if earlier is not None and earlier.refund is not None:
+                    return _answer_request(earlier)  # The same request, made already.
+            request = _new_refund_request(
+                payment,
+                amount=amount,
+                reason=reason,
+                idempotency_key=idempotency_key,
+                expected_refunded=expected_refunded,
+                where=where,
+            )
+        except (RefundError, _InFlight) as err:
+            # Refused before anything new was written: what was settled above (an earlier
+            # request resolved, an attempt recorded) is committed all the same, or the next
+            # call would find it unknown again and be refused again.
+            refused = err
+    if refused is not None:
+        raise refused
     # The request is committed before the call, marked as being sent: if this process
     # dies during the call, the next refund of the payment resolves it once the mark is
     # older than any call can take.
@@ -1230,7 +1239,7 @@ def _resolve_unknown(
             raise RefundUnresolvedError(
                 f"A refund of payment {payment.ledgepay_id} "
                 f"({format_amount(request.amount, payment.currency)}) is being resolved: "
-                f"LedgePay gave no answer to it ({outcome}). Nothing new was sent; try "
+                f"LedgePay gave no answer it could use ({outcome}). Nothing new was sent; try "
                 "again once LedgePay can be reached.",
                 http_status=outcome.http_status,
             ) from outcome
@@ -1318,6 +1327,7 @@ def _send_refund_request(
         data = get_client().create_refund(params, idempotency_key=request.idempotency_key)
         if not isinstance(data.get("id"), str) or not data["id"]:
             raise APIError("LedgePay's answer to the refund has no id.")
+        _check_refund_answer(data, params, payment.currency)
     except (InvalidRequestError, NotFoundError) as err:
         _record_attempt(
             request, outcome=RefundRequest.Outcome.REFUSED, error=str(err), resolved=True
@@ -1341,6 +1351,23 @@ def _send_refund_request(
             resolved=True,
         )
     return refund
+
+
+def _check_refund_answer(data: Mapping[str, Any], asked: Mapping[str, Any], currency: str) -> None:
+    """APIError when LedgePay's answer names another payment, amount or currency than the
+    request: it is not recorded as the refund made (that would put a refund of another
+    amount, or of another payment, in the mirror); the request stays unknown, shown in the
+    admin, and is sent again with its key by the next refund of the payment."""
+    expected = {**asked, "currency": currency}
+    wrong = [
+        f"{name} {data[name]!r} instead of {expected[name]!r}"
+        for name in ("payment_id", "amount", "currency")
+        if data.get(name) is not None and data[name] != expected[name]
+    ]
+    if wrong:
+        message = f"LedgePay's answer to the refund ({data['id']}) says {', '.join(wrong)}."
+        logger.error("%s Not recorded; the refund request stays unresolved.", message)
+        raise APIError(message)
 
 
 def _record_attempt(request: RefundRequest, *, resolved: bool = False, **fields: Any) -> None:

@@ -14,7 +14,12 @@ import responses
 from django.utils import timezone
 
 from django_ledgepay import services, webhooks
-from django_ledgepay.exceptions import APIConnectionError, RefundError, RefundUnresolvedError
+from django_ledgepay.exceptions import (
+    APIConnectionError,
+    APIError,
+    RefundError,
+    RefundUnresolvedError,
+)
 from django_ledgepay.models import Payment, PaymentRequest, Refund, RefundRequest, WebhookEvent
 from django_ledgepay.testing import signed_webhook
 from tests.conftest import API
@@ -115,6 +120,58 @@ def test_another_amount_resolves_the_unknown_request_first(api, payment):
     assert not RefundRequest.objects.filter(outcome="unknown").exists()
     with pytest.raises(RefundError, match="between 1 and 3500"):
         services.refund_payment(payment, amount=4000)
+
+
+@pytest.mark.parametrize("refused", ["changed", "too much"])
+def test_what_was_resolved_is_kept_when_the_new_refund_is_refused(api, payment, refused):
+    # The admin's page: 20.00 asked, the answer lost; then 10.00 asked from a page that
+    # still shows nothing refunded, or more than is left once the first refund counts.
+    ledgepay = FakeRefunds(api, payment)
+    ledgepay.lose = 4
+    with pytest.raises(APIConnectionError):
+        services.refund_payment(payment, amount=2000, expected_refunded=0)
+    amount, expected = (1000, 0) if refused == "changed" else (4000, None)
+    with pytest.raises(RefundError):
+        services.refund_payment(payment, amount=amount, expected_refunded=expected)
+    # The first request was resolved, and that stays: the page now shows 20.00 refunded,
+    # and the next call is not refused for the same reason again.
+    request = RefundRequest.objects.get()
+    assert request.outcome == "made" and request.refund is not None
+    assert payment.amount_refunded == 2000
+    assert payment.transitions.filter(signal="refund_created").count() == 1
+    refund = services.refund_payment(payment, amount=1000, expected_refunded=2000)
+    assert refund.amount == 1000
+    assert ledgepay.made == [1000, 2000]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [{"amount": 5000}, {"payment_id": "pay_other"}, {"currency": "USD"}],
+    ids=["amount", "payment", "currency"],
+)
+def test_an_answer_for_another_refund_is_not_recorded(api, payment, caplog, answer):
+    asked = refund_data(payment.ledgepay_id, id="re_odd", amount=1000)
+    api.add(responses.POST, f"{API}/refunds", status=201, json={**asked, **answer})
+    errors = caplog.at_level(logging.ERROR, logger="django_ledgepay.services")
+    with errors, pytest.raises(APIError, match="instead of"):
+        services.refund_payment(payment, amount=1000)
+    # Nothing recorded as made: the request stays unresolved, its amount held back.
+    assert not Refund.objects.exists()
+    request = RefundRequest.objects.get()
+    assert request.outcome == "unknown" and "instead of" in request.error
+    assert [record.levelname for record in caplog.records] == ["ERROR"]
+    # The next refund sends it again first; the same answer keeps it unresolved, and
+    # nothing new is sent.
+    with pytest.raises(RefundUnresolvedError, match="instead of"):
+        services.refund_payment(payment, amount=500)
+    keys = {call.request.headers["Idempotency-Key"] for call in api.calls}
+    assert keys == {request.idempotency_key}
+    # LedgePay's answer to the resend names the refund asked for: resolved, once.
+    api.replace(responses.POST, f"{API}/refunds", status=201, json=asked)
+    assert services.refund_payment(payment, amount=1000).ledgepay_id == "re_odd"
+    request.refresh_from_db()
+    assert request.outcome == "made"
+    assert payment.amount_refunded == 1000
 
 
 def test_while_ledgepay_is_unreachable_nothing_new_is_sent(api, payment):
