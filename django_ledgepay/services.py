@@ -1359,10 +1359,13 @@ def _check_refund_answer(data: Mapping[str, Any], asked: Mapping[str, Any], curr
     amount, or of another payment, in the mirror); the request stays unknown, shown in the
     admin, and is sent again with its key by the next refund of the payment."""
     expected = {**asked, "currency": currency}
+    said = refund_values(data)  # Ill-typed values are left out: what was sent fills them.
+    if isinstance(data.get("payment_id"), str):
+        said["payment_id"] = data["payment_id"]
     wrong = [
-        f"{name} {data[name]!r} instead of {expected[name]!r}"
+        f"{name} {said[name]!r} instead of {expected[name]!r}"
         for name in ("payment_id", "amount", "currency")
-        if data.get(name) is not None and data[name] != expected[name]
+        if name in said and said[name] != expected[name]
     ]
     if wrong:
         message = f"LedgePay's answer to the refund ({data['id']}) says {', '.join(wrong)}."
