@@ -1,11 +1,14 @@
-"""Webhook deliveries applied in two small SQL statements on PostgreSQL, a redelivery in one.
+"""Webhook deliveries applied in at most two small SQL statements on PostgreSQL: a
+redelivery, and a known pending payment moved (the sale), in one.
 
 (On SQLite, without data-modifying CTEs, the look-up answers a redelivery and records a new
 body for a final payment in one INSERT; every other case takes the general path.)
 
 The first statement looks the delivery up: the event already stored for the body (a
 redelivery, answered with it alone), and the payment the event concerns, with its status and
-fixed facts. What it finds decides the second statement, which mirrors the general path of
+fixed facts. For a ``payment.*`` event it also moves the payment when it is pending, the body
+new and the event's fixed facts the payment's: that case needs nothing more. Otherwise what
+it finds decides the second statement, which mirrors the general path of
 :mod:`django_ledgepay.services` for the case found and leaves every other case to it
 untouched (it then changes nothing and stores nothing). In that one statement, atomically:
 the change is made, the event stored with its outcome, and the change's
@@ -87,13 +90,6 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
     if event_type not in PAYMENT_EVENTS and event_type not in REFUND_EVENTS:
         return None
     data = payload["data"]
-    refund = event_type in REFUND_EVENTS
-    if refund:
-        stored, payment, known_refund = look_up(digest, data["payment_id"], data["id"])
-    else:
-        stored, payment, known_refund = look_up(digest, data["id"])
-    if stored is not None:
-        return FastOutcome(settled=None, stored=stored)
     now = timezone.now()
     event = WebhookEvent(
         event_type=event_type,
@@ -105,6 +101,31 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
         received_at=now,
         processed_at=now,
     )
+    if event_type in REFUND_EVENTS:
+        stored, payment, known_refund = look_up(digest, data["payment_id"], data["id"])
+    elif connection.vendor == "postgresql":
+        # The case that carries a sale, a known pending payment moved, is tried in the
+        # look-up's own statement: one statement for it, as for a redelivery.
+        sql, params, transitions = _pending_payment_statement(
+            data, PAYMENT_EVENTS[event_type], event, now
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        stored, payment = _found(row[:6], digest)
+        known_refund = None
+        if stored is not None:
+            return FastOutcome(settled=None, stored=stored)
+        if row[-1] is not None:
+            return _settled(row[6:], transitions, event, digest)
+        if payment is not None and payment.status == Payment.Status.PENDING:
+            # Not moved: its fixed facts contradict the event, or a rival moved it after
+            # the look-up. The general path decides.
+            return FastOutcome(settled=None, stored=None)
+    else:
+        stored, payment, known_refund = look_up(digest, data["id"])
+    if stored is not None:
+        return FastOutcome(settled=None, stored=stored)
     try:
         statement = _statement(data, event_type, event, now, payment, known_refund)
     except _Unreachable as unreachable:
@@ -117,7 +138,15 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         # An event's INSERT alone returns no row when a rival stored the body first.
-        row: tuple[Any, ...] = cursor.fetchone() or (None, None)
+        row = cursor.fetchone() or (None, None)
+    return _settled(row, transitions, event, digest)
+
+
+def _settled(
+    row: tuple[Any, ...], transitions: list[Transition], event: WebhookEvent, digest: str
+) -> FastOutcome:
+    """The outcome of a statement whose ``row`` is the stored event's id and status (None
+    when a rival stored the body first), then the id of each of ``transitions`` written."""
     stored_id, stored_status, *transition_ids = row
     written = []
     for transition, transition_id in zip(transitions, transition_ids, strict=True):
@@ -201,18 +230,25 @@ def look_up(
     with connection.cursor() as cursor:
         cursor.execute(_look_up_sql(refund=refund_id is not None), params)
         row = cursor.fetchone()
+    stored, payment = _found(row[:6], digest)
+    refund = KnownRefund(*row[6:]) if refund_id is not None and row[6] is not None else None
+    return stored, payment, refund
+
+
+def _found(row: tuple[Any, ...], digest: str) -> tuple[WebhookEvent | None, KnownPayment | None]:
+    """The stored event and the payment of a look-up's first six columns."""
     event_id, event_status = row[:2]
     stored = None
     if event_id is not None:
         stored = WebhookEvent(pk=event_id, status=event_status, body_sha256=digest)
         stored._state.adding = False
     payment = KnownPayment(*row[2:6]) if row[2] is not None else None
-    refund = KnownRefund(*row[6:]) if refund_id is not None and row[6] is not None else None
-    return stored, payment, refund
+    return stored, payment
 
 
 @functools.cache
-def _look_up_sql(*, refund: bool) -> str:
+def _look_up_sql(*, refund: bool, also: str = "") -> str:
+    """The look-up's SELECT; ``also``: more columns after the refund's (or the payment's)."""
     events, payments = _q(WebhookEvent._meta.db_table), _q(Payment._meta.db_table)
     columns = [f"e.{_q('id')}", f"e.{_q('status')}"]
     columns += [f"p.{_q(name)}" for name in KnownPayment._fields]
@@ -223,6 +259,8 @@ def _look_up_sql(*, refund: bool) -> str:
     if refund:
         columns += [f"r.{_q(_field(Refund, name).column)}" for name in KnownRefund._fields]
         joins += f" LEFT JOIN {_q(Refund._meta.db_table)} r ON r.{_q('ledgepay_id')} = %s"
+    if also:
+        columns.append(also)
     return f"SELECT {', '.join(columns)} FROM (SELECT 1) AS one {joins}"
 
 
@@ -323,6 +361,51 @@ def _final_payment_statement(
     return sql, [*params, status, error], []
 
 
+def _pending_payment_statement(
+    data: Mapping[str, Any], announced: str, event: WebhookEvent, now: Any
+) -> tuple[str, list[Any], list[Transition]]:
+    """The look-up, in the statement that moves a known pending payment to the announced
+    status when the body is new and the event's fixed facts are the payment's.
+
+    Its row: the look-up's columns, then the stored event's id and status and the
+    transition's id (None when nothing moved: a redelivery, a payment never seen or final,
+    facts that contradict the mirror's, or a rival that moved it first). The look-up reads
+    the rows as they were before the statement, as PostgreSQL's data-modifying ``WITH``
+    does."""
+    values = {**services.payment_values(data), "status": announced}
+    facts = {name: values.pop(name) for name in sorted(services.FIXED_FACTS) if name in values}
+    moved_values = {**values, "updated_at": now}
+    moved_values.setdefault("completed_at", now)
+    assignments, params = [], []
+    for name, value in moved_values.items():
+        assignments.append(f"{_q(_field(Payment, name).column)} = %s")
+        params.append(_value(Payment, name, value))
+    conditions = [f"{_q('ledgepay_id')} = %s", f"{_q('status')} = %s"]
+    params += [data["id"], Payment.Status.PENDING]
+    for name, value in facts.items():
+        conditions.append(f"{_q(_field(Payment, name).column)} = %s")
+        params.append(_value(Payment, name, value))
+    events = _q(WebhookEvent._meta.db_table)
+    conditions.append(f"NOT EXISTS (SELECT 1 FROM {events} WHERE {_q('body_sha256')} = %s)")
+    params.append(event.body_sha256)
+    changed = (
+        f"changed AS (UPDATE {_q(Payment._meta.db_table)} SET {', '.join(assignments)} "
+        f"WHERE {' AND '.join(conditions)} RETURNING {_q('id')})"
+    )
+    stored, stored_params = _event_insert(event, "%s", "''", "EXISTS (SELECT 1 FROM changed)")
+    params += [*stored_params, WebhookEvent.Status.PROCESSED]
+    transition = reactions.new_transition(
+        services.PAYMENT_TRANSITIONS[announced], payment=Payment(), event=event, now=now
+    )
+    noted, noted_params = _transition_insert("noted", transition, "changed.id", "NULL", "changed")
+    params += [*noted_params, event.body_sha256, data["id"]]
+    look_up_sql = _look_up_sql(
+        refund=False,
+        also="(SELECT id FROM stored), (SELECT status FROM stored), (SELECT id FROM noted)",
+    )
+    return f"WITH {changed}, stored AS ({stored}), {noted} {look_up_sql}", params, [transition]
+
+
 def _payment_statement(
     data: Mapping[str, Any],
     announced: str,
@@ -330,46 +413,24 @@ def _payment_statement(
     now: Any,
     known: KnownPayment | None,
 ) -> tuple[str, list[Any], list[Transition]] | None:
-    """A known pending payment moved, or a payment never seen recorded; None for a case
-    left to the general path: fixed facts that contradict the mirror's, or a payment never
-    seen whose event lacks its amount or currency (it is fetched)."""
+    """A payment never seen recorded; None for a case left to the general path: a known
+    payment (pending, it was tried in the look-up's statement), or a payment never seen
+    whose event lacks its amount or currency (it is fetched)."""
     values = {**services.payment_values(data), "status": announced}
     facts = {name: values.pop(name) for name in sorted(services.FIXED_FACTS) if name in values}
-    if known is not None and _contradicts(facts, known):
+    if known is not None or len(facts) < len(services.FIXED_FACTS):
         return None
-    if known is None and len(facts) < len(services.FIXED_FACTS):
-        return None
-
+    # Recorded as the general path would, unless a rival recorded it first.
     table = _q(Payment._meta.db_table)
-    params: list[Any] = []
-    if known is not None:
-        # Pending: moved to the announced status, unless a rival moved it first.
-        moved_values = {**values, "updated_at": now}
-        moved_values.setdefault("completed_at", now)
-        assignments = []
-        for name, value in moved_values.items():
-            assignments.append(f"{_q(_field(Payment, name).column)} = %s")
-            params.append(_value(Payment, name, value))
-        changed = (
-            f"changed AS (UPDATE {table} SET {', '.join(assignments)} "
-            f"WHERE {_q('id')} = %s AND {_q('status')} = %s RETURNING {_q('id')})"
-        )
-        params += [known.id, Payment.Status.PENDING]
-    else:
-        # Never seen: recorded as the general path would, unless a rival recorded it first.
-        new = Payment(
-            ledgepay_id=data["id"],
-            updated_at=now,
-            **services._new_payment({**values, **facts}),
-        )
-        names, new_values = _columns(new)
-        changed = (
-            f"changed AS (INSERT INTO {table} ({', '.join(names)}) "
-            f"VALUES ({', '.join(['%s'] * len(new_values))}) "
-            f"ON CONFLICT ({_q('ledgepay_id')}) DO NOTHING RETURNING {_q('id')})"
-        )
-        params += new_values
-
+    new = Payment(
+        ledgepay_id=data["id"], updated_at=now, **services._new_payment({**values, **facts})
+    )
+    names, params = _columns(new)
+    changed = (
+        f"changed AS (INSERT INTO {table} ({', '.join(names)}) "
+        f"VALUES ({', '.join(['%s'] * len(params))}) "
+        f"ON CONFLICT ({_q('ledgepay_id')}) DO NOTHING RETURNING {_q('id')})"
+    )
     stored, stored_params = _event_insert(event, "%s", "''", "EXISTS (SELECT 1 FROM changed)")
     params += [*stored_params, WebhookEvent.Status.PROCESSED]
     transition = reactions.new_transition(

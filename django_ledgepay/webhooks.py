@@ -390,13 +390,14 @@ def _outcome(instance: Payment | Refund, announced: str | None) -> tuple[str, st
     return WebhookEvent.Status.FAILED, f"The {kind} is still {instance.status}; not applied."
 
 
-# The hot paths on PostgreSQL: a look-up and one statement (django_ledgepay.statements)
+# The hot paths on PostgreSQL: a look-up and at most one statement more
+# (django_ledgepay.statements)
 
 
 def settle_in_one_statement(body: bytes) -> statements.FastOutcome | None:
-    """Apply a delivery in one SQL statement after one look-up where the database allows
-    (PostgreSQL; on SQLite a new body for a final payment) and the case is one the statement
-    can decide alone; else change nothing and return None or the outcome without
+    """Apply a delivery in one SQL statement, with or after one look-up, where the database
+    allows (PostgreSQL; on SQLite a new body for a final payment) and the case is one the
+    statement can decide alone; else change nothing and return None or the outcome without
     ``settled`` (then take the general path).
 
     Outside a transaction only: the statement is its own transaction, so the change, the

@@ -206,7 +206,7 @@ def on(postgresql: int, elsewhere: int) -> int:
 def test_a_known_pending_payment_and_its_redelivery(client, django_assert_num_queries):
     make_payment(ledgepay_id="pay_a", status="pending")
     payload = paid("pay_a", amount=5000, currency="EUR")
-    response, body, headers = count(django_assert_num_queries, client, payload, on(2, 8))
+    response, body, headers = count(django_assert_num_queries, client, payload, on(1, 8))
     assert response.json() == {"detail": "processed"}
     with django_assert_num_queries(1):  # the look-up alone
         again = client.post(URL, body, content_type="application/json", headers=headers)
@@ -255,13 +255,13 @@ def test_refund_created_and_succeeded_for_a_known_payment(client, django_assert_
 
 def stale(monkeypatch: Any, payment: Any) -> None:
     """The look-up reports the payment as it was (``payment``), not as it is."""
-    look_up = statements.look_up
+    found = statements._found
 
-    def as_it_was(digest: str, payment_id: str, refund_id: str | None = None) -> Any:
-        stored, _, refund = look_up(digest, payment_id, refund_id)
-        return stored, payment, refund
+    def as_it_was(row: tuple[Any, ...], digest: str) -> Any:
+        stored, _ = found(row, digest)
+        return stored, payment
 
-    monkeypatch.setattr(statements, "look_up", as_it_was)
+    monkeypatch.setattr(statements, "_found", as_it_was)
 
 
 def test_a_payment_a_rival_moved_after_the_look_up(client, monkeypatch):
@@ -278,8 +278,14 @@ def test_a_payment_a_rival_moved_after_the_look_up(client, monkeypatch):
 
 
 def test_a_payment_a_rival_recorded_after_the_look_up(client, monkeypatch):
-    make_payment(ledgepay_id="pay_a", status="pending", amount=5000)
-    stale(monkeypatch, None)
+    payment_statement = statements._payment_statement
+
+    def after_the_rival(*args: Any) -> Any:
+        make_payment(ledgepay_id="pay_a", status="pending", amount=5000)
+        return payment_statement(*args)
+
+    # The look-up finds no payment; a rival records it before the INSERT, which yields.
+    monkeypatch.setattr(statements, "_payment_statement", after_the_rival)
     assert post(client, paid("pay_a", amount=5000, currency="EUR")).json() == {
         "detail": "processed"
     }
@@ -377,12 +383,12 @@ def test_a_change_whose_body_a_rival_stored_after_the_look_up_keeps_its_signal(
     assert changed.status == "succeeded"
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's statement")
-def test_a_pending_payment_whose_body_a_rival_stores_meanwhile(client):
-    """The race the test above stands in for, run for real: a rival on the general path
-    whose INSERT of the same body is not committed at the look-up makes the statement's
-    INSERT of the event wait, then yield. The payment is moved once, and its transition
-    names the rival's event."""
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the look-up's own statement")
+def test_a_pending_payment_whose_body_a_rival_stores_during_the_statement(client):
+    """The look-up and the move are one statement: a rival on the general path whose INSERT
+    of the same body is not committed when the statement starts makes the event's INSERT
+    wait, then yield. The payment is moved once, and its transition names the rival's
+    event."""
     make_payment(ledgepay_id="pay_a", status="pending", amount=5000)
     body, headers = signed_webhook(paid("pay_a", amount=5000, currency="EUR"))
     stored, commit, answers = threading.Event(), threading.Event(), []
