@@ -851,9 +851,12 @@ def payment_pages(
             yield PaymentPage(fresh, last=True)
             return
         if oldest is None:
-            logger.warning("LedgePay's page has no created_at to page by; sync stopped early.")
-            yield PaymentPage(fresh, last=True)
-            return
+            # More to list and nothing to page by: stopping here would end silently partial.
+            yield PaymentPage(fresh)
+            raise APIError(
+                "LedgePay's page says there is more, but none of its payments has a "
+                "created_at to page by; the listing cannot go on."
+            )
         next_before = oldest + ONE_SECOND
         current = _datetime(before) if before else None
         if current is None or next_before < current:

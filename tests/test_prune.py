@@ -130,6 +130,8 @@ def test_prune_never_loads_more_than_a_batch():
         (("--days=-3",), "--days must be a whole number of days, at least 1"),
         (("--days=week",), "invalid int value"),
         (("--days=3", "--batch-size=0"), "--batch-size must be at least 1"),
+        (("--days=800000",), "reaches before the calendar's start"),
+        (("--days=1000000000",), "reaches before the calendar's start"),
     ],
 )
 def test_prune_refuses_bad_days(args, message):

@@ -16,7 +16,7 @@ from django_ledgepay.client import LedgePayClient
 from django_ledgepay.models import Payment, Reconciliation, RefundRequest, Transition
 from django_ledgepay.testing import FakeLedgePay
 from tests.conftest import API
-from tests.factories import make_payment
+from tests.factories import make_payment, payment_data
 
 pytestmark = pytest.mark.django_db
 
@@ -367,6 +367,15 @@ def test_a_mirror_payment_ledgepay_does_not_know_is_unknown():
 
 
 # Failures and bad input
+
+
+def test_a_page_with_more_and_nothing_to_page_by_exits_2(api):
+    # Not "clean": the listing could not go on, so what was not listed was not checked.
+    page = [payment_data(created_at=None) for _ in range(3)]
+    api.get(f"{API}/payments", json={"data": page, "has_more": True})
+    out, err, status = run("--format", "json")
+    assert status == 2
+    assert "created_at to page by" in err + out
 
 
 def test_ledgepay_unreachable_midway_exits_2_with_what_was_checked(settings, monkeypatch):

@@ -807,13 +807,15 @@ def test_concurrent_first_sight_creates_one_row(receive):
     assert len(succeeded.calls) == 1
 
 
-def test_sync_payments_stops_when_a_page_has_no_time_to_page_by(api, caplog):
+def test_sync_payments_fails_when_a_page_has_no_time_to_page_by(api):
+    # More to list and nothing to page by: an error, never a sync silently partial; what
+    # the page held is mirrored all the same.
     page = [payment_data(created_at=None), payment_data(created_at=None)]
     api.get(f"{API}/payments", json={"data": page, "has_more": True})
-    result = services.sync_payments()
-    assert result.created == 2
+    with pytest.raises(APIError, match="none of its payments has a created_at"):
+        services.sync_payments()
+    assert Payment.objects.count() == 2
     assert len(api.calls) == 1
-    assert "sync stopped early" in caplog.text
 
 
 # Edges

@@ -117,6 +117,16 @@ def test_sync_command_failing_halfway_reports_what_was_done(api, settings, verbo
     assert ("Page 1:" in out.getvalue()) is (verbosity >= 1)
 
 
+def test_sync_command_fails_on_a_page_with_more_and_nothing_to_page_by(api):
+    page = [payment_data(created_at=None) for _ in range(3)]
+    api.get(f"{API}/payments", json={"data": page, "has_more": True})
+    with pytest.raises(CommandError) as excinfo:
+        call_command("ledgepay_sync", stdout=StringIO())
+    assert "Sync stopped after 1 page (3 payments: 3 created" in str(excinfo.value)
+    assert "created_at to page by" in str(excinfo.value)
+    assert Payment.objects.count() == 3
+
+
 def test_sync_command_failing_later_counts_every_page_done(api, settings):
     settings.LEDGEPAY_MAX_RETRIES = 0
     first = [payment_data(id="pay_a", created_at="2024-01-15T10:30:05Z")]

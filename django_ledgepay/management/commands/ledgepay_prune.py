@@ -59,7 +59,10 @@ class Command(BaseCommand):
             raise CommandError("--days must be a whole number of days, at least 1.")
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
-        cutoff = timezone.now() - datetime.timedelta(days=days)
+        try:
+            cutoff = timezone.now() - datetime.timedelta(days=days)
+        except OverflowError:
+            raise CommandError(f"--days {days} reaches before the calendar's start.") from None
         when = f"received before {cutoff:%Y-%m-%d %H:%M:%S} UTC"
         if options["dry_run"]:
             count = prunable(cutoff).count()
