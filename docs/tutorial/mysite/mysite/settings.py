@@ -83,7 +83,7 @@ DATABASES = {
         "NAME": BASE_DIR / "db.sqlite3",
         # Writers wait for each other, as row locks make them do on PostgreSQL: a webhook
         # that arrives during a refund then waits instead of failing "database is locked".
-        "OPTIONS": {"transaction_mode": "IMMEDIATE"},
+        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
     }
 }
 
