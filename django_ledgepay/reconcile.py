@@ -247,10 +247,22 @@ class _Reconciler:
             return
         amount = values.get("amount", payment.amount)
         currency = values.get("currency", payment.currency)
-        if (amount, currency) != (payment.amount, payment.currency):
+        unreadable = [
+            name
+            for name in ("amount", "currency")
+            if data.get(name) is not None and name not in values
+        ]
+        if unreadable or (amount, currency) != (payment.amount, payment.currency):
+            if unreadable:
+                # Listed, but not as an amount of minor units and a currency code: not the
+                # mirror's, and nothing to compare or repair with.
+                amount, currency = data.get("amount"), data.get("currency")
+                at_ledgepay = f"{amount!r} {currency!r}, which cannot be read,"
+            else:
+                at_ledgepay = format_amount(amount, currency)
             detail = (
                 f"{format_amount(payment.amount, payment.currency)} in the mirror, "
-                f"{format_amount(amount, currency)} at LedgePay: a fixed fact, not repaired."
+                f"{at_ledgepay} at LedgePay: a fixed fact, not repaired."
             )
             entry = _entry(
                 AMOUNT,

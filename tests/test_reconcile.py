@@ -369,6 +369,27 @@ def test_a_mirror_payment_ledgepay_does_not_know_is_unknown():
 # Failures and bad input
 
 
+@pytest.mark.parametrize("listed", [{"amount": "900"}, {"amount": 9.5}, {"currency": 978}])
+def test_an_amount_ledgepay_lists_unreadably_is_drift_not_agreement(api, listed):
+    make_payment(
+        ledgepay_id="pay_1", amount=700, currency="EUR", status="succeeded", created_at=NOON
+    )
+    data = payment_data(
+        id="pay_1",
+        amount=700,
+        currency="EUR",
+        status="succeeded",
+        created_at="2024-01-15T10:30:00Z",
+    )
+    api.get(f"{API}/payments", json={"data": [{**data, **listed}], "has_more": False})
+    out, err, status = run("--format", "json")
+    assert status == 1
+    (entry,) = json.loads(out)["drift"]
+    assert (entry["kind"], entry["repairable"]) == ("amount", False)
+    assert "cannot be read" in entry["detail"]
+    assert Payment.objects.get().amount == 700
+
+
 def test_a_page_with_more_and_nothing_to_page_by_exits_2(api):
     # Not "clean": the listing could not go on, so what was not listed was not checked.
     page = [payment_data(created_at=None) for _ in range(3)]
