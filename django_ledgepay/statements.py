@@ -194,7 +194,9 @@ def _statement(
         return None  # A change with its transition: a data-modifying CTE, PostgreSQL's.
     if event_type in REFUND_EVENTS:
         return _refund_statement(data, REFUND_EVENTS[event_type], event, now, payment, refund)
-    return _payment_statement(data, PAYMENT_EVENTS[event_type], event, now, payment)
+    if payment is not None:
+        return None  # Pending: the look-up's own statement tried it (see apply()).
+    return _unseen_payment_statement(data, PAYMENT_EVENTS[event_type], event, now)
 
 
 class _Unreachable(Exception):
@@ -392,33 +394,37 @@ def _pending_payment_statement(
         f"changed AS (UPDATE {_q(Payment._meta.db_table)} SET {', '.join(assignments)} "
         f"WHERE {' AND '.join(conditions)} RETURNING {_q('id')})"
     )
-    stored, stored_params = _event_insert(event, "%s", "''", "EXISTS (SELECT 1 FROM changed)")
-    params += [*stored_params, WebhookEvent.Status.PROCESSED]
-    transition = reactions.new_transition(
-        services.PAYMENT_TRANSITIONS[announced], payment=Payment(), event=event, now=now
-    )
-    noted, noted_params = _transition_insert("noted", transition, "changed.id", "NULL", "changed")
-    params += [*noted_params, event.body_sha256, data["id"]]
+    recorded, recorded_params, transition = _stored_and_noted(event, announced, now)
+    params += [*recorded_params, event.body_sha256, data["id"]]
     look_up_sql = _look_up_sql(
         refund=False,
         also="(SELECT id FROM stored), (SELECT status FROM stored), (SELECT id FROM noted)",
     )
-    return f"WITH {changed}, stored AS ({stored}), {noted} {look_up_sql}", params, [transition]
+    return f"WITH {changed}, {recorded} {look_up_sql}", params, [transition]
 
 
-def _payment_statement(
-    data: Mapping[str, Any],
-    announced: str,
-    event: WebhookEvent,
-    now: Any,
-    known: KnownPayment | None,
+def _stored_and_noted(
+    event: WebhookEvent, announced: str, now: Any
+) -> tuple[str, list[Any], Transition]:
+    """``stored`` and ``noted``, after a ``changed`` that returns the payment it moved or
+    recorded: the event's INSERT and its transition's, made only when there is one."""
+    stored, params = _event_insert(event, "%s", "''", "EXISTS (SELECT 1 FROM changed)")
+    transition = reactions.new_transition(
+        services.PAYMENT_TRANSITIONS[announced], payment=Payment(), event=event, now=now
+    )
+    noted, noted_params = _transition_insert("noted", transition, "changed.id", "NULL", "changed")
+    sql = f"stored AS ({stored}), {noted}"
+    return sql, [*params, WebhookEvent.Status.PROCESSED, *noted_params], transition
+
+
+def _unseen_payment_statement(
+    data: Mapping[str, Any], announced: str, event: WebhookEvent, now: Any
 ) -> tuple[str, list[Any], list[Transition]] | None:
-    """A payment never seen recorded; None for a case left to the general path: a known
-    payment (pending, it was tried in the look-up's statement), or a payment never seen
-    whose event lacks its amount or currency (it is fetched)."""
+    """A payment never seen recorded; None when its event lacks its amount or currency
+    (the general path fetches it)."""
     values = {**services.payment_values(data), "status": announced}
     facts = {name: values.pop(name) for name in sorted(services.FIXED_FACTS) if name in values}
-    if known is not None or len(facts) < len(services.FIXED_FACTS):
+    if len(facts) < len(services.FIXED_FACTS):
         return None
     # Recorded as the general path would, unless a rival recorded it first.
     table = _q(Payment._meta.db_table)
@@ -431,15 +437,10 @@ def _payment_statement(
         f"VALUES ({', '.join(['%s'] * len(params))}) "
         f"ON CONFLICT ({_q('ledgepay_id')}) DO NOTHING RETURNING {_q('id')})"
     )
-    stored, stored_params = _event_insert(event, "%s", "''", "EXISTS (SELECT 1 FROM changed)")
-    params += [*stored_params, WebhookEvent.Status.PROCESSED]
-    transition = reactions.new_transition(
-        services.PAYMENT_TRANSITIONS[announced], payment=Payment(), event=event, now=now
-    )
-    noted, noted_params = _transition_insert("noted", transition, "changed.id", "NULL", "changed")
-    params += noted_params
+    recorded, recorded_params, transition = _stored_and_noted(event, announced, now)
+    params += recorded_params
     sql = (
-        f"WITH {changed}, stored AS ({stored}), {noted} "
+        f"WITH {changed}, {recorded} "
         "SELECT (SELECT id FROM stored), (SELECT status FROM stored), (SELECT id FROM noted)"
     )
     return sql, params, [transition]

@@ -278,14 +278,14 @@ def test_a_payment_a_rival_moved_after_the_look_up(client, monkeypatch):
 
 
 def test_a_payment_a_rival_recorded_after_the_look_up(client, monkeypatch):
-    payment_statement = statements._payment_statement
+    unseen_statement = statements._unseen_payment_statement
 
     def after_the_rival(*args: Any) -> Any:
         make_payment(ledgepay_id="pay_a", status="pending", amount=5000)
-        return payment_statement(*args)
+        return unseen_statement(*args)
 
     # The look-up finds no payment; a rival records it before the INSERT, which yields.
-    monkeypatch.setattr(statements, "_payment_statement", after_the_rival)
+    monkeypatch.setattr(statements, "_unseen_payment_statement", after_the_rival)
     assert post(client, paid("pay_a", amount=5000, currency="EUR")).json() == {
         "detail": "processed"
     }
