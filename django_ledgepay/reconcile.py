@@ -94,8 +94,8 @@ class Report:
             counts[entry["kind"]] += 1
         return {
             "drift": self.drift,
-            "since": _iso(self.since),
-            "until": _iso(self.until),
+            "since": services.iso_z(self.since),
+            "until": services.iso_z(self.until),
             "applied": self.applied,
             "outcome": self.outcome,
             "pages": self.pages,
@@ -111,10 +111,10 @@ class Report:
 
     def __str__(self) -> str:
         checked, pages, found = self.checked, self.pages, len(self.drift)
+        since, until = services.iso_z(self.since), services.iso_z(self.until)
         text = (
             f"{checked} payment{pluralize(checked)} checked in {pages} page{pluralize(pages)}"
-            f" ({self.checked_by_id} by id) from {_iso(self.since)} to {_iso(self.until)}: "
-            f"{found} drift"
+            f" ({self.checked_by_id} by id) from {since} to {until}: {found} drift"
         )
         if self.applied:
             text += f", {self.repaired} repaired, {len(self.remaining)} remaining"
@@ -316,7 +316,7 @@ class _Reconciler:
             None,
             f"{unlisted}: payments missing from the mirror there cannot be seen.",
             repairable=False,
-            second=_iso(unlisted.second),
+            second=services.iso_z(unlisted.second),
             status=unlisted.status,
             listed=unlisted.listed,
             unverified=0,
@@ -412,10 +412,6 @@ def _second(moment: datetime.datetime) -> datetime.datetime:
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment, datetime.timezone.utc)
     return moment.astimezone(datetime.timezone.utc).replace(microsecond=0)
-
-
-def _iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def describe(entries: Iterable[Mapping[str, Any]]) -> Iterable[str]:

@@ -958,6 +958,13 @@ def _item_id(item: Mapping[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
+def iso_z(moment: datetime.datetime) -> str:
+    """``moment`` in UTC as LedgePay writes times, ``2024-01-15T10:32:15Z`` (the year in four
+    digits, which strftime's ``%Y`` does not give before the year 1000 on glibc)."""
+    utc = moment.astimezone(datetime.timezone.utc).replace(microsecond=0, tzinfo=None)
+    return f"{utc.isoformat()}Z"
+
+
 def _api_time(value: datetime.datetime | str | None, param: str) -> str | None:
     if value is None:
         return None
@@ -967,7 +974,7 @@ def _api_time(value: datetime.datetime | str | None, param: str) -> str | None:
     if timezone.is_naive(moment):
         moment = timezone.make_aware(moment, datetime.timezone.utc)
     try:
-        return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return iso_z(moment)
     except OverflowError as err:
         raise InvalidRequestError(f"{param} is out of range.", param=param) from err
 

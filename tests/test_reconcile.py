@@ -390,6 +390,23 @@ def test_an_amount_ledgepay_lists_unreadably_is_drift_not_agreement(api, listed)
     assert Payment.objects.get().amount == 700
 
 
+def test_a_window_before_the_year_1000_is_asked_and_reported_in_iso_8601(api):
+    api.get(f"{API}/payments", json={"data": [], "has_more": False})
+    out = StringIO()
+    call_command(
+        "ledgepay_reconcile",
+        "--since=0002-01-01",
+        "--until=0002-06-01",
+        "--format=json",
+        stdout=out,
+        stderr=StringIO(),
+    )
+    report = json.loads(out.getvalue())
+    assert (report["since"], report["until"]) == ("0002-01-01T00:00:00Z", "0002-06-01T00:00:00Z")
+    query = dict(parse_qsl(urlsplit(api.calls[0].request.url).query))
+    assert query["created_after"] == "0001-12-31T23:59:59Z"
+
+
 def test_a_page_with_more_and_nothing_to_page_by_exits_2(api):
     # Not "clean": the listing could not go on, so what was not listed was not checked.
     page = [payment_data(created_at=None) for _ in range(3)]
