@@ -14,6 +14,11 @@ untouched (it then changes nothing and stores nothing). In that one statement, a
 the change is made, the event stored with its outcome, and the change's
 :class:`~django_ledgepay.models.Transition` written.
 
+A ``payment.*`` delivery signed :data:`LATE_AFTER` seconds or more after its event's
+``timestamp`` is most likely one of LedgePay's retries, of a body applied before: it is
+looked up with a plain ``SELECT`` first, which answers such a retry alone (PostgreSQL would
+plan the move's statement for nothing), and a pending payment found is then moved as above.
+
 - ``payment.*``: a known pending payment moves to the announced status (``WHERE status =
   'pending'``); a payment never seen is created from the event's data when it holds an
   amount and a currency; a final payment, which never changes, only records the event's
@@ -34,6 +39,7 @@ compares the rows they leave.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 from collections.abc import Mapping
@@ -43,6 +49,7 @@ from typing import Any, NamedTuple, cast
 from django.db import connection
 from django.db.models import Field, Model
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from django_ledgepay import reactions, services
 from django_ledgepay.exceptions import LedgePayError
@@ -81,9 +88,15 @@ class KnownRefund(NamedTuple):
     created_at: Any
 
 
-def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
+def apply(
+    payload: Mapping[str, Any], digest: str, *, signed_at: float | None = None
+) -> FastOutcome | None:
     """Apply a validated event in at most two statements; None when the event is of no
-    type handled here (take the general path). PostgreSQL and SQLite only."""
+    type handled here (take the general path). PostgreSQL and SQLite only.
+
+    ``signed_at``: the signature's timestamp. A payment event signed :data:`LATE_AFTER`
+    seconds or more after its own ``timestamp`` is most likely a retry, and is looked up
+    first (see :func:`signed_late`)."""
     from django_ledgepay.webhooks import PAYMENT_EVENTS, REFUND_EVENTS
 
     event_type = payload["event"]
@@ -101,29 +114,27 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
         received_at=now,
         processed_at=now,
     )
+    known_refund = None
     if event_type in REFUND_EVENTS:
         stored, payment, known_refund = look_up(digest, data["payment_id"], data["id"])
-    elif connection.vendor == "postgresql":
+    elif connection.vendor != "postgresql":
+        stored, payment, _ = look_up(digest, data["id"])
+    elif not signed_late(payload, signed_at):
         # The case that carries a sale, a known pending payment moved, is tried in the
         # look-up's own statement: one statement for it, as for a redelivery.
-        sql, params, transitions = _pending_payment_statement(
-            data, PAYMENT_EVENTS[event_type], event, now
-        )
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
-        stored, payment = _found(row[:6], digest)
-        known_refund = None
-        if stored is not None:
-            return FastOutcome(settled=None, stored=stored)
-        if row[-1] is not None:
-            return _settled(row[6:], transitions, event, digest)
-        if payment is not None and payment.status == Payment.Status.PENDING:
-            # Not moved: its fixed facts contradict the event, or a rival moved it after
-            # the look-up. The general path decides.
-            return FastOutcome(settled=None, stored=None)
+        decided, payment = _move_if_pending(data, PAYMENT_EVENTS[event_type], event, now)
+        if decided is not None:
+            return decided
+        stored = None
     else:
-        stored, payment, known_refund = look_up(digest, data["id"])
+        # A retry: most likely of a body applied before, which the plain look-up answers
+        # alone, without PostgreSQL planning the move it would not make. A pending payment
+        # found is then moved as above (the look-up repeated in the move's statement).
+        stored, payment, _ = look_up(digest, data["id"])
+        if stored is None and payment is not None and payment.status == Payment.Status.PENDING:
+            decided, payment = _move_if_pending(data, PAYMENT_EVENTS[event_type], event, now)
+            if decided is not None:
+                return decided
     if stored is not None:
         return FastOutcome(settled=None, stored=stored)
     try:
@@ -140,6 +151,55 @@ def apply(payload: Mapping[str, Any], digest: str) -> FastOutcome | None:
         # An event's INSERT alone returns no row when a rival stored the body first.
         row = cursor.fetchone() or (None, None)
     return _settled(row, transitions, event, digest)
+
+
+def _move_if_pending(
+    data: Mapping[str, Any], announced: str, event: WebhookEvent, now: Any
+) -> tuple[FastOutcome | None, KnownPayment | None]:
+    """The look-up in the statement that moves a known pending payment
+    (:func:`_pending_payment_statement`); the outcome when that decided the delivery, and
+    the payment found (None when never seen)."""
+    sql, params, transitions = _pending_payment_statement(data, announced, event, now)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    stored, payment = _found(row[:6], event.body_sha256)
+    if stored is not None:
+        return FastOutcome(settled=None, stored=stored), payment
+    if row[-1] is not None:
+        return _settled(row[6:], transitions, event, event.body_sha256), payment
+    if payment is not None and payment.status == Payment.Status.PENDING:
+        # Not moved: its fixed facts contradict the event, or a rival moved it after the
+        # look-up. The general path decides.
+        return FastOutcome(settled=None, stored=None), payment
+    return None, payment  # Final or never seen: the statement of its case.
+
+
+#: Seconds between an event's ``timestamp`` and a delivery's signature from which the
+#: delivery is taken for a retry. LedgePay signs each attempt when it sends it; a first
+#: attempt follows its event within a second or two, a retry comes after the attempt before
+#: it failed or timed out, and after a back-off.
+LATE_AFTER = 30
+
+
+def signed_late(payload: Mapping[str, Any], signed_at: float | None) -> bool:
+    """Whether a delivery signed at ``signed_at`` (Unix seconds) was signed
+    :data:`LATE_AFTER` seconds or more after its event's ``timestamp``.
+
+    It only chooses which statement runs first: either order applies any delivery alike.
+    False when either time is missing or unreadable (a naive ``timestamp`` is UTC)."""
+    stamp = payload.get("timestamp")
+    if signed_at is None or not isinstance(stamp, str):
+        return False
+    try:
+        happened = parse_datetime(stamp)
+    except ValueError:
+        return False
+    if happened is None:
+        return False
+    if happened.tzinfo is None:
+        happened = happened.replace(tzinfo=datetime.timezone.utc)
+    return signed_at - happened.timestamp() >= LATE_AFTER
 
 
 def _settled(

@@ -49,7 +49,7 @@ class WebhookView(View):
         except RequestDataTooBig:
             return _answer(400, "The body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE.")
         try:
-            webhooks.verify_signature(
+            signed_at = webhooks.verify_signature(
                 body,
                 request.headers.get(webhooks.SIGNATURE_HEADER),
                 conf.webhook_secrets,
@@ -60,17 +60,17 @@ class WebhookView(View):
             return _answer(400, err.message)
 
         try:
-            return self.apply(body)
+            return self.apply(body, signed_at=signed_at)
         except OperationalError:
             # The database is down or locked: nothing was stored, LedgePay delivers again.
             logger.exception("Webhook delivery not stored: the database failed")
             return _answer(503, "The event could not be stored now; deliver it again.")
 
-    def apply(self, body: bytes) -> HttpResponse:
-        """Store and apply a delivery whose signature passed."""
+    def apply(self, body: bytes, *, signed_at: float | None = None) -> HttpResponse:
+        """Store and apply a delivery whose signature passed (signed at ``signed_at``)."""
         if conf.LEDGEPAY_WEBHOOK_PROCESSING == WEBHOOK_PROCESSING_TASK:
             return self.store(body)
-        fast = webhooks.settle_in_one_statement(body)
+        fast = webhooks.settle_in_one_statement(body, signed_at=signed_at)
         if fast is not None and fast.settled is not None:
             if fast.settled.status == WebhookEvent.Status.FAILED:
                 return _answer(503, KEPT_FOR_REDELIVERY)

@@ -394,7 +394,9 @@ def _outcome(instance: Payment | Refund, announced: str | None) -> tuple[str, st
 # (django_ledgepay.statements)
 
 
-def settle_in_one_statement(body: bytes) -> statements.FastOutcome | None:
+def settle_in_one_statement(
+    body: bytes, *, signed_at: float | None = None
+) -> statements.FastOutcome | None:
     """Apply a delivery in one SQL statement, with or after one look-up, where the database
     allows (PostgreSQL; on SQLite a new body for a final payment) and the case is one the
     statement can decide alone; else change nothing and return None or the outcome without
@@ -402,6 +404,7 @@ def settle_in_one_statement(body: bytes) -> statements.FastOutcome | None:
 
     Outside a transaction only: the statement is its own transaction, so the change, the
     stored event and its transition commit together, and a redelivery costs the look-up.
+    ``signed_at``, the signature's timestamp, tells a retry, looked up first.
     """
     if connection.in_atomic_block or not (
         connection.vendor == "postgresql"
@@ -412,4 +415,4 @@ def settle_in_one_statement(body: bytes) -> statements.FastOutcome | None:
         payload = parse_event(body)
     except WebhookPayloadError:
         return None
-    return statements.apply(payload, hashlib.sha256(body).hexdigest())
+    return statements.apply(payload, hashlib.sha256(body).hexdigest(), signed_at=signed_at)

@@ -26,6 +26,7 @@ PATHS = (
     "refund-succeeded",
     "refund-unseen",
     "receiver",
+    "redelivery-soon",
 )
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "")

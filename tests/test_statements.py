@@ -3,6 +3,8 @@ as the general path they mirror, and what happens when the mirror moved after th
 
 from __future__ import annotations
 
+import datetime
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -12,8 +14,9 @@ import pytest
 import requests
 
 from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 
-from django_ledgepay import statements, webhooks
+from django_ledgepay import services, signals, statements, webhooks
 from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
 from django_ledgepay.testing import signed_webhook
 from tests.conftest import API, lock_waiters
@@ -38,6 +41,12 @@ def paid(payment_id: str, **data: Any) -> dict[str, Any]:
 
 def refund_event(kind: str, refund_id: str, payment_id: str, **data: Any) -> dict[str, Any]:
     return {"event": kind, "data": {"id": refund_id, "payment_id": payment_id, **data}}
+
+
+def happened(payload: dict[str, Any], at: int) -> dict[str, Any]:
+    """``payload`` with the event's ``timestamp`` at ``at`` (Unix seconds)."""
+    moment = datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
+    return {**payload, "timestamp": services.iso_z(moment)}
 
 
 # Scenarios: the state before, and the deliveries (each also delivered twice).
@@ -159,9 +168,13 @@ def rows() -> dict[str, Any]:
     }
 
 
-def run(client: Any, scenario: str) -> tuple[dict[str, Any], list[int]]:
+def run(client: Any, scenario: str, *, late: bool = False) -> tuple[dict[str, Any], list[int]]:
+    """The rows and answers the scenario's deliveries leave; ``late``: each event happened
+    an hour before it is signed (a retry, looked up first)."""
     codes = []
     for payload in SCENARIOS[scenario]():
+        if late:
+            payload = happened(payload, int(time.time()) - 3600)
         codes += [post(client, payload).status_code for _ in range(2)]
     return rows(), codes
 
@@ -180,10 +193,26 @@ def test_the_statement_leaves_the_rows_of_the_general_path(client, monkeypatch, 
     fast, fast_codes = run(client, scenario)
     reset()
     with monkeypatch.context() as patched:
-        patched.setattr(webhooks, "settle_in_one_statement", lambda body: None)
+        patched.setattr(webhooks, "settle_in_one_statement", lambda body, **kw: None)
         general, general_codes = run(client, scenario)
     assert fast == general
     assert fast_codes == general_codes
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_a_retry_looked_up_first_leaves_the_rows_of_the_general_path(client, api, scenario):
+    for payment_id, answer in FETCHED.items():
+        api.get(f"{API}/payments/{payment_id}", json=answer)
+    late, late_codes = run(client, scenario, late=True)
+    reset()
+    prompt, prompt_codes = run(client, scenario)
+    # The same rows as a prompt delivery's, which match the general path's (above), but
+    # for the events' bodies, which hold their timestamps.
+    for rows_left in (late, prompt):
+        rows_left["events"] = sorted(event[1:] for event in rows_left["events"])
+        rows_left["transitions"] = sorted(t[:4] + t[5:] for t in rows_left["transitions"])
+    assert late == prompt
+    assert late_codes == prompt_codes
 
 
 # What each delivery costs
@@ -247,6 +276,116 @@ def test_refund_created_and_succeeded_for_a_known_payment(client, django_assert_
         "refund_created",
         "refund_succeeded",
     ]
+
+
+# A retry, signed well after its event: looked up first, with the plain SELECT.
+
+postgresql_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the look-up's own statement"
+)
+
+
+def deliver(client: Any, body: bytes, signed_at: int) -> tuple[Any, list[str]]:
+    """The answer to ``body`` signed at ``signed_at``, and the first word of each query."""
+    _, headers = signed_webhook(body, timestamp=signed_at)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(URL, body, content_type="application/json", headers=headers)
+    return response.json(), [query["sql"].split(None, 1)[0] for query in queries]
+
+
+@postgresql_only
+def test_a_retry_of_an_applied_body_is_answered_by_the_plain_look_up(client):
+    make_payment(ledgepay_id="pay_a", status="pending")
+    now = int(time.time())
+    body = json.dumps(happened(paid("pay_a", amount=5000, currency="EUR"), now - 60)).encode()
+    # Its first attempt, signed as the event happened: the sale in one statement.
+    assert deliver(client, body, now - 60) == ({"detail": "processed"}, ["WITH"])
+    # LedgePay's retries: one signed soon after (the move's statement answers it), one a
+    # minute later (the look-up alone).
+    assert deliver(client, body, now - 59) == ({"detail": "duplicate"}, ["WITH"])
+    assert deliver(client, body, now) == ({"detail": "duplicate"}, ["SELECT"])
+    assert list(Transition.objects.values_list("signal", flat=True)) == ["payment_succeeded"]
+
+
+@postgresql_only
+@pytest.mark.parametrize(
+    ("status", "answer", "statements_run"),
+    [
+        # A pending payment: the look-up, then the move's statement, which repeats it.
+        ("pending", "processed", ["SELECT", "WITH"]),
+        # A final payment: the look-up, then the event alone.
+        ("succeeded", "processed", ["SELECT", "INSERT"]),
+        ("failed", "ignored", ["SELECT", "INSERT"]),
+        # A payment never seen: the look-up, then its three INSERTs.
+        (None, "processed", ["SELECT", "WITH"]),
+    ],
+)
+def test_a_first_delivery_signed_late_is_applied_in_two_statements(
+    client, receive, status, answer, statements_run
+):
+    if status is not None:
+        make_payment(ledgepay_id="pay_a", status=status, amount=5000)
+    sent = receive(signals.payment_succeeded)
+    now = int(time.time())
+    payload = happened(paid("pay_a", amount=5000, currency="EUR"), now - 3600)
+    moved = status in {"pending", None}
+    # After the change, the receiver's delivery: the transition read, then its success
+    # recorded in the receiver's transaction.
+    delivered = ["SELECT", "BEGIN", "WITH", "COMMIT"] if moved else []
+    assert deliver(client, json.dumps(payload).encode(), now) == (
+        {"detail": answer},
+        statements_run + delivered,
+    )
+    assert Payment.objects.get().status == ("succeeded" if moved else status)
+    assert len(sent.calls) == int(moved)
+    assert Transition.objects.count() == int(moved)
+    assert WebhookEvent.objects.get().status == answer
+
+
+@postgresql_only
+def test_a_late_delivery_whose_payment_a_rival_moves_after_the_look_up(client, receive):
+    """The look-up finds the payment pending; a rival moves it before the move's statement,
+    which then finds it final: this body is stored with its own outcome, the change made
+    once."""
+    payment = make_payment(ledgepay_id="pay_a", status="pending", amount=5000)
+    sent = receive(signals.payment_succeeded)
+    look_up = statements.look_up
+
+    def then_the_rival(*args: Any) -> Any:
+        found = look_up(*args)
+        Payment.objects.filter(pk=payment.pk).update(status="failed")
+        return found
+
+    now = int(time.time())
+    body = json.dumps(happened(paid("pay_a", amount=5000, currency="EUR"), now - 120)).encode()
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(statements, "look_up", then_the_rival)
+        answer, run = deliver(client, body, now)
+    # The look-up, the rival's UPDATE, the move's statement (nothing moved), the event alone.
+    assert (answer, run) == ({"detail": "ignored"}, ["SELECT", "UPDATE", "WITH", "INSERT"])
+    assert Payment.objects.get().status == "failed"
+    assert sent.calls == []
+    assert not Transition.objects.exists()
+
+
+def test_signed_late_reads_the_event_timestamp():
+    def late(stamp: Any, signed_at: float | None = 1_700_000_000) -> bool:
+        return statements.signed_late({"timestamp": stamp}, signed_at)
+
+    at = 1_700_000_000 - statements.LATE_AFTER
+    moment = datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
+    assert late(services.iso_z(moment))
+    assert not late(services.iso_z(moment + datetime.timedelta(seconds=1)))
+    # No time zone: UTC.
+    assert late(moment.replace(tzinfo=None).isoformat())
+    assert not late((moment + datetime.timedelta(seconds=1)).replace(tzinfo=None).isoformat())
+    # Another zone's clock, the same moment.
+    assert late(moment.astimezone(datetime.timezone(datetime.timedelta(hours=5))).isoformat())
+    # Nothing to tell by: a first delivery, the move's statement first.
+    for unreadable in (None, 1_700_000_000, "", "yesterday", "2024-13-45T10:00:00Z"):
+        assert not late(unreadable)
+    assert not late(services.iso_z(moment), signed_at=None)
+    assert not statements.signed_late({}, 1_700_000_000)
 
 
 # The mirror moved between the look-up and the statement: the statement changes nothing, and
@@ -383,7 +522,7 @@ def test_a_change_whose_body_a_rival_stored_after_the_look_up_keeps_its_signal(
     assert changed.status == "succeeded"
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the look-up's own statement")
+@postgresql_only
 def test_a_pending_payment_whose_body_a_rival_stores_during_the_statement(client):
     """The look-up and the move are one statement: a rival on the general path whose INSERT
     of the same body is not committed when the statement starts makes the event's INSERT
