@@ -13,7 +13,7 @@ Statements per delivery on PostgreSQL (``bench/run.py`` counts them):
 
 - ``succeeded``: the payment's id (SELECT), the event (INSERT), the payment (conditional
   UPDATE), the transition (INSERT): 4.
-- ``redelivery``: the body's hash looked up (SELECT), answered: 1.
+- ``redelivery`` and ``redelivery-soon``: the body's hash looked up (SELECT), answered: 1.
 - ``final``: as ``succeeded`` for a payment no longer pending: SELECT and INSERT, 2.
 - ``unseen``: the event, the payment and the transition (three INSERTs): 3.
 - ``refund-created``: the payment locked (SELECT ... FOR UPDATE), the event, the refund and
@@ -320,6 +320,7 @@ def with_receiver(payload: dict[str, Any], digest: str, now: datetime.datetime) 
 HANDLERS: dict[str, Handler] = {
     "succeeded": payment_event,
     "redelivery": redelivery,
+    "redelivery-soon": redelivery,
     "final": payment_event,
     "unseen": unseen_payment,
     "refund-created": refund_created,
