@@ -10,6 +10,10 @@ In one run, on this machine (its cores, CPU and Python are printed first):
    ``http.server`` answering a body of the same size, one request to each in turn on one
    keep-alive ``http.client`` connection each: median and range in microseconds, and the
    ratio of the medians (target: at most 2) with the range of the ratios of ten blocks.
+   Three times: with both servers in a Python process of their own, as an app reaches
+   ``manage.py ledgepay_sandbox`` (the target is judged there); in the client's process, as
+   the tests' fixture runs the sandbox; and so again with every thread on one core, where
+   no thread waits for another core to wake it.
    For reference, the same bare server as ``http.server`` answers by default (headers and
    body in two sends, no ``TCP_NODELAY``), which is how the sandbox answered before: the
    body waits for the client's delayed ACK.
@@ -184,60 +188,143 @@ def describe(times: list[float]) -> str:
     )
 
 
-def round_trips(requests: int, blocks: int = 10) -> dict[str, Any]:
+@contextmanager
+def round_trip_servers() -> Iterator[dict[str, Any]]:
+    """A sandbox holding one payment and both bare servers, answering with its body; yields
+    their ports, the payment's path and the body's length."""
     from django_ledgepay.sandbox import Sandbox
 
     with Sandbox() as sandbox:
         payment = sandbox.state.create_payment(NEW)
-        path = f"/v1/payments/{payment['id']}"
         body = json.dumps(payment).encode()
         bare = bare_server(body, one_send=True)
         default = bare_server(body, one_send=False)
         try:
-            ports = {"sandbox": sandbox.port, "bare": bare.server_address[1]}
-            connections = {
-                name: http.client.HTTPConnection("127.0.0.1", port) for name, port in ports.items()
+            yield {
+                "ports": {
+                    "sandbox": sandbox.port,
+                    "bare": bare.server_address[1],
+                    "default": default.server_address[1],
+                },
+                "path": f"/v1/payments/{payment['id']}",
+                "size": len(body),
             }
-            for name, connection in connections.items():
-                timed_gets(connection, path if name == "sandbox" else "/", 100)  # Warm-up.
-            # One request to each in turn, so that both see the machine as it is.
-            times: dict[str, list[float]] = {name: [] for name in connections}
-            paths = {"sandbox": path, "bare": "/"}
-            names = list(connections)
-            for number in range(requests):
-                for name in names if number % 2 == 0 else names[::-1]:
-                    times[name].extend(timed_gets(connections[name], paths[name], 1))
-            per_block = max(1, requests // blocks)
-            ratios = [
-                statistics.median(times["sandbox"][start : start + per_block])
-                / statistics.median(times["bare"][start : start + per_block])
-                for start in range(0, requests, per_block)
-            ]
-            for connection in connections.values():
-                connection.close()
-            stalled = http.client.HTTPConnection("127.0.0.1", default.server_address[1])
-            timed_gets(stalled, "/", 3)
-            times["default"] = timed_gets(stalled, "/", 25)
-            stalled.close()
         finally:
             bare.shutdown()
             default.shutdown()
-    ratio = statistics.median(times["sandbox"]) / statistics.median(times["bare"])
-    print(f"\n1. Keep-alive GET round trip, a {len(body)}-byte body, {requests} requests each")
-    print(f"   sandbox                            {describe(times['sandbox'])}")
-    print(f"   bare http.server (one send)        {describe(times['bare'])}")
-    print(f"   bare http.server, default sends    {describe(times['default'])}  (reference)")
-    met = "met" if ratio <= ROUND_TRIP_TARGET else "NOT met"
-    print(
-        f"   sandbox / bare: {ratio:.2f} (blocks {min(ratios):.2f}-{max(ratios):.2f}); "
-        f"target at most {ROUND_TRIP_TARGET:.0f}: {met}"
+
+
+def serve_round_trips() -> None:
+    """``--serve``: the servers of :func:`round_trip_servers`, until stdin closes; their
+    ports, path and size first, as one line of JSON."""
+    with round_trip_servers() as servers:
+        print(json.dumps(servers), flush=True)
+        sys.stdin.read()
+
+
+@contextmanager
+def servers_in_a_process() -> Iterator[dict[str, Any]]:
+    """:func:`round_trip_servers` in a Python process of their own (``--serve``)."""
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
+    try:
+        assert child.stdout is not None
+        yield json.loads(child.stdout.readline())
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=30)
+
+
+def interleaved(servers: dict[str, Any], requests: int, blocks: int) -> dict[str, Any]:
+    """``requests`` GETs to the sandbox and to the bare server, one to each in turn (so that
+    both see the machine as it is), each on a kept-alive connection; then 25 to the bare
+    server as it answers by default."""
+    ports = servers["ports"]
+    paths = {"sandbox": servers["path"], "bare": "/"}
+    connections = {name: http.client.HTTPConnection("127.0.0.1", ports[name]) for name in paths}
+    for name, connection in connections.items():
+        timed_gets(connection, paths[name], 100)  # Warm-up.
+    times: dict[str, list[float]] = {name: [] for name in connections}
+    names = list(connections)
+    for number in range(requests):
+        for name in names if number % 2 == 0 else names[::-1]:
+            times[name].extend(timed_gets(connections[name], paths[name], 1))
+    for connection in connections.values():
+        connection.close()
+    per_block = max(1, requests // blocks)
+    ratios = [
+        statistics.median(times["sandbox"][start : start + per_block])
+        / statistics.median(times["bare"][start : start + per_block])
+        for start in range(0, requests, per_block)
+    ]
+    stalled = http.client.HTTPConnection("127.0.0.1", ports["default"])
+    timed_gets(stalled, "/", 3)
+    times["default"] = timed_gets(stalled, "/", 25)
+    stalled.close()
     return {
-        "sandbox_us": statistics.median(times["sandbox"]) * 1e6,
-        "bare_us": statistics.median(times["bare"]) * 1e6,
-        "default_us": statistics.median(times["default"]) * 1e6,
-        "ratio": ratio,
+        "times": times,
+        "ratio": statistics.median(times["sandbox"]) / statistics.median(times["bare"]),
+        "blocks": (min(ratios), max(ratios)),
     }
+
+
+@contextmanager
+def servers_on_one_core() -> Iterator[dict[str, Any]]:
+    """:func:`round_trip_servers` in the client's process, every thread on one core."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})  # This thread, and the threads it starts.
+    try:
+        with round_trip_servers() as servers:
+            yield servers
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+#: Where the servers run, and whether the target is judged there.
+LAYOUTS = (
+    (
+        "in a process of their own, as `manage.py ledgepay_sandbox` runs",
+        servers_in_a_process,
+        True,
+    ),
+    ("in the client's process, as the tests' fixture runs it", round_trip_servers, False),
+    ("in the client's process, all on one core", servers_on_one_core, False),
+)
+
+
+def round_trips(requests: int, blocks: int = 10) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for number, (layout, servers, judged) in enumerate(LAYOUTS):
+        with servers() as found:
+            run = interleaved(found, requests, blocks)
+        times = run["times"]
+        if number == 0:
+            print(
+                f"\n1. Keep-alive GET round trip, a {found['size']}-byte body, {requests}"
+                " requests each"
+            )
+        print(f"   servers {layout}")
+        print(f"   sandbox                            {describe(times['sandbox'])}")
+        print(f"   bare http.server (one send)        {describe(times['bare'])}")
+        print(f"   bare http.server, default sends    {describe(times['default'])}  (reference)")
+        low, high = run["blocks"]
+        verdict = ""
+        if judged:
+            met = "met" if run["ratio"] <= ROUND_TRIP_TARGET else "NOT met"
+            verdict = f"; target at most {ROUND_TRIP_TARGET:.0f}: {met}"
+        print(f"   sandbox / bare: {run['ratio']:.2f} (blocks {low:.2f}-{high:.2f}){verdict}")
+        results[layout] = {
+            "sandbox_us": statistics.median(times["sandbox"]) * 1e6,
+            "bare_us": statistics.median(times["bare"]) * 1e6,
+            "default_us": statistics.median(times["default"]) * 1e6,
+            "ratio": run["ratio"],
+        }
+    return results
 
 
 # 2. List pages
@@ -480,7 +567,12 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="profile the first sync")
     parser.add_argument("--sync-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        configure_django()
+        serve_round_trips()
+        return 0
     if args.sync_only:
         with tempfile.TemporaryDirectory(prefix="ledgepay-bench-") as directory:
             configure_django(args.database, directory=directory)
