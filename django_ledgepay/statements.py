@@ -364,7 +364,14 @@ def _event_insert(
 ) -> tuple[str, list[Any]]:
     """The event's INSERT with its status and error decided in SQL, only ``when``; a rival
     that stored the same body first wins (ON CONFLICT), and then nothing is returned."""
-    names, values = _columns(event, skip=frozenset({"status", "error"}))
+    # A delivery's second statement stores the same event as its first would have: its
+    # columns are prepared once (the payload's JSON among them).
+    prepared = event.__dict__.get("_ledgepay_columns")
+    if prepared is None:
+        prepared = event.__dict__["_ledgepay_columns"] = _columns(
+            event, skip=frozenset({"status", "error"})
+        )
+    names, values = prepared[0], list(prepared[1])
     sql = (
         f"INSERT INTO {_q(WebhookEvent._meta.db_table)} "
         f"({', '.join(names)}, {_q('status')}, {_q('error')}) "
@@ -468,13 +475,21 @@ def _stored_and_noted(
 ) -> tuple[str, list[Any], Transition]:
     """``stored`` and ``noted``, after a ``changed`` that returns the payment it moved or
     recorded: the event's INSERT and its transition's, made only when there is one."""
+    # Built once per delivery: a payment never seen, looked up in the move's statement,
+    # is recorded in a second statement with the same event and transition.
+    key = f"_ledgepay_noted_{announced}"
+    built: tuple[str, list[Any], Transition] | None = event.__dict__.get(key)
+    if built is not None:
+        return built[0], list(built[1]), built[2]
     stored, params = _event_insert(event, "%s", "''", "EXISTS (SELECT 1 FROM changed)")
     transition = reactions.new_transition(
         services.PAYMENT_TRANSITIONS[announced], payment=Payment(), event=event, now=now
     )
     noted, noted_params = _transition_insert("noted", transition, "changed.id", "NULL", "changed")
     sql = f"stored AS ({stored}), {noted}"
-    return sql, [*params, WebhookEvent.Status.PROCESSED, *noted_params], transition
+    params = [*params, WebhookEvent.Status.PROCESSED, *noted_params]
+    event.__dict__[key] = (sql, params, transition)
+    return sql, list(params), transition
 
 
 def _unseen_payment_statement(
