@@ -39,23 +39,23 @@ compares the rows they leave.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from django.db import connection
 from django.db.models import Field, Model
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from django_ledgepay import reactions, services
 from django_ledgepay.exceptions import LedgePayError
 from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
 
 logger = logging.getLogger("django_ledgepay.webhooks")
+
+_Built = TypeVar("_Built")
 
 
 @dataclass(frozen=True)
@@ -188,17 +188,9 @@ def signed_late(payload: Mapping[str, Any], signed_at: float | None) -> bool:
 
     It only chooses which statement runs first: either order applies any delivery alike.
     False when either time is missing or unreadable (a naive ``timestamp`` is UTC)."""
-    stamp = payload.get("timestamp")
-    if signed_at is None or not isinstance(stamp, str):
+    happened = services._datetime(payload.get("timestamp"))
+    if signed_at is None or happened is None:
         return False
-    try:
-        happened = parse_datetime(stamp)
-    except ValueError:
-        return False
-    if happened is None:
-        return False
-    if happened.tzinfo is None:
-        happened = happened.replace(tzinfo=datetime.timezone.utc)
     return signed_at - happened.timestamp() >= LATE_AFTER
 
 
@@ -359,19 +351,25 @@ def _columns(instance: Model, skip: frozenset[str] = frozenset()) -> tuple[list[
     return names, values
 
 
+def _once(event: WebhookEvent, key: str, build: Callable[[], _Built]) -> _Built:
+    """``build()``, made once per delivery and kept on its ``event`` under ``key``: a
+    delivery's second statement (a payment never seen or final, looked up in the move's
+    statement) stores the same event, with the same transition, as its first would have."""
+    kept: _Built | None = event.__dict__.get(key)
+    if kept is None:
+        kept = event.__dict__[key] = build()
+    return kept
+
+
 def _event_insert(
     event: WebhookEvent, status_sql: str, error_sql: str, when: str
 ) -> tuple[str, list[Any]]:
     """The event's INSERT with its status and error decided in SQL, only ``when``; a rival
     that stored the same body first wins (ON CONFLICT), and then nothing is returned."""
-    # A delivery's second statement stores the same event as its first would have: its
-    # columns are prepared once (the payload's JSON among them).
-    prepared = event.__dict__.get("_ledgepay_columns")
-    if prepared is None:
-        prepared = event.__dict__["_ledgepay_columns"] = _columns(
-            event, skip=frozenset({"status", "error"})
-        )
-    names, values = prepared[0], list(prepared[1])
+    names, values = _once(
+        event, "_ledgepay_columns", lambda: _columns(event, skip=frozenset({"status", "error"}))
+    )
+    values = list(values)
     sql = (
         f"INSERT INTO {_q(WebhookEvent._meta.db_table)} "
         f"({', '.join(names)}, {_q('status')}, {_q('error')}) "
@@ -475,20 +473,19 @@ def _stored_and_noted(
 ) -> tuple[str, list[Any], Transition]:
     """``stored`` and ``noted``, after a ``changed`` that returns the payment it moved or
     recorded: the event's INSERT and its transition's, made only when there is one."""
-    # Built once per delivery: a payment never seen, looked up in the move's statement,
-    # is recorded in a second statement with the same event and transition.
-    key = f"_ledgepay_noted_{announced}"
-    built: tuple[str, list[Any], Transition] | None = event.__dict__.get(key)
-    if built is not None:
-        return built[0], list(built[1]), built[2]
-    stored, params = _event_insert(event, "%s", "''", "EXISTS (SELECT 1 FROM changed)")
-    transition = reactions.new_transition(
-        services.PAYMENT_TRANSITIONS[announced], payment=Payment(), event=event, now=now
-    )
-    noted, noted_params = _transition_insert("noted", transition, "changed.id", "NULL", "changed")
-    sql = f"stored AS ({stored}), {noted}"
-    params = [*params, WebhookEvent.Status.PROCESSED, *noted_params]
-    event.__dict__[key] = (sql, params, transition)
+
+    def build() -> tuple[str, list[Any], Transition]:
+        stored, params = _event_insert(event, "%s", "''", "EXISTS (SELECT 1 FROM changed)")
+        transition = reactions.new_transition(
+            services.PAYMENT_TRANSITIONS[announced], payment=Payment(), event=event, now=now
+        )
+        noted, noted_params = _transition_insert(
+            "noted", transition, "changed.id", "NULL", "changed"
+        )
+        sql = f"stored AS ({stored}), {noted}"
+        return sql, [*params, WebhookEvent.Status.PROCESSED, *noted_params], transition
+
+    sql, params, transition = _once(event, f"_ledgepay_noted_{announced}", build)
     return sql, list(params), transition
 
 
