@@ -11,9 +11,12 @@ In one run, on this machine (its cores, CPU and Python are printed first):
    keep-alive ``http.client`` connection each: median and range in microseconds, and the
    ratio of the medians (target: at most 2) with the range of the ratios of ten blocks.
    Three times: with both servers in a Python process of their own, as an app reaches
-   ``manage.py ledgepay_sandbox`` (the target is judged there); in the client's process, as
-   the tests' fixture runs the sandbox; and so again with every thread on one core, where
-   no thread waits for another core to wake it.
+   ``manage.py ledgepay_sandbox`` (the target is judged there); in the client's process with
+   every thread on one core, where no thread waits for another core to wake it and the
+   difference is the sandbox's own work per request; and in the client's process on every
+   core, as the tests' fixture runs the sandbox, with a control beside it: a bare server
+   that first spends as long in Python as the sandbox's own work, holding the GIL as it
+   does (what any server doing that much more costs a client that shares its GIL).
    For reference, the same bare server as ``http.server`` answers by default (headers and
    body in two sends, no ``TCP_NODELAY``), which is how the sandbox answered before: the
    body waits for the client's delayed ACK.
@@ -134,9 +137,10 @@ def machine() -> str:
 # 1. Round trip
 
 
-def bare_server(body: bytes, *, one_send: bool) -> ThreadingHTTPServer:
+def bare_server(body: bytes, *, one_send: bool, work: float = 0.0) -> ThreadingHTTPServer:
     """``http.server`` answering every GET with ``body``: with TCP_NODELAY and headers and
-    body in one send (``one_send``), or as it does by default."""
+    body in one send (``one_send``), or as it does by default; after ``work`` seconds of
+    busy Python per request (holding the GIL, as the sandbox's own work does)."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -152,6 +156,10 @@ def bare_server(body: bytes, *, one_send: bool) -> ThreadingHTTPServer:
             pass
 
         def do_GET(self) -> None:
+            if work:
+                until = time.perf_counter() + work
+                while time.perf_counter() < until:
+                    pass
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -189,29 +197,33 @@ def describe(times: list[float]) -> str:
 
 
 @contextmanager
-def round_trip_servers() -> Iterator[dict[str, Any]]:
-    """A sandbox holding one payment and both bare servers, answering with its body; yields
-    their ports, the payment's path and the body's length."""
+def round_trip_servers(work: float = 0.0) -> Iterator[dict[str, Any]]:
+    """A sandbox holding one payment and the bare servers, answering with its body; yields
+    their ports, the payment's path and the body's length. With ``work`` (seconds), also a
+    bare server that spends that long in Python on each request before it answers."""
     from django_ledgepay.sandbox import Sandbox
 
     with Sandbox() as sandbox:
         payment = sandbox.state.create_payment(NEW)
         body = json.dumps(payment).encode()
-        bare = bare_server(body, one_send=True)
-        default = bare_server(body, one_send=False)
+        bare = {
+            "bare": bare_server(body, one_send=True),
+            "default": bare_server(body, one_send=False),
+        }
+        if work:
+            bare["busy"] = bare_server(body, one_send=True, work=work)
         try:
             yield {
                 "ports": {
                     "sandbox": sandbox.port,
-                    "bare": bare.server_address[1],
-                    "default": default.server_address[1],
+                    **{name: server.server_address[1] for name, server in bare.items()},
                 },
                 "path": f"/v1/payments/{payment['id']}",
                 "size": len(body),
             }
         finally:
-            bare.shutdown()
-            default.shutdown()
+            for server in bare.values():
+                server.shutdown()
 
 
 def serve_round_trips() -> None:
@@ -241,11 +253,13 @@ def servers_in_a_process() -> Iterator[dict[str, Any]]:
 
 
 def interleaved(servers: dict[str, Any], requests: int, blocks: int) -> dict[str, Any]:
-    """``requests`` GETs to the sandbox and to the bare server, one to each in turn (so that
-    both see the machine as it is), each on a kept-alive connection; then 25 to the bare
-    server as it answers by default."""
+    """``requests`` GETs to the sandbox and to the bare server (and to the busy one, when
+    there is one), one to each in turn (so that all see the machine as it is), each on a
+    kept-alive connection; then 25 to the bare server as it answers by default."""
     ports = servers["ports"]
     paths = {"sandbox": servers["path"], "bare": "/"}
+    if "busy" in ports:
+        paths["busy"] = "/"
     connections = {name: http.client.HTTPConnection("127.0.0.1", ports[name]) for name in paths}
     for name, connection in connections.items():
         timed_gets(connection, paths[name], 100)  # Warm-up.
@@ -285,24 +299,30 @@ def servers_on_one_core() -> Iterator[dict[str, Any]]:
         os.sched_setaffinity(0, cores)
 
 
-#: Where the servers run, and whether the target is judged there.
+#: Where the servers run, and whether the target is judged there. On one core before the
+#: client's process on two: the sandbox's own work per request, measured there, is what
+#: the busy bare server spends in the layout after it.
 LAYOUTS = (
-    (
-        "in a process of their own, as `manage.py ledgepay_sandbox` runs",
-        servers_in_a_process,
-        True,
-    ),
-    ("in the client's process, as the tests' fixture runs it", round_trip_servers, False),
-    ("in the client's process, all on one core", servers_on_one_core, False),
+    ("in a process of their own, as `manage.py ledgepay_sandbox` runs", "own", True),
+    ("in the client's process, all on one core", "one core", False),
+    ("in the client's process, as the tests' fixture runs it", "shared", False),
 )
 
 
 def round_trips(requests: int, blocks: int = 10) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for number, (layout, servers, judged) in enumerate(LAYOUTS):
-        with servers() as found:
+    work = 0.0
+    for number, (layout, kind, judged) in enumerate(LAYOUTS):
+        if kind == "own":
+            servers = servers_in_a_process()
+        elif kind == "one core":
+            servers = servers_on_one_core()
+        else:
+            servers = round_trip_servers(work)
+        with servers as found:
             run = interleaved(found, requests, blocks)
         times = run["times"]
+        medians = {name: statistics.median(values) for name, values in times.items()}
         if number == 0:
             print(
                 f"\n1. Keep-alive GET round trip, a {found['size']}-byte body, {requests}"
@@ -311,6 +331,9 @@ def round_trips(requests: int, blocks: int = 10) -> dict[str, Any]:
         print(f"   servers {layout}")
         print(f"   sandbox                            {describe(times['sandbox'])}")
         print(f"   bare http.server (one send)        {describe(times['bare'])}")
+        if "busy" in times:
+            label = f"bare, {work * 1e6:.0f} µs of Python first"
+            print(f"   {label:35}{describe(times['busy'])}  (control)")
         print(f"   bare http.server, default sends    {describe(times['default'])}  (reference)")
         low, high = run["blocks"]
         verdict = ""
@@ -318,11 +341,21 @@ def round_trips(requests: int, blocks: int = 10) -> dict[str, Any]:
             met = "met" if run["ratio"] <= ROUND_TRIP_TARGET else "NOT met"
             verdict = f"; target at most {ROUND_TRIP_TARGET:.0f}: {met}"
         print(f"   sandbox / bare: {run['ratio']:.2f} (blocks {low:.2f}-{high:.2f}){verdict}")
+        if kind == "one core":
+            # One core runs one thread at a time: the difference is the sandbox's own work.
+            work = max(0.0, medians["sandbox"] - medians["bare"])
+            print(f"   the sandbox's own work: {work * 1e6:.0f} µs a request")
+        if "busy" in times:
+            print(
+                f"   busy bare / bare: {medians['busy'] / medians['bare']:.2f}: what that much"
+                " more work per request costs any server sharing the client's GIL"
+            )
         results[layout] = {
-            "sandbox_us": statistics.median(times["sandbox"]) * 1e6,
-            "bare_us": statistics.median(times["bare"]) * 1e6,
-            "default_us": statistics.median(times["default"]) * 1e6,
+            "sandbox_us": medians["sandbox"] * 1e6,
+            "bare_us": medians["bare"] * 1e6,
+            "default_us": medians["default"] * 1e6,
             "ratio": run["ratio"],
+            **({"busy_us": medians["busy"] * 1e6} if "busy" in times else {}),
         }
     return results
 
