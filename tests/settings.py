@@ -36,6 +36,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     if DATABASES["default"]["NAME"] in ("", ":memory:"):
         DATABASES["default"]["NAME"] = f"{_file}.sqlite3"
     DATABASES["default"]["TEST"] = {"NAME": f"{_file}-{os.getpid()}-test.sqlite3"}
+elif os.environ.get("LEDGEPAY_TEST_SERVER_SIDE_BINDING") == "1":
+    # Parameters bound by PostgreSQL, as a project that sets Django's server_side_binding
+    # has them, and a statement prepared from its second run on (psycopg's
+    # prepare_threshold 1; at 0 Django's own migrations fail, some of their statements
+    # being two commands): the raw SQL of django_ledgepay.statements and the reactions must
+    # work there too. (A URL's ?server_side_binding=true gives the string "true", which
+    # Django does not take for True.)
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        server_side_binding=True, prepare_threshold=1
+    )
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
