@@ -54,11 +54,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -299,27 +299,39 @@ def servers_on_one_core() -> Iterator[dict[str, Any]]:
         os.sched_setaffinity(0, cores)
 
 
-#: Where the servers run, and whether the target is judged there. On one core before the
-#: client's process on two: the sandbox's own work per request, measured there, is what
-#: the busy bare server spends in the layout after it.
+class Layout(NamedTuple):
+    """Where the servers run."""
+
+    label: str
+    #: The servers, given the sandbox's own work per request (seconds) measured so far.
+    servers: Callable[[float], AbstractContextManager[dict[str, Any]]]
+    #: Whether the target is judged here.
+    judged: bool = False
+    #: One thread at a time: the difference from the bare server is the sandbox's own work,
+    #: which the busy bare server of the layouts after it spends.
+    alone: bool = False
+
+
 LAYOUTS = (
-    ("in a process of their own, as `manage.py ledgepay_sandbox` runs", "own", True),
-    ("in the client's process, all on one core", "one core", False),
-    ("in the client's process, as the tests' fixture runs it", "shared", False),
+    Layout(
+        "in a process of their own, as `manage.py ledgepay_sandbox` runs",
+        lambda work: servers_in_a_process(),
+        judged=True,
+    ),
+    Layout(
+        "in the client's process, all on one core",
+        lambda work: servers_on_one_core(),
+        alone=True,
+    ),
+    Layout("in the client's process, as the tests' fixture runs it", round_trip_servers),
 )
 
 
 def round_trips(requests: int, blocks: int = 10) -> dict[str, Any]:
     results: dict[str, Any] = {}
     work = 0.0
-    for number, (layout, kind, judged) in enumerate(LAYOUTS):
-        if kind == "own":
-            servers = servers_in_a_process()
-        elif kind == "one core":
-            servers = servers_on_one_core()
-        else:
-            servers = round_trip_servers(work)
-        with servers as found:
+    for number, (layout, servers, judged, alone) in enumerate(LAYOUTS):
+        with servers(work) as found:
             run = interleaved(found, requests, blocks)
         times = run["times"]
         medians = {name: statistics.median(values) for name, values in times.items()}
@@ -341,8 +353,7 @@ def round_trips(requests: int, blocks: int = 10) -> dict[str, Any]:
             met = "met" if run["ratio"] <= ROUND_TRIP_TARGET else "NOT met"
             verdict = f"; target at most {ROUND_TRIP_TARGET:.0f}: {met}"
         print(f"   sandbox / bare: {run['ratio']:.2f} (blocks {low:.2f}-{high:.2f}){verdict}")
-        if kind == "one core":
-            # One core runs one thread at a time: the difference is the sandbox's own work.
+        if alone:
             work = max(0.0, medians["sandbox"] - medians["bare"])
             print(f"   the sandbox's own work: {work * 1e6:.0f} µs a request")
         if "busy" in times:
