@@ -34,7 +34,7 @@ from django.urls import reverse
 
 from django_ledgepay.conf import Secret, conf
 from django_ledgepay.sandbox.state import Driver, LedgePayState, event_payload
-from django_ledgepay.webhooks import SIGNATURE_HEADER, signature_header
+from django_ledgepay.signatures import SIGNATURE_HEADER, signature_header
 
 __all__ = ["FakeLedgePay", "post_webhook", "signed_webhook"]
 

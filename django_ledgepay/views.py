@@ -12,7 +12,7 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from django_ledgepay import tasks, webhooks
+from django_ledgepay import signatures, tasks, webhooks
 from django_ledgepay.conf import WEBHOOK_PROCESSING_TASK, conf
 from django_ledgepay.exceptions import WebhookSignatureError
 from django_ledgepay.models import WebhookEvent
@@ -49,9 +49,9 @@ class WebhookView(View):
         except RequestDataTooBig:
             return _answer(400, "The body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE.")
         try:
-            signed_at = webhooks.verify_signature(
+            signed_at = signatures.verify_signature(
                 body,
-                request.headers.get(webhooks.SIGNATURE_HEADER),
+                request.headers.get(signatures.SIGNATURE_HEADER),
                 conf.webhook_secrets,
                 tolerance=conf.LEDGEPAY_WEBHOOK_TOLERANCE,
             )

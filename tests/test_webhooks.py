@@ -14,7 +14,7 @@ import requests
 from django.core.exceptions import SuspiciousOperation
 from django.db import connection, transaction
 
-from django_ledgepay import services, signals, webhooks
+from django_ledgepay import services, signals, signatures, webhooks
 from django_ledgepay.exceptions import WebhookPayloadError, WebhookSignatureError
 from django_ledgepay.models import Payment, Refund, WebhookEvent
 from tests.conftest import API
@@ -133,7 +133,7 @@ def test_signature_comparison_is_constant_time_and_checks_every_entry(monkeypatc
         compared.append((a, b))
         return a == b
 
-    monkeypatch.setattr(webhooks, "constant_time_compare", spy)
+    monkeypatch.setattr(signatures, "constant_time_compare", spy)
     header = webhooks.signature_header(BODY, ["a", "b"], NOW)
     webhooks.verify_signature(BODY, header, ["a", "b"], now=NOW)
     assert len(compared) == 4  # No early exit on the first match.

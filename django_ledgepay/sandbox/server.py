@@ -34,7 +34,7 @@ from django_ledgepay.sandbox.state import (
     event_payload,
     is_http_url,
 )
-from django_ledgepay.webhooks import SIGNATURE_HEADER, signature_header
+from django_ledgepay.signatures import SIGNATURE_HEADER, signature_header
 
 logger = logging.getLogger(__name__)
 
