@@ -53,6 +53,11 @@ RATE_LIMIT_WAIT_CAP: Final = 60.0
 #: How much of an unreadable error body goes into an exception's message.
 RAW_ERROR_CHARS: Final = 200
 
+#: The shortest run of the API key's characters :func:`redact` hides wherever it appears.
+REDACT_MIN_CHARS: Final = 8
+#: What :func:`redact` puts in place of a piece of the key.
+REDACTED: Final = "[redacted]"
+
 #: What an API key may hold: printable ASCII without spaces, as an HTTP header carries it.
 API_KEY_PATTERN: Final = re.compile(r"[!-~]+")
 
@@ -306,8 +311,16 @@ class LedgePayClient:
             self._wait_for_rate_limit(waits, method, path, again=attempt > 0)
             started = monotonic()
             try:
+                # A redirect is never followed: its target's answer is not LedgePay's, and
+                # the key would travel with the request to wherever it points.
                 response = session.request(
-                    method, url, params=params, json=json, headers=headers, timeout=timeout
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    headers=headers,
+                    timeout=timeout,
+                    allow_redirects=False,
                 )
             except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
                 error: LedgePayError = _error_from_failure(err, method, path)
@@ -338,6 +351,13 @@ class LedgePayClient:
             )
             if response.status_code < 300:
                 return _decode(response, method, path)
+            if response.status_code < 400:
+                raise APIError(
+                    f"LedgePay answered {method} {path} with a redirect (HTTP "
+                    f"{response.status_code}), which the client does not follow; check "
+                    "LEDGEPAY_API_BASE.",
+                    http_status=response.status_code,
+                )
             error = _error_from_response(response, api_key)
             retryable = response.status_code == 429 or response.status_code >= 500
             if not retryable or attempt >= max_retries:
@@ -427,8 +447,10 @@ def _error_from_response(response: requests.Response, api_key: str) -> LedgePayE
     elif isinstance(error, str):
         message = error
     if not message:
-        # Redacted before the cut, so no piece of the key is left at the end.
-        message = redact(response.text, api_key).strip()[:RAW_ERROR_CHARS]
+        # Redacted before the cut, so no piece of the key is left at the end; only the
+        # start of a long body is read.
+        raw = response.text.strip()[: RAW_ERROR_CHARS + len(api_key)]
+        message = redact(raw, api_key).strip()[:RAW_ERROR_CHARS]
         message = message or error_class.default_message
     return error_class(
         redact(message, api_key),
@@ -449,22 +471,48 @@ def _error_from_failure(failure: Exception, method: str, path: str) -> LedgePayE
 
 
 def _shows_key(failure: BaseException, api_key: str) -> bool:
-    """Whether the key is in the text of ``failure`` or of an exception in its chain."""
+    """Whether a piece of the key (see :func:`redact`) is in the text of ``failure`` or of
+    an exception in its chain."""
     seen: set[int] = set()
     current: BaseException | None = failure
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if api_key in str(current) or api_key in repr(current):
-            return True
+        for text in (str(current), repr(current)):
+            if redact(text, api_key) != text:
+                return True
         cause = current.__cause__
         current = cause if cause or current.__suppress_context__ else current.__context__
     return False
 
 
 def redact(text: str, api_key: str | None = None) -> str:
-    """``text`` with the API key replaced, should the provider echo it back."""
+    """``text`` with every piece of the API key it holds replaced by ``[redacted]``.
+
+    A piece is any run of :data:`REDACT_MIN_CHARS` or more consecutive characters of the
+    key (the whole key, when it is shorter), so an answer echoing the key's start, end or
+    middle shows none of it. Overlapping or adjacent pieces are replaced as one.
+    ``api_key`` defaults to ``LEDGEPAY_API_KEY``.
+    """
     api_key = conf.LEDGEPAY_API_KEY if api_key is None else api_key
-    return text.replace(api_key, "[redacted]") if api_key else text
+    if not api_key or not text:
+        return text
+    size = min(REDACT_MIN_CHARS, len(api_key))
+    pieces = {api_key[start : start + size] for start in range(len(api_key) - size + 1)}
+    hidden = [False] * len(text)
+    found = False
+    for start in range(len(text) - size + 1):
+        if text[start : start + size] in pieces:
+            hidden[start : start + size] = [True] * size
+            found = True
+    if not found:
+        return text
+    parts: list[str] = []
+    for position, character in enumerate(text):
+        if not hidden[position]:
+            parts.append(character)
+        elif position == 0 or not hidden[position - 1]:
+            parts.append(REDACTED)
+    return "".join(parts)
 
 
 def _backoff(attempt: int) -> float:
@@ -513,3 +561,8 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     if reset is not None:
         return reset - now()
     return None
+
+
+def get_client() -> LedgePayClient:
+    """The client the services call LedgePay with."""
+    return LedgePayClient()

@@ -18,7 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import RequestFactory, override_settings
 from django.views.debug import ExceptionReporter
 
-from django_ledgepay import client
+from django_ledgepay import client, services
 from django_ledgepay.client import (
     BACKOFF_BASE,
     BACKOFF_CAP,
@@ -37,7 +37,9 @@ from django_ledgepay.exceptions import (
     NotFoundError,
     RateLimitError,
 )
+from django_ledgepay.models import RefundRequest
 from tests.conftest import API
+from tests.factories import make_payment
 
 KEY = "sk_test_tests_secret_key_123"
 PAYMENT: dict[str, Any] = {
@@ -1390,6 +1392,133 @@ def test_a_key_that_cannot_go_in_a_header_is_improperly_configured(api, settings
     assert "sk_test" not in str(excinfo.value)
     assert "sk_test" not in repr(excinfo.value)
     assert len(api.calls) == 0
+
+
+def pieces_of_the_key(text: str, key: str = KEY) -> list[str]:
+    """Every run of 8 consecutive characters of ``key`` that ``text`` holds."""
+    return [
+        key[start : start + 8] for start in range(len(key) - 7) if key[start : start + 8] in text
+    ]
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [KEY[:8], KEY[:13] + "...", "..." + KEY[-9:], KEY[8:20], f"{KEY[:10]}***{KEY[-8:]}"],
+    ids=["prefix", "longer-prefix", "suffix", "middle", "prefix-and-suffix"],
+)
+def test_a_piece_of_the_key_echoed_in_an_answer_is_redacted(api, echo):
+    body = error_body(f"Invalid API key {echo} provided", "authentication_error", param=echo)
+    api.get(f"{API}/payments/pay_1", json=body, status=401)
+
+    with pytest.raises(AuthenticationError) as excinfo:
+        LedgePayClient().retrieve_payment("pay_1")
+
+    error = excinfo.value
+    assert "[redacted]" in error.message
+    assert pieces_of_the_key(repr(vars(error))) == []
+    assert pieces_of_the_key(str(error)) == []
+
+
+def test_a_piece_of_the_key_in_raw_text_is_redacted(api):
+    api.get(f"{API}/payments/pay_1", body=f"key {KEY[:12]} is not valid", status=401)
+
+    with pytest.raises(AuthenticationError) as excinfo:
+        LedgePayClient().retrieve_payment("pay_1")
+
+    assert excinfo.value.message == "key [redacted] is not valid"
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        (f"a {KEY} b", "a [redacted] b"),
+        (f"a {KEY[:8]} b", "a [redacted] b"),
+        (f"a {KEY[:7]} b", f"a {KEY[:7]} b"),
+        (f"{KEY[3:11]}{KEY[3:11]}", "[redacted]"),
+        (f"{KEY[:9]} and {KEY[-9:]}", "[redacted] and [redacted]"),
+        ("nothing here", "nothing here"),
+        ("", ""),
+    ],
+)
+def test_redact_hides_every_run_of_eight_characters_of_the_key(text, redacted):
+    assert client.redact(text) == redacted
+    assert client.redact(text, KEY) == redacted
+
+
+def test_redact_hides_a_short_key_whole(settings):
+    assert client.redact("key abc123 and abc12", "abc123") == "key [redacted] and abc12"
+    settings.LEDGEPAY_API_KEY = ""
+    assert client.redact(f"key {KEY}") == f"key {KEY}"
+
+
+def test_a_transport_failure_naming_a_piece_of_the_key_does_not_carry_it(api, settings):
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    failure = requests.ConnectionError(f"reset while sending Bearer {KEY[:12]}")
+    api.get(f"{API}/payments/pay_1", body=failure)
+
+    with pytest.raises(APIConnectionError) as excinfo:
+        LedgePayClient().retrieve_payment("pay_1")
+
+    assert excinfo.value.__cause__ is None
+    assert excinfo.value.__suppress_context__ is True
+
+
+@pytest.mark.django_db
+def test_a_refund_request_keeps_no_piece_of_the_key_an_answer_echoed(api, settings):
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    payment = make_payment()
+    body = error_body(f"Upstream rejected key {KEY[:14]}", "api_error")
+    api.post(f"{API}/refunds", json=body, status=500)
+
+    with pytest.raises(APIError):
+        services.refund_payment(payment)
+
+    request = RefundRequest.objects.get()
+    assert "[redacted]" in request.error
+    assert pieces_of_the_key(request.error) == []
+
+
+# Redirects are never followed
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_redirect_is_not_followed_and_is_an_api_error(api, sleeps, status, method):
+    elsewhere = "https://elsewhere.example/v1/payments"
+    api.add(method, f"{API}/payments", status=status, headers={"Location": elsewhere})
+    api.add(method, elsewhere, json={"data": [], "has_more": False, **PAYMENT}, status=200)
+
+    lp = LedgePayClient()
+    with pytest.raises(APIError, match=f"HTTP {status}") as excinfo:
+        if method == "POST":
+            lp.create_payment(PARAMS)
+        else:
+            lp.list_payments()
+
+    assert excinfo.value.http_status == status
+    assert "redirect" in excinfo.value.message
+    # Sent once, to LedgePay only: neither followed nor retried.
+    assert [call.request.url.split("?")[0] for call in api.calls] == [f"{API}/payments"]
+    assert sleeps == []
+
+
+def test_every_request_is_sent_without_following_redirects(api, monkeypatch):
+    sent: list[dict[str, Any]] = []
+    session = client.get_session()
+    original = session.request
+
+    def request(*args: Any, **kwargs: Any) -> Any:
+        sent.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(session, "request", request)
+    api.get(f"{API}/payments/pay_1", json=PAYMENT)
+    api.post(f"{API}/refunds", json=REFUND, status=201)
+
+    LedgePayClient().retrieve_payment("pay_1")
+    LedgePayClient().create_refund({"payment_id": "pay_1"})
+
+    assert [kwargs["allow_redirects"] for kwargs in sent] == [False, False]
 
 
 SECRET_KEY = "sk_live_DistinctiveKey_4f9a2c71"
