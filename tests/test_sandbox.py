@@ -28,7 +28,7 @@ from django.core.management import CommandError, call_command
 
 from django_ledgepay.management.commands.ledgepay_sandbox import Command as SandboxCommand
 from django_ledgepay.sandbox import Sandbox, StateFileError, storage
-from django_ledgepay.sandbox.server import _Handler
+from django_ledgepay.sandbox.handler import Handler
 from django_ledgepay.sandbox.state import LedgePayState
 from django_ledgepay.webhooks import signature_header, verify_signature
 
@@ -681,7 +681,7 @@ def test_an_attempt_that_breaks_the_sandbox_is_logged_and_retried(caplog):
     try:
         with (
             caplog.at_level(logging.INFO, logger="django_ledgepay.sandbox"),
-            mock.patch("django_ledgepay.sandbox.server.signature_header", breaking),
+            mock.patch("django_ledgepay.sandbox.delivery.signature_header", breaking),
             Sandbox(
                 webhook_url=receiver.url, webhook_secret=SECRET, delivery_backoff=0.01
             ) as sandbox,
@@ -742,7 +742,7 @@ def test_a_refund_due_while_the_sandbox_is_stopped_completes(caplog):
             assert sandbox.wait_until(lambda: sandbox._refunds_due == 0, timeout=5)
             assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
             assert receiver.events == []
-            assert sandbox._undelivered == 3
+            assert sandbox.outbox.undelivered == 3
             # ...and its event goes out, in order, once the sandbox runs again.
             sandbox.start()
             assert sandbox.wait_for_deliveries()
@@ -931,9 +931,9 @@ def test_answers_leave_with_tcp_nodelay_in_one_send(sandbox, monkeypatch):
     # Headers and body in two sends, without TCP_NODELAY, made every keep-alive answer wait
     # for the client's delayed ACK (about 40 ms).
     nodelay: list[int] = []
-    setup = _Handler.setup
+    setup = Handler.setup
 
-    def recording_setup(handler: _Handler) -> None:
+    def recording_setup(handler: Handler) -> None:
         setup(handler)
         nodelay.append(handler.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
@@ -944,7 +944,7 @@ def test_answers_leave_with_tcp_nodelay_in_one_send(sandbox, monkeypatch):
         sent.append(bytes(data))
         return send(sock, data, *args)
 
-    monkeypatch.setattr(_Handler, "setup", recording_setup)
+    monkeypatch.setattr(Handler, "setup", recording_setup)
     monkeypatch.setattr(socket.socket, "send", recording_send)
     payment = sandbox.state.create_payment(NEW)
     with requests.Session() as session:
@@ -970,7 +970,7 @@ def reference_page(
     """What a page held when it was made by sorting every payment (the former way)."""
     ordered = sorted(
         state.payments.values(),
-        key=lambda p: (p["created_at"], state._sequence[p["id"]]),
+        key=lambda p: (p["created_at"], state._index.sequence[p["id"]]),
         reverse=True,
     )
     matching = [
@@ -1122,7 +1122,7 @@ def test_refunds_and_deliveries_pending_at_a_restart_go_out_after_it(tmp_path):
     ]
     # The first event resumes with its attempts counted; nothing is left to deliver.
     assert [(d.event, d.attempt) for d in second.deliveries][0] == ("payment.succeeded", 2)
-    assert Sandbox(state_file=path)._undelivered == 0
+    assert Sandbox(state_file=path).outbox.undelivered == 0
     assert Sandbox(state_file=path).refunds[refund["id"]]["status"] == "succeeded"
 
 

@@ -14,7 +14,8 @@ With ``state_file=`` (``--state FILE``) its state outlives a restart.
 
 from __future__ import annotations
 
-from django_ledgepay.sandbox.server import Delivery, Sandbox
+from django_ledgepay.sandbox.delivery import Delivery
+from django_ledgepay.sandbox.server import Sandbox
 from django_ledgepay.sandbox.storage import StateFileError
 
 __all__ = ["Delivery", "Sandbox", "StateFileError"]
