@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import re
 from io import StringIO
 
 import pytest
@@ -126,16 +127,35 @@ def test_prune_never_loads_more_than_a_batch():
     ("args", "message"),
     [
         ((), "the following arguments are required: --days"),
-        (("--days=0",), "--days must be a whole number of days, at least 1"),
-        (("--days=-3",), "--days must be a whole number of days, at least 1"),
+        (("--days=0",), "--days must be a whole number, at least 1."),
+        (("--days=-3",), "--days must be a whole number, at least 1."),
         (("--days=week",), "invalid int value"),
-        (("--days=3", "--batch-size=0"), "--batch-size must be at least 1"),
+        (("--days=3", "--batch-size=0"), "--batch-size must be a whole number from 1 to 10000."),
+        (("--days=3", "--batch-size=10001"), "--batch-size must be a whole number from 1 to"),
+        (("--days=3", "--batch-size=9223372036854775808"), "--batch-size must be a whole"),
         (("--days=800000",), "reaches before the calendar's start"),
         (("--days=1000000000",), "reaches before the calendar's start"),
     ],
 )
 def test_prune_refuses_bad_days(args, message):
     event("processed", days_ago=100)
-    with pytest.raises(CommandError, match=message):
+    with pytest.raises(CommandError, match=message) as excinfo:
         call_command("ledgepay_prune", *args, stdout=StringIO())
+    assert excinfo.value.returncode == 2
     assert WebhookEvent.objects.count() == 1
+
+
+def test_prune_refuses_a_batch_size_no_database_holds_before_any_query(
+    django_assert_num_queries,
+):
+    event("processed", days_ago=100)
+    with django_assert_num_queries(0), pytest.raises(CommandError) as excinfo:
+        call_command("ledgepay_prune", days=30, batch_size=2**63, stdout=StringIO())
+    assert str(excinfo.value) == "--batch-size must be a whole number from 1 to 10000."
+    assert excinfo.value.returncode == 2
+
+
+def test_prune_names_its_cutoff_as_the_reports_do():
+    output = prune("--days=7", "--dry-run")
+    cutoff = re.search(r"received before (\S+)\.$", output.strip()).group(1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", cutoff), output

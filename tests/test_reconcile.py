@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from io import StringIO
 from urllib.parse import parse_qsl, urlsplit
 
@@ -458,8 +459,13 @@ def test_without_an_api_key_exits_2(settings):
     [
         (
             ("--since=2024-03-01", "--until=2024-02-01"),
-            "--since (2024-03-01T00:00:00+00:00) must be before --until",
+            "--since (2024-03-01T00:00:00Z) must be before --until (2024-02-01T00:00:00Z).",
         ),
+        (("--since=2999-01-01T10:30:00.123456",), "--since (2999-01-01T10:30:00Z) must be"),
+        (("--since=",), "--since must be an ISO 8601 time like 2024-01-15T10:30:00Z or a date"),
+        (("--until=",), "--until must be an ISO 8601 time"),
+        (("--format=xml",), "argument --format: invalid choice: 'xml'"),
+        (("--nope",), "unrecognized arguments: --nope"),
         (("--since=2024-02-01", "--until=2024-02-01"), "must be before --until"),
         (("--since=last week",), "--since must be an ISO 8601 time"),
         (("--until=2024-13-01",), "--until must be an ISO 8601 time"),
@@ -474,6 +480,18 @@ def test_bad_input_is_a_clear_command_error(api, args, message):
     assert excinfo.value.returncode == 2
     assert len(api.calls) == 0
     assert not Reconciliation.objects.exists()
+
+
+def test_a_reversed_window_names_its_times_as_the_report_does(api):
+    # --until is now, to the microsecond; the message has the report's seconds and Z.
+    with pytest.raises(CommandError) as excinfo:
+        call_command("ledgepay_reconcile", "--since=2999-01-01", stdout=StringIO())
+    assert re.fullmatch(
+        r"--since \(2999-01-01T00:00:00Z\) must be before --until "
+        r"\(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)\.",
+        str(excinfo.value),
+    ), str(excinfo.value)
+    assert excinfo.value.returncode == 2
 
 
 def test_a_long_window_runs_with_yes():

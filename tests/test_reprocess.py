@@ -132,3 +132,17 @@ def test_ignored_unreadable_bodies_stay_ignored():
     event.refresh_from_db()
     assert (event.status, event.error) == ("ignored", "The body is not JSON.")
     assert "ignored: The body is not JSON." in out
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "9223372036854775808", "99999999999999999999999"])
+def test_an_id_no_database_holds_is_a_usage_error(value):
+    with pytest.raises(CommandError) as excinfo:
+        reprocess("--id", value)
+    assert str(excinfo.value) == "--id must be a whole number from 1 to 9223372036854775807."
+    assert excinfo.value.returncode == 2
+
+
+def test_the_largest_id_a_database_holds_is_looked_up():
+    with pytest.raises(CommandError, match="No webhook event with id 9223372036854775807.") as e:
+        reprocess("--id", "9223372036854775807")
+    assert e.value.returncode == 1

@@ -54,9 +54,46 @@ def test_sync_command_passes_time_bounds(api):
     assert "created_before=2024-02-01T00%3A00%3A00Z" in url
 
 
-def test_sync_command_refuses_a_bad_time(api):
-    with pytest.raises(CommandError, match="--created-after"):
-        call_command("ledgepay_sync", "--created-after=last week")
+def test_sync_command_takes_a_date_as_its_midnight_utc(api):
+    api.get(f"{API}/payments", json={"data": [], "has_more": False})
+    call_command(
+        "ledgepay_sync",
+        "--created-after=2024-01-01",
+        "--created-before=2024-02-01T01:00:00+01:00",
+        stdout=StringIO(),
+    )
+    url = api.calls[0].request.url
+    assert "created_after=2024-01-01T00%3A00%3A00Z" in url
+    assert "created_before=2024-02-01T00%3A00%3A00Z" in url
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--created-after=last week",), "--created-after must be an ISO 8601 time like"),
+        (("--created-after=",), "--created-after must be an ISO 8601 time like"),
+        (("--created-before=",), "--created-before must be an ISO 8601 time like"),
+        (
+            ("--created-after=0001-01-01T00:00:00+01:00",),
+            "--created-after is out of range: '0001-01-01T00:00:00+01:00'.",
+        ),
+        (
+            ("--created-after=2024-02-01", "--created-before=2024-01-01T10:30:00.5Z"),
+            "--created-after (2024-02-01T00:00:00Z) must be before "
+            "--created-before (2024-01-01T10:30:00Z).",
+        ),
+        (
+            ("--created-after=2024-01-01", "--created-before=2024-01-01"),
+            "--created-after (2024-01-01T00:00:00Z) must be before",
+        ),
+        (("--status=paid",), "argument --status: invalid choice: 'paid'"),
+    ],
+)
+def test_sync_command_refuses_bad_input_as_reconcile_does(api, args, message):
+    with pytest.raises(CommandError) as excinfo:
+        call_command("ledgepay_sync", *args, stdout=StringIO())
+    assert message in str(excinfo.value)
+    assert excinfo.value.returncode == 2
     assert len(api.calls) == 0
 
 

@@ -2,13 +2,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.template.defaultfilters import pluralize
 
 from django_ledgepay import reactions
+from django_ledgepay.management import arguments
+from django_ledgepay.models import Transition
 
 
-class Command(BaseCommand):
+class Command(arguments.LedgePayCommand):
     help = (
         "Deliver the transitions whose receivers have not all succeeded: those whose next "
         "attempt is due, or with --all every undelivered one. Run it from cron (every few "
@@ -32,10 +34,17 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         verbosity = int(options["verbosity"])
-        ids: list[int] | None = options["ids"]
+        ids = arguments.ids(options["ids"])
         if ids:
+            found = set(Transition.objects.filter(pk__in=ids).values_list("pk", flat=True))
+            missing = sorted(set(ids) - found)
+            if missing:
+                raise CommandError(f"No transition with id {', '.join(map(str, missing))}.")
             rows = reactions.undelivered(everything=True).filter(pk__in=ids)
             pending = list(rows.values_list("pk", flat=True))
+            if verbosity >= 1:
+                for transition_id in sorted(found - set(pending)):
+                    self.stdout.write(f"Transition {transition_id}: already delivered.")
         else:
             # Only the ids in memory, so a long backlog costs little while it is delivered.
             pending = list(

@@ -3,15 +3,20 @@ from __future__ import annotations
 import datetime
 from typing import Any, Final
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandParser
 from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
+from django_ledgepay.management import arguments
 from django_ledgepay.models import Transition, WebhookEvent
+from django_ledgepay.services import iso_z
 
 DEFAULT_BATCH_SIZE: Final = 1000
+#: The largest batch: its ids are the parameters of one query, which a database limits
+#: (32766 on SQLite, 65535 on PostgreSQL).
+MAX_BATCH_SIZE: Final = 10_000
 #: Only these are ever deleted: a failed event is still to be looked at, a received one
 #: still to be applied.
 PRUNABLE: Final = (WebhookEvent.Status.PROCESSED, WebhookEvent.Status.IGNORED)
@@ -26,7 +31,7 @@ def prunable(cutoff: datetime.datetime) -> QuerySet[WebhookEvent]:
     )
 
 
-class Command(BaseCommand):
+class Command(arguments.LedgePayCommand):
     help = (
         "Delete the processed and ignored webhook events received more than --days days "
         "ago, in batches, and print how many were deleted. Failed events, events not yet "
@@ -47,23 +52,25 @@ class Command(BaseCommand):
             type=int,
             default=DEFAULT_BATCH_SIZE,
             metavar="B",
-            help=f"Delete B events per transaction (default {DEFAULT_BATCH_SIZE}).",
+            help=f"Delete B events per transaction, at most {MAX_BATCH_SIZE} "
+            f"(default {DEFAULT_BATCH_SIZE}).",
         )
         parser.add_argument(
             "--dry-run", action="store_true", help="Count what would be deleted; delete nothing."
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        days, batch_size = options["days"], options["batch_size"]
-        if days is None or days < 1:
-            raise CommandError("--days must be a whole number of days, at least 1.")
-        if batch_size < 1:
-            raise CommandError("--batch-size must be at least 1.")
+        days = arguments.whole_number(options["days"], "--days")
+        batch_size = arguments.whole_number(
+            options["batch_size"], "--batch-size", high=MAX_BATCH_SIZE
+        )
         try:
             cutoff = timezone.now() - datetime.timedelta(days=days)
         except OverflowError:
-            raise CommandError(f"--days {days} reaches before the calendar's start.") from None
-        when = f"received before {cutoff:%Y-%m-%d %H:%M:%S} UTC"
+            raise arguments.usage_error(
+                f"--days {days} reaches before the calendar's start."
+            ) from None
+        when = f"received before {iso_z(cutoff)}"
         if options["dry_run"]:
             count = prunable(cutoff).count()
             self.stdout.write(f"Would delete {count} webhook event{pluralize(count)} {when}.")

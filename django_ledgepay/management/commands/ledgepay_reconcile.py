@@ -4,12 +4,12 @@ import datetime
 import json
 from typing import Any, Final
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 
 from django_ledgepay.client import patience
+from django_ledgepay.management import arguments
 from django_ledgepay.reconcile import Report, describe, reconcile
 
 DEFAULT_DAYS: Final = 30
@@ -17,11 +17,12 @@ DEFAULT_DAYS: Final = 30
 MAX_DAYS_WITHOUT_YES: Final = 366
 #: The exit status when drift remains.
 DRIFT: Final = 1
-#: The exit status when nothing could be checked: LedgePay could not be read, or bad input.
-FAILED: Final = 2
+#: The exit status when nothing could be checked: LedgePay could not be read, or bad input
+#: (the status of every command's usage errors).
+FAILED: Final = arguments.USAGE
 
 
-class Command(BaseCommand):
+class Command(arguments.LedgePayCommand):
     help = (
         "Compare the mirror with LedgePay for the payments created from --since to --until "
         "(ISO 8601; by default the last 30 days) and report the drift: missing, status, "
@@ -97,48 +98,20 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"No drift remains: {report}."))
 
     def _window(self, options: dict[str, Any]) -> tuple[datetime.datetime, datetime.datetime]:
-        until = _moment(options["until"], "--until") if options["until"] else timezone.now()
-        if options["since"]:
-            since = _moment(options["since"], "--since")
-        else:
+        until = (
+            timezone.now()
+            if options["until"] is None
+            else arguments.moment(options["until"], "--until")
+        )
+        if options["since"] is None:
             since = until - datetime.timedelta(days=DEFAULT_DAYS)
-        if since >= until:
-            raise CommandError(
-                f"--since ({since.isoformat()}) must be before --until ({until.isoformat()}).",
-                returncode=FAILED,
-            )
+        else:
+            since = arguments.moment(options["since"], "--since")
+        arguments.window(since, until, "--since", "--until")
         if until - since > datetime.timedelta(days=MAX_DAYS_WITHOUT_YES) and not options["yes"]:
             days = (until - since).days
-            raise CommandError(
+            raise arguments.usage_error(
                 f"The window is {days} days long: pass --yes to reconcile more than "
-                f"{MAX_DAYS_WITHOUT_YES} days at once, or a shorter --since/--until.",
-                returncode=FAILED,
+                f"{MAX_DAYS_WITHOUT_YES} days at once, or a shorter --since/--until."
             )
         return since, until
-
-
-def _moment(value: str, flag: str) -> datetime.datetime:
-    """An aware datetime from ISO 8601 (UTC when it names no zone), within years 2 to 9998."""
-    try:
-        moment = parse_datetime(value)
-        if moment is None:
-            day = parse_date(value)
-            if day is not None:
-                moment = datetime.datetime.combine(day, datetime.time())
-    except ValueError:
-        moment = None
-    if moment is None:
-        raise CommandError(
-            f"{flag} must be an ISO 8601 time like 2024-01-15T10:30:00Z or a date like "
-            f"2024-01-15, not {value!r}.",
-            returncode=FAILED,
-        )
-    if timezone.is_naive(moment):
-        moment = timezone.make_aware(moment, datetime.timezone.utc)
-    try:
-        moment = moment.astimezone(datetime.timezone.utc)
-    except OverflowError:
-        moment = None
-    if moment is None or not datetime.MINYEAR < moment.year < datetime.MAXYEAR:
-        raise CommandError(f"{flag} is out of range: {value!r}.", returncode=FAILED)
-    return moment

@@ -2,14 +2,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from django_ledgepay.client import patience
+from django_ledgepay.management import arguments
 from django_ledgepay.models import WebhookEvent
 from django_ledgepay.webhooks import process_event
 
 
-class Command(BaseCommand):
+class Command(arguments.LedgePayCommand):
     help = (
         "Process stored webhook events again: by default every failed one. An event that is "
         "applied now sends its signals once, as it would have the first time."
@@ -31,7 +32,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        ids: list[int] | None = options["ids"]
+        ids = arguments.ids(options["ids"])
         if ids:
             events = list(WebhookEvent.objects.filter(pk__in=ids).order_by("pk"))
             missing = sorted(set(ids) - {event.pk for event in events})

@@ -3,17 +3,17 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.template.defaultfilters import pluralize
-from django.utils.dateparse import parse_datetime
 
 from django_ledgepay.client import patience
 from django_ledgepay.exceptions import LedgePayError
+from django_ledgepay.management import arguments
 from django_ledgepay.models import Payment
 from django_ledgepay.services import SyncResult, sync_payments
 
 
-class Command(BaseCommand):
+class Command(arguments.LedgePayCommand):
     verbosity = 1
     #: The running result the sync last reported, so a failure can say what was done.
     done: SyncResult | None = None
@@ -30,27 +30,30 @@ class Command(BaseCommand):
             "--status", choices=Payment.Status.values, help="Only payments with this status."
         )
         parser.add_argument(
-            "--created-after", metavar="T", help="Only payments created after T (ISO 8601)."
+            "--created-after",
+            metavar="T",
+            help="Only payments created after T (ISO 8601; a date means its midnight, UTC).",
         )
         parser.add_argument(
-            "--created-before", metavar="T", help="Only payments created before T (ISO 8601)."
+            "--created-before",
+            metavar="T",
+            help="Only payments created before T (ISO 8601; a date means its midnight, UTC).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.verbosity = int(options["verbosity"])
-        bounds = {}
-        for name in ("created_after", "created_before"):
-            value = options[name]
-            if value is None:
-                continue
-            try:
-                moment = parse_datetime(value)
-            except ValueError:
-                moment = None
-            if moment is None:
-                flag = "--" + name.replace("_", "-")
-                raise CommandError(f"{flag} must be an ISO 8601 time like 2024-01-15T10:30:00Z.")
-            bounds[name] = moment
+        bounds = {
+            name: arguments.moment(options[name], "--" + name.replace("_", "-"))
+            for name in ("created_after", "created_before")
+            if options[name] is not None
+        }
+        if len(bounds) == 2:
+            arguments.window(
+                bounds["created_after"],
+                bounds["created_before"],
+                "--created-after",
+                "--created-before",
+            )
         self.done = None
         try:
             # An operator's command waits out LedgePay's rate limit (see patience()).
