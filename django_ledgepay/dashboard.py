@@ -94,12 +94,14 @@ def dashboard_view(request: HttpRequest, *, model_admin: Any) -> HttpResponse:
 
 def window_from(request: HttpRequest) -> int:
     """The window the request asks for in ``?days=``; the default, with a message, for
-    anything but one of :data:`WINDOWS`."""
+    anything but one of :data:`WINDOWS` in ASCII digits."""
     value = request.GET.get("days")
     if value is None:
         return DEFAULT_WINDOW
-    if value.strip().isdigit() and int(value) in WINDOWS:
-        return int(value)
+    # str.isdigit() alone also takes "²" or "③", which int() refuses.
+    digits = value.strip()
+    if digits.isascii() and digits.isdigit() and int(digits) in WINDOWS:
+        return int(digits)
     messages.warning(
         request,
         _("The window must be %(choices)s days; showing the last %(default)s days.")

@@ -201,7 +201,12 @@ def test_window_of_7_30_or_90_days(admin_client, days):
     assert messages_of(response) == []
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "31", "-7", "", "7.0", "1e2", "9" * 30])
+@pytest.mark.parametrize(
+    "value",
+    # Superscript two, circled three, Arabic-Indic and full-width 30: digits to
+    # str.isdigit(), not to int() or not in ASCII.
+    ["abc", "0", "31", "-7", "", "7.0", "1e2", "9" * 30, "²", "③", "7²", "٣٠", "３０"],
+)
 def test_a_window_not_offered_falls_back_to_30_days_with_a_message(admin_client, value):
     make_payment(created_at=at(1))
 
