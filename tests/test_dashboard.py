@@ -4,6 +4,7 @@ import datetime
 import hashlib
 import itertools
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -292,6 +293,61 @@ def test_a_bar_of_a_small_day_still_shows(admin_client):
 
     assert eur.money_chart is not None
     assert min(bar.height for bar in eur.money_chart.bars) == 1.0
+
+
+def stylesheet_rules() -> dict[tuple[str, str], dict[str, str]]:
+    """The app's admin.css as ``{(media query or "", selector): {property: value}}``."""
+    css = (
+        Path(dashboard.__file__).parent / "static" / "django_ledgepay" / "admin.css"
+    ).read_text()
+    css = re.sub(r"/\*.*?\*/", "", css, flags=re.DOTALL)
+    rules: dict[tuple[str, str], dict[str, str]] = {}
+
+    def read(text: str, media: str) -> None:
+        start = 0
+        while (opening := text.find("{", start)) >= 0:
+            depth, end = 1, opening + 1
+            while depth:
+                depth += {"{": 1, "}": -1}.get(text[end], 0)
+                end += 1
+            head, body = text[start:opening].strip(), text[opening + 1 : end - 1]
+            if head.startswith("@media"):
+                read(body, " ".join(head.split()))
+            else:
+                for selector in head.split(","):
+                    declarations = rules.setdefault((media, " ".join(selector.split())), {})
+                    for declaration in body.split(";"):
+                        if ":" in declaration:
+                            name, value = declaration.split(":", 1)
+                            declarations[name.strip()] = value.strip()
+            start = end
+
+    read(css, "")
+    return rules
+
+
+def test_refunds_are_drawn_in_a_colour_of_their_own_in_both_themes():
+    rules = stylesheet_rules()
+    dark_system = "@media (prefers-color-scheme: dark)"
+    refunded = "--ledgepay-refunded"
+    light = {
+        rules[("", ".ledgepay-dashboard")].get(refunded),
+        rules.get(("", 'html[data-theme="light"] .ledgepay-dashboard'), {}).get(refunded),
+    }
+    dark = {
+        rules.get((dark_system, ".ledgepay-dashboard"), {}).get(refunded),
+        rules.get(("", 'html[data-theme="dark"] .ledgepay-dashboard'), {}).get(refunded),
+    }
+
+    assert rules[("", ".ledgepay-dashboard")]["--ledgepay-failed"] == "var(--error-fg)"
+    # One colour per theme, whether the system or the admin's toggle chose it.
+    assert len(light) == len(dark) == 1 and None not in light | dark, (light, dark)
+    assert light != dark
+    # Not failed payments' red: neither the variable nor the admin's light or dark value.
+    assert not light & {"var(--error-fg)", "#ba2121", "#e35f5f"}
+    assert not dark & {"var(--error-fg)", "#ba2121", "#e35f5f"}
+    assert rules[("", ".ledgepay-bar-refunded")]["fill"] == f"var({refunded})"
+    assert rules[("", ".ledgepay-bar-failed")]["fill"] == "var(--ledgepay-failed)"
 
 
 # What needs a person
