@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.core.exceptions import ValidationError
@@ -31,19 +31,43 @@ def unrefundable_reason(payment: Payment) -> str:
     return ""
 
 
+def example_amount(currency: str) -> str:
+    """An amount as typed in ``currency``, with as many decimals as it has: ``12.34`` EUR,
+    ``1234`` JPY, ``12.345`` KWD."""
+    digits = exponent(currency)
+    return "1234" if digits == 0 else "12." + "3456789"[:digits]
+
+
 class MajorUnitsField(forms.DecimalField):
     """An amount typed in major units: ASCII digits with an optional decimal point, as on a
-    receipt. Python's Decimal would also take ``1_000``, ``1e3`` or digits of other scripts."""
+    receipt. Python's Decimal would also take ``1_000``, ``1e3`` or digits of other scripts.
+
+    ``example`` is the amount its error shows, with the currency's decimals (see
+    :func:`example_amount`)."""
 
     default_error_messages = {
-        "invalid": _("Enter an amount in digits, such as 12.34."),
+        "invalid": _("Enter an amount in digits, such as %(example)s."),
     }
     pattern = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
 
+    def __init__(self, *, example: str = "12.34", **kwargs: Any) -> None:
+        self.example = example
+        super().__init__(**kwargs)
+
     def to_python(self, value: Any) -> Any:
         if isinstance(value, str) and value.strip() and not self.pattern.fullmatch(value.strip()):
-            raise ValidationError(self.error_messages["invalid"], code="invalid")
-        return super().to_python(value)
+            raise self.invalid()
+        try:
+            return super().to_python(value)
+        except ValidationError as err:
+            if err.code == "invalid":
+                raise self.invalid() from err
+            raise
+
+    def invalid(self) -> ValidationError:
+        return ValidationError(
+            self.error_messages["invalid"], code="invalid", params={"example": self.example}
+        )
 
 
 class RefundReasonForm(forms.Form):
@@ -94,6 +118,7 @@ class RefundForm(RefundReasonForm):
                 digits,
             ) % {"currency": currency, "digits": digits, "left": left}
         self.fields["amount"].help_text = help_text
+        cast(MajorUnitsField, self.fields["amount"]).example = example_amount(currency)
         self.fields["amount"].initial = to_major(self.refundable, currency)
         self.fields["refunded_before"].initial = payment.amount_refunded
 
