@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -802,6 +804,12 @@ def test_the_default_retries_back_off_to_a_minute_and_last_hours():
         {"delivery_attempts": 0},
         {"rate_limit": 0},
         {"rate_limit": -1},
+        {"failure_rate": math.nan},
+        # A timer of infinite or absurd delay failed in its thread at the first refund.
+        {"refund_delay": math.inf},
+        {"refund_delay": math.nan},
+        {"refund_delay": 86_401},
+        {"refund_delay": 1e12},
     ],
 )
 def test_the_sandbox_refuses_impossible_options(options):
@@ -854,6 +862,57 @@ def test_the_sandbox_takes_a_webhook_url_it_can_deliver_to(url):
 def test_sandbox_command_refuses_an_impossible_port(port):
     with pytest.raises(CommandError, match="--port must be between 0 and 65535"):
         call_command("ledgepay_sandbox", "--port", port)
+
+
+@contextlib.contextmanager
+def not_started() -> Iterator[None]:
+    """The command may not start the sandbox: were it to, it would serve until Ctrl-C."""
+    with mock.patch.object(Sandbox, "start", side_effect=AssertionError("The sandbox started.")):
+        yield
+
+
+@pytest.mark.parametrize(
+    "delay", ["inf", "Infinity", "1e400", "-inf", "nan", "-1", "-0.5", "86401"]
+)
+def test_sandbox_command_refuses_an_impossible_refund_delay(delay):
+    with (
+        not_started(),
+        pytest.raises(CommandError, match=r"--refund-delay must be between 0 and 86400 seconds"),
+    ):
+        call_command("ledgepay_sandbox", "--port", "0", f"--refund-delay={delay}")
+
+
+@pytest.mark.parametrize("delay", ["0", "0.05", "86400"])
+def test_sandbox_command_takes_a_refund_delay_up_to_a_day(delay):
+    with not_started(), pytest.raises(AssertionError, match="The sandbox started"):
+        call_command("ledgepay_sandbox", "--port", "0", f"--refund-delay={delay}")
+
+
+@pytest.mark.parametrize("rate", ["nan", "inf", "-inf", "-0.1", "1.5"])
+def test_sandbox_command_refuses_an_impossible_failure_rate(rate):
+    with (
+        not_started(),
+        pytest.raises(CommandError, match="--failure-rate must be between 0 and 1"),
+    ):
+        call_command("ledgepay_sandbox", "--port", "0", f"--failure-rate={rate}")
+
+
+def test_sandbox_command_refuses_an_infinite_refund_delay_in_one_line():
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "django", "ledgepay_sandbox", "--port", "0"]
+    finished = subprocess.run(
+        [*command, "--refund-delay", "inf"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert finished.returncode != 0
+    assert finished.stdout == ""
+    assert finished.stderr.splitlines() == [
+        "CommandError: --refund-delay must be between 0 and 86400 seconds (a day)."
+    ]
 
 
 def test_sandbox_command_says_when_the_port_is_taken():
@@ -1285,7 +1344,7 @@ def test_sandbox_command_with_state_remembers_payments_across_a_restart(tmp_path
         output = stop_with_ctrl_c(process)
     assert fetched.status_code == 200
     assert fetched.json()["id"] == payment["id"]
-    assert f"State in {path} (1 payments)." in output
+    assert f"State in {path} (1 payment)." in output
 
 
 # A refused delivery's log line
@@ -1309,3 +1368,31 @@ def test_a_refused_delivery_logs_the_shops_answer_cut_short(caplog):
     assert len(answer) == 200
     assert answer.endswith("y…")
     assert "\n" not in line
+
+
+# Docstrings
+
+
+def sandbox_modules() -> list[Path]:
+    command = ROOT / "django_ledgepay" / "management" / "commands" / "ledgepay_sandbox.py"
+    return [*sorted((ROOT / "django_ledgepay" / "sandbox").glob("*.py")), command]
+
+
+def test_the_sandbox_docstrings_cite_only_files_in_the_repository():
+    cited = []
+    for module in sandbox_modules():
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)):
+                docstring = ast.get_docstring(node) or ""
+                names = re.findall(r"[\w./-]+\.(?:md|py|rst|txt|toml|ini|cfg)\b", docstring)
+                cited += [(module, name) for name in names]
+    assert cited  # The search finds what it looks for.
+    missing = [
+        f"{module.relative_to(ROOT)} cites {name}"
+        for module, name in cited
+        # manage.py: every Django project's, not a file of this repository.
+        if name != "manage.py"
+        and not (ROOT / name).exists()
+        and not (module.parent / name).exists()
+    ]
+    assert missing == []

@@ -1,8 +1,9 @@
 """An offline LedgePay for development, demos and tests.
 
-:class:`Sandbox` serves the API of LEDGEPAY_API.md under ``/v1`` on 127.0.0.1 with state in
-memory, a hosted checkout page at each payment's ``checkout_url`` (Pay, Fail, Cancel), and
-signed webhook deliveries. ``manage.py ledgepay_sandbox`` runs one::
+:class:`Sandbox` serves LedgePay's API (the endpoints docs/howto/sandbox.md lists) under
+``/v1`` on 127.0.0.1 with state in memory, a hosted checkout page at each payment's
+``checkout_url`` (Pay, Fail, Cancel), and signed webhook deliveries.
+``manage.py ledgepay_sandbox`` runs one::
 
     with Sandbox(webhook_url="http://127.0.0.1:8000/ledgepay/webhook/",
                  webhook_secret="whsec_...") as sandbox:

@@ -9,6 +9,7 @@ state file in ``storage``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -39,6 +40,7 @@ __all__ = [
     "DELIVERY_THREADS",
     "FAILURES",
     "LOST_ANSWERS",
+    "MAX_REFUND_DELAY",
     "UNENFORCED_LIMIT",
     "WINDOW_SECONDS",
     "Delivery",
@@ -59,6 +61,8 @@ FAILURES = ("500", "429", "drop")
 LOST_ANSWERS = ("500-after", "drop-after")
 #: Threads that deliver webhooks, so that a slow endpoint holds up few events.
 DELIVERY_THREADS = 4
+#: The longest a refund may wait before it completes, in seconds: a day.
+MAX_REFUND_DELAY = 86_400
 
 
 class Sandbox(Driver):
@@ -102,6 +106,12 @@ class Sandbox(Driver):
             raise ValueError("delivery_attempts must be at least 1.")
         if rate_limit is not None and rate_limit < 1:
             raise ValueError("rate_limit must be at least 1 (or None, for no limit).")
+        if math.isnan(refund_delay) or refund_delay > MAX_REFUND_DELAY:
+            # A timer cannot wait forever: one of infinite delay failed in its thread.
+            raise ValueError(
+                f"refund_delay must be a number of seconds up to {MAX_REFUND_DELAY} (a day), "
+                "or negative to leave refunds pending."
+            )
         if webhook_url is not None and not is_webhook_url(webhook_url):
             raise ValueError(
                 "webhook_url must be an absolute http(s) URL with a host, such as "

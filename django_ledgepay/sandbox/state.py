@@ -1,4 +1,5 @@
-"""LedgePay's behaviour in memory: the API of LEDGEPAY_API.md without the HTTP.
+"""LedgePay's behaviour in memory: its API (the endpoints docs/howto/sandbox.md lists)
+without the HTTP.
 
 :class:`LedgePayState` validates requests, keeps payments and refunds, replays idempotent
 POSTs (with ``idempotency``), pages lists (with ``index``) and settles payments. The sandbox

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_ledgepay.conf import conf
 from django_ledgepay.sandbox import Sandbox, StateFileError
-from django_ledgepay.sandbox.server import is_webhook_url
+from django_ledgepay.sandbox.server import MAX_REFUND_DELAY, is_webhook_url
 
 
 class Command(BaseCommand):
@@ -42,7 +42,7 @@ class Command(BaseCommand):
             type=float,
             default=1.0,
             metavar="S",
-            help="Seconds before a refund succeeds (default 1).",
+            help=f"Seconds before a refund succeeds, 0 to {MAX_REFUND_DELAY} (default 1).",
         )
         parser.add_argument(
             "--state",
@@ -60,6 +60,11 @@ class Command(BaseCommand):
             raise CommandError("--failure-rate must be between 0 and 1.")
         if options["rate_limit"] is not None and options["rate_limit"] < 1:
             raise CommandError("--rate-limit must be at least 1.")
+        # Written so that NaN fails too; infinity once failed a thread at the first refund.
+        if not 0 <= options["refund_delay"] <= MAX_REFUND_DELAY:
+            raise CommandError(
+                f"--refund-delay must be between 0 and {MAX_REFUND_DELAY} seconds (a day)."
+            )
         if options["webhook_url"] is not None and not is_webhook_url(options["webhook_url"]):
             raise CommandError(
                 "--webhook-url must be an absolute http(s) URL with a host, such as "
@@ -109,7 +114,8 @@ class Command(BaseCommand):
             if options["webhook_url"]:
                 self.stdout.write(f"Delivering webhooks to {options['webhook_url']}")
             if options["state"] is not None:
-                self.stdout.write(f"State in {options['state']} ({held} payments).")
+                payments = "payment" if held == 1 else "payments"
+                self.stdout.write(f"State in {options['state']} ({held} {payments}).")
             self.stdout.write("Quit with Ctrl-C.")
             try:
                 stopping.wait()
