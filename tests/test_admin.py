@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from typing import Any
@@ -17,11 +18,13 @@ from django.db import OperationalError, connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 
 from django_ledgepay import admin as ledgepay_admin
 from django_ledgepay import services, webhooks
 from django_ledgepay.exceptions import RefundError
-from django_ledgepay.models import Payment, Refund, WebhookEvent
+from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
 from tests.conftest import API
 from tests.factories import make_payment, make_refund, payment_data, refund_data
 
@@ -541,7 +544,7 @@ DIGITS = "Enter an amount in digits, such as 12.34."
         ("EUR", "12,34", DIGITS),
         ("EUR", "NaN", DIGITS),
         ("EUR", "Infinity", DIGITS),
-        ("JPY", "1_000", DIGITS),
+        ("JPY", "1_000", "Enter an amount in digits, such as 1234."),
         ("EUR", "\uff11\uff12.\uff13\uff14", DIGITS),  # Full-width digits.
         ("EUR", "\u0967\u0968.\u0969\u096a", DIGITS),  # Devanagari digits.
         ("EUR", "1.2.3", DIGITS),
@@ -1167,7 +1170,9 @@ def test_refund_changelist(admin_client):
     assert refund.ledgepay_id in content
     assert f'<a href="{change_url(payment)}">{payment.ledgepay_id}</a>' in content
     assert "1500 JPY" in content
-    assert "Duplicate" in content
+    # The reason under the status: the list fits 1280 px with ids as long as LedgePay's.
+    assert cells(content, "status_display") == ["Succeeded Duplicate"]
+    assert "column-reason" not in content
     assert "delete_selected" not in content
 
 
@@ -1212,24 +1217,79 @@ def make_event(payload: dict[str, Any], **fields: Any) -> WebhookEvent:
     return WebhookEvent.objects.create(**{**defaults, **fields})
 
 
+def short(moment: datetime.datetime) -> str:
+    """``moment`` as the lists show a date: short, day then time."""
+    local = timezone.localtime(moment)
+    return f"{date_format(local, 'SHORT_DATE_FORMAT')} {date_format(local, 'TIME_FORMAT')}"
+
+
 def test_event_changelist(admin_client):
+    processed_at = datetime.datetime(2024, 1, 15, 10, 31, tzinfo=datetime.timezone.utc)
     make_event(
         {"event": "payment.succeeded", "data": {"id": "pay_evt"}},
         status="failed",
         attempts=3,
         error="Could not reach LedgePay. " * 10,
     )
+    make_event(
+        {"event": "refund.succeeded", "data": {"id": "re_d22d8d57cacdd2fc"}},
+        status="processed",
+        attempts=1,
+        processed_at=processed_at,
+    )
 
     response = admin_client.get(EVENTS)
 
     content = response.content.decode()
     assert response.status_code == 200
-    assert "payment.succeeded" in content
-    assert "pay_evt" in content
     assert "Could not reach LedgePay. Could not" in content
     assert "Could not reach LedgePay. " * 10 not in content  # an excerpt
-    for column in ("attempts", "received_at", "processed_at", "error_excerpt"):
+    # The object's id under the event's type, when the event was processed under its
+    # status: the list fits 1280 px with ids as long as LedgePay's.
+    assert cells(content, "status_display") == [
+        f"Processed {short(processed_at)}",
+        "Failed",
+    ]
+    assert "refund.succeeded re_d22d8d57cacdd2fc" in text_of(content)
+    assert "payment.succeeded pay_evt" in text_of(content)
+    for column in ("event_display", "attempts", "received_display", "error_excerpt"):
         assert f"column-{column}" in content
+    for column in ("object_id", "processed_at", "received_at"):
+        assert f"column-{column}" not in content
+
+
+# Transitions
+
+
+def test_transition_changelist(admin_client):
+    payment = make_payment(ledgepay_id="pay_7f3a9e01c2d4b5a6")
+    next_attempt_at = datetime.datetime(2024, 1, 15, 10, 36, tzinfo=datetime.timezone.utc)
+    for attempts, next_attempt, delivered in [
+        (2, next_attempt_at, None),
+        (10, None, None),
+        (1, None, next_attempt_at),
+    ]:
+        Transition.objects.create(
+            signal=Transition.Signal.PAYMENT_SUCCEEDED,
+            payment=payment,
+            source=Transition.Source.WEBHOOK,
+            attempts=attempts,
+            next_attempt_at=next_attempt,
+            delivered_at=delivered,
+        )
+
+    content = admin_client.get("/admin/django_ledgepay/transition/").content.decode()
+
+    # When a failing transition is tried next, under its delivery: the list fits 1280 px
+    # with ids as long as LedgePay's.
+    assert cells(content, "delivery") == [
+        f"failing (2 attempts) next attempt {short(next_attempt_at)}",
+        "gave up after 10 attempts",
+        "delivered",
+    ]
+    assert 'class="sortable column-delivery' in content
+    assert "column-next_attempt_at" not in content
+    assert f">{payment.ledgepay_id}</a>" in content
 
 
 def test_event_payload_shown_readably_and_escaped(admin_client):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from django.utils import timezone
 from django_ledgepay.models import (
     Payment,
     Reconciliation,
+    Refund,
     RefundRequest,
     Transition,
     WebhookEvent,
@@ -30,6 +32,12 @@ from tests.conftest import API
 from tests.factories import make_payment, make_refund, refund_data
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def ledgepay_id(prefix: str, rng: random.Random) -> str:
+    """An id as long as LedgePay's and the sandbox's (``django_ledgepay/sandbox/state.py``):
+    the prefix and 16 hex digits, as ``pay_7f3a9e01c2d4b5a6`` or ``re_d22d8d57cacdd2fc``."""
+    return f"{prefix}_{rng.getrandbits(64):016x}"
 
 
 def test_staff_issues_a_partial_refund(chromium, live_server, django_user_model):
@@ -279,8 +287,10 @@ def test_dashboard_in_light_and_dark_theme(chromium, live_server, django_user_mo
     assert dark["body"] == "rgb(18, 18, 18)"
     assert light["volume"] == "rgb(65, 120, 147)"  # --link-fg
     assert dark["volume"] == "rgb(129, 212, 250)"
-    assert light["refunded"] == light["failed"] == "rgb(186, 33, 33)"  # --error-fg
-    assert dark["refunded"] == "rgb(227, 95, 95)"
+    assert light["failed"] == "rgb(186, 33, 33)"  # --error-fg
+    # Refunds in a colour of their own (admin.css), not failed payments' red.
+    assert light["refunded"] == "rgb(126, 87, 168)"
+    assert dark["refunded"] == "rgb(195, 165, 230)"
     assert light["text"] != dark["text"]
     for theme in (light, dark):
         assert theme["currencies"][0] == "EUR"  # The busiest first.
@@ -297,6 +307,7 @@ def test_dashboard_in_light_and_dark_theme(chromium, live_server, django_user_mo
 
 
 def test_payment_list_and_page_at_1280_px(chromium, live_server, django_user_model, screenshots):
+    rng = random.Random(1280)
     now = timezone.now()
     # The first payment's history as the app writes it: paid by a webhook, then refunded
     # by root from the admin.
@@ -314,6 +325,7 @@ def test_payment_list_and_page_at_1280_px(chromium, live_server, django_user_mod
         name, email = customers[index % len(customers)]
         created = now - datetime.timedelta(hours=index * 7)
         payment = make_payment(
+            ledgepay_id=ledgepay_id("pay", rng),
             amount=amount,
             currency=currency,
             customer_name=name,
@@ -324,7 +336,12 @@ def test_payment_list_and_page_at_1280_px(chromium, live_server, django_user_mod
         )
         if index == 0:
             refunded = payment
-            refund = make_refund(payment, amount=2500, created_at=refunded_at)
+            refund = make_refund(
+                payment,
+                ledgepay_id="re_d22d8d57cacdd2fc",
+                amount=2500,
+                created_at=refunded_at,
+            )
     root = django_user_model.objects.create_superuser("root", password="root-pw")
     event = WebhookEvent.objects.create(
         event_type="payment.succeeded",
@@ -430,3 +447,123 @@ def test_payment_list_and_page_at_1280_px(chromium, live_server, django_user_mod
         ["Payment Succeeded", "-", "Webhook", "payment.succeeded", "-", "delivered"],
         ["Refund Created", str(refund), "Admin", "-", "root", "delivered"],
     ]
+
+
+def test_refunds_transitions_and_events_lists_at_1280_px(chromium, live_server, django_user_model):
+    """With ids as long as LedgePay's, each list shows every column within 1280 px beside
+    both sidebars: the refunds' created date, the transitions' delivery (and next attempt),
+    the events' processed time and error."""
+    rng = random.Random(1281)
+    now = timezone.now()
+    clerk = django_user_model.objects.create_user(
+        "maria.konstantinopoulou@example.com", is_staff=True
+    )
+    django_user_model.objects.create_superuser("root", password="root-pw")
+    error = (
+        "LedgePay could not be reached: HTTPSConnectionPool(host='api.ledgepay.com', "
+        "port=443): Read timed out. (read timeout=10)"
+    )
+    ids = []
+    for index, (currency, amount) in enumerate(
+        [("EUR", 1299000), ("KWD", 12345), ("JPY", 220000), ("USD", 89900)]
+    ):
+        created = now - datetime.timedelta(hours=index * 5)
+        payment = make_payment(
+            ledgepay_id=ledgepay_id("pay", rng),
+            amount=amount,
+            currency=currency,
+            created_at=created,
+            completed_at=created + datetime.timedelta(seconds=40),
+        )
+        refund = make_refund(
+            payment,
+            ledgepay_id=ledgepay_id("re", rng),
+            amount=amount - 1,
+            reason=("customer_request", "fraudulent", "duplicate", "other")[index],
+            status=(Refund.Status.SUCCEEDED, Refund.Status.PENDING)[index % 2],
+            created_at=created + datetime.timedelta(hours=1),
+        )
+        ids += [payment.ledgepay_id, refund.ledgepay_id]
+        failed = index % 2 == 1
+        event = WebhookEvent.objects.create(
+            event_type="refund.succeeded" if index % 3 else "payment.canceled",
+            object_id=refund.ledgepay_id,
+            payload={},
+            body_sha256=f"{index:064x}",
+            status=WebhookEvent.Status.FAILED if failed else WebhookEvent.Status.PROCESSED,
+            attempts=3 if failed else 1,
+            processed_at=None if failed else created + datetime.timedelta(hours=1),
+            error=error if failed else "",
+        )
+        Transition.objects.create(
+            signal=Transition.Signal.REFUND_SUCCEEDED,
+            payment=payment,
+            refund=refund,
+            source=Transition.Source.API if failed else Transition.Source.ADMIN,
+            event=event,
+            actor=None if failed else clerk,
+            created_at=created,
+            attempts=index + 3,
+            next_attempt_at=now + datetime.timedelta(minutes=5) if index < 3 else None,
+            error="shop.receivers.mark_refunded: OperationalError",
+        )
+    lists = {
+        "refund": ("created_display",),
+        "transition": ("delivery",),
+        "webhookevent": ("status_display", "error_excerpt"),
+    }
+    layouts = {}
+
+    with chromium() as page:
+        page.set_viewport_size({"width": 1280, "height": 720})
+        log_in(page, live_server, "/admin/django_ledgepay/payment/")
+        for model, columns in lists.items():
+            page.goto(f"{live_server.url}/admin/django_ledgepay/{model}/")
+            page.wait_for_selector("#result_list")
+            layouts[model] = page.evaluate(
+                """columns => {
+                    const results = document.querySelector('.results');
+                    const right = element => element.getBoundingClientRect().right;
+                    const rights = selector =>
+                        [...document.querySelectorAll(selector)].map(right);
+                    return {
+                        viewport: innerWidth,
+                        scroll: results.scrollWidth,
+                        width: results.clientWidth,
+                        results: right(results),
+                        text: document.querySelector('#result_list').innerText,
+                        headers: columns.map(c => right(
+                            document.querySelector(`#result_list th.column-${c}`))),
+                        cells: columns.flatMap(c => rights(`#result_list td.field-${c}`)),
+                        notes: columns.flatMap(c =>
+                            [...document.querySelectorAll(`#result_list td.field-${c} .quiet`)]
+                                .map(note => [note.innerText, right(note)])),
+                    };
+                }""",
+                list(columns),
+            )
+
+    for model, layout in layouts.items():
+        # Nothing behind a horizontal scroll, and each column named above on screen.
+        assert layout["viewport"] == 1280
+        assert layout["scroll"] <= layout["width"], (model, layout)
+        assert layout["results"] <= layout["viewport"], (model, layout)
+        assert layout["cells"], (model, layout)
+        for edge in layout["headers"] + layout["cells"]:
+            assert edge <= layout["results"], (model, layout)
+        for _, edge in layout["notes"]:
+            assert edge <= layout["results"], (model, layout)
+    # The ids shown whole, as long as LedgePay's.
+    assert {len(id_) for id_ in ids} == {19, 20}
+    refunds, transitions, events = (layouts[model]["text"] for model in lists)
+    assert all(id_ in refunds for id_ in ids)
+    assert all(id_ in transitions for id_ in ids[::2])
+    assert all(id_ in events for id_ in ids[1::2])
+    # The events' processed time, under the status of each event processed; the next
+    # attempt of each transition that is failing, under its delivery.
+    processed = [text for text, _ in layouts["webhookevent"]["notes"]]
+    assert len(processed) == 2 and all(re.search(r"\d:\d\d", text) for text in processed)
+    next_attempts = [text for text, _ in layouts["transition"]["notes"]]
+    assert len(next_attempts) == 3
+    assert all(text.startswith("next attempt") for text in next_attempts)
+    assert "LedgePay could not be reached" in events

@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from django_ledgepay import webhooks
-from django_ledgepay.admin.display import pretty_json
+from django_ledgepay.admin.display import day_and_time, pretty_json, with_note, with_time
 from django_ledgepay.admin.permissions import ACTION_LIMIT, ReadOnlyMixin, has_model_perm
 from django_ledgepay.models import WebhookEvent
 
@@ -27,13 +27,14 @@ else:
 
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(ReadOnlyMixin, WebhookEventAdminBase):
+    # Fits 1280 px beside both sidebars with ids as long as LedgePay's: the object's id is
+    # under the event's type and the status says when the event was processed (columns of
+    # their own pushed the error off the screen), and the dates are short.
     list_display = (
-        "event_type",
-        "object_id",
-        "status",
+        "event_display",
+        "status_display",
         "attempts",
-        "received_at",
-        "processed_at",
+        "received_display",
         "error_excerpt",
     )
     list_filter = ("status", "event_type", "received_at")
@@ -51,6 +52,20 @@ class WebhookEventAdmin(ReadOnlyMixin, WebhookEventAdminBase):
     )
     readonly_fields = ("payload_display",)
     actions = ("process_events",)
+
+    @admin.display(description=_("event"), ordering="event_type")
+    def event_display(self, event: WebhookEvent) -> SafeString:
+        """The event's type and, under it, the LedgePay id of its object."""
+        return with_note(event.event_type, event.object_id)
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_display(self, event: WebhookEvent) -> SafeString:
+        """The status and, once processed or ignored, when."""
+        return with_time(event.get_status_display(), event.processed_at)
+
+    @admin.display(description=_("received"), ordering="received_at")
+    def received_display(self, event: WebhookEvent) -> SafeString | None:
+        return day_and_time(event.received_at)
 
     @admin.display(description=_("error"))
     def error_excerpt(self, event: WebhookEvent) -> str:

@@ -10,14 +10,19 @@ from django.db.models import OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.urls import URLPattern, path
-from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from django_ledgepay import dashboard, reactions, services
 from django_ledgepay.admin import display
-from django_ledgepay.admin.display import AmountMixin, day_and_time, nowrap, pretty_json
+from django_ledgepay.admin.display import (
+    AmountMixin,
+    day_and_time,
+    nowrap,
+    pretty_json,
+    with_time,
+)
 from django_ledgepay.admin.filters import CurrencyListFilter, UnresolvedRefundFilter
 from django_ledgepay.admin.inlines import RefundInline, RefundRequestInline, TransitionInline
 from django_ledgepay.admin.permissions import ACTION_LIMIT, ReadOnlyMixin, has_model_perm
@@ -124,12 +129,7 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, RefundingAdmin):
     @admin.display(description=_("status"), ordering="status")
     def status_display(self, payment: Payment) -> SafeString:
         """The status and, once final, when it was reached."""
-        completed = day_and_time(payment.completed_at)
-        if completed is None:
-            return format_html("{}", payment.get_status_display())
-        return format_html(
-            '{} <br><span class="quiet">{}</span>', payment.get_status_display(), completed
-        )
+        return with_time(payment.get_status_display(), payment.completed_at)
 
     @admin.display(description=_("created"), ordering="created_at")
     def created_display(self, payment: Payment) -> SafeString | None:

@@ -10,7 +10,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from django_ledgepay.admin.display import AmountMixin, day_and_time
+from django_ledgepay.admin.display import AmountMixin, day_and_time, with_note
 from django_ledgepay.admin.filters import CurrencyListFilter
 from django_ledgepay.admin.permissions import ReadOnlyMixin
 from django_ledgepay.models import Refund
@@ -24,12 +24,13 @@ else:
 
 @admin.register(Refund)
 class RefundAdmin(AmountMixin, ReadOnlyMixin, RefundAdminBase):
+    # Fits 1280 px beside both sidebars with ids as long as LedgePay's: the reason is under
+    # the status (a column of its own pushed the created date behind a scroll).
     list_display = (
         "ledgepay_id",
         "payment_link",
         "amount_display",
-        "status",
-        "reason",
+        "status_display",
         "created_display",
     )
     list_filter = ("status", "reason", ("currency", CurrencyListFilter), "created_at")
@@ -53,6 +54,11 @@ class RefundAdmin(AmountMixin, ReadOnlyMixin, RefundAdminBase):
             args=(refund.payment_id,),
         )
         return format_html('<a href="{}">{}</a>', url, refund.payment.ledgepay_id)
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_display(self, refund: Refund) -> SafeString:
+        """The status and, under it, the reason."""
+        return with_note(refund.get_status_display(), refund.get_reason_display())
 
     @admin.display(description=_("created"), ordering="created_at")
     def created_display(self, refund: Refund) -> SafeString | None:

@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from django_ledgepay import reactions
-from django_ledgepay.admin.display import change_link, delivery_state
+from django_ledgepay.admin.display import change_link, day_and_time, delivery_state, with_time
 from django_ledgepay.admin.filters import DeliveryFilter
 from django_ledgepay.admin.inlines import ReactionInline
 from django_ledgepay.admin.permissions import ACTION_LIMIT, ReadOnlyMixin, has_model_perm
@@ -29,14 +29,16 @@ else:
 
 @admin.register(Transition)
 class TransitionAdmin(ReadOnlyMixin, TransitionAdminBase):
+    # Fits 1280 px beside both sidebars with ids as long as LedgePay's: the delivery says
+    # when the next attempt is (a column of its own pushed the delivery off the screen),
+    # and the date is short.
     list_display = (
-        "created_at",
+        "created_display",
         "signal",
         "payment_link",
         "source",
         "actor",
         "delivery",
-        "next_attempt_at",
     )
     list_filter = (DeliveryFilter, "signal", "source", "created_at")
     search_fields = ("payment__ledgepay_id", "refund__ledgepay_id")
@@ -62,9 +64,15 @@ class TransitionAdmin(ReadOnlyMixin, TransitionAdminBase):
     def payment_link(self, transition: Transition) -> SafeString:
         return change_link(transition.payment, transition.payment.ledgepay_id)
 
-    @admin.display(description=_("delivery"))
-    def delivery(self, transition: Transition) -> str:
-        return delivery_state(transition)
+    @admin.display(description=_("created"), ordering="created_at")
+    def created_display(self, transition: Transition) -> SafeString | None:
+        return day_and_time(transition.created_at)
+
+    @admin.display(description=_("delivery"), ordering="next_attempt_at")
+    def delivery(self, transition: Transition) -> SafeString:
+        """Delivered, waiting, failing or given up; when failing, the next attempt's time."""
+        upcoming = None if transition.delivered_at else transition.next_attempt_at
+        return with_time(delivery_state(transition), upcoming, label=_("next attempt"))
 
     @admin.display(description=_("error"))
     def error_display(self, transition: Transition) -> SafeString | str:
