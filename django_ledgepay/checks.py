@@ -7,6 +7,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.apps import AppConfig
+from django.conf import settings
+from django.core.cache import InvalidCacheBackendError, caches
+from django.core.cache.backends.dummy import DummyCache
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, router
@@ -166,3 +169,66 @@ def check_tasks(
             Warning(str(err), hint="Remove it to use the default.", id="django_ledgepay.W007")
         )
     return messages
+
+
+SHARED_CACHE_HINT = (
+    'Set LEDGEPAY_RATE_LIMIT_CACHE to an alias of CACHES (default "default") that every '
+    "process of the project reaches, such as a Redis cache; None keeps the rate-limit "
+    "budget and the circuit breaker per process."
+)
+
+
+@register(Tags.caches)
+def check_shared_state(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """The cache of the rate-limit budget and the circuit breaker, and their numbers
+    (``django_ledgepay.E003``, ``W009``, and ``W007`` for a number that is not one)."""
+    messages: list[CheckMessage] = []
+    try:
+        alias = conf.LEDGEPAY_RATE_LIMIT_CACHE
+    except ImproperlyConfigured as err:
+        messages.append(Error(str(err), hint=SHARED_CACHE_HINT, id="django_ledgepay.E003"))
+    else:
+        messages.extend(_check_shared_cache(alias))
+    names = (
+        "LEDGEPAY_RATE_LIMIT_RESERVE",
+        "LEDGEPAY_BREAKER_THRESHOLD",
+        "LEDGEPAY_BREAKER_COOLDOWN",
+    )
+    for name in names:
+        try:
+            getattr(conf, name)
+        except ImproperlyConfigured as err:
+            messages.append(
+                Warning(str(err), hint="Remove it to use the default.", id="django_ledgepay.W007")
+            )
+    return messages
+
+
+def _check_shared_cache(alias: str | None) -> list[CheckMessage]:
+    """E003 for an alias every call would fail on; W009 for a cache that keeps nothing."""
+    if alias is None:
+        return []
+    try:
+        cache = caches[alias]
+    except InvalidCacheBackendError:
+        problem = "cannot be loaded" if alias in settings.CACHES else "is not in CACHES"
+        return [
+            Error(
+                f"LEDGEPAY_RATE_LIMIT_CACHE names the cache {alias!r}, which {problem}: "
+                "every call to LedgePay will fail.",
+                hint=SHARED_CACHE_HINT,
+                id="django_ledgepay.E003",
+            )
+        ]
+    if isinstance(cache, DummyCache):
+        return [
+            Warning(
+                f"LEDGEPAY_RATE_LIMIT_CACHE names {alias!r}, a DummyCache, which keeps "
+                "nothing: each process keeps its own rate-limit budget and circuit breaker.",
+                hint=SHARED_CACHE_HINT,
+                id="django_ledgepay.W009",
+            )
+        ]
+    return []

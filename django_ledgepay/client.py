@@ -2,13 +2,15 @@
 
 Only :mod:`django_ledgepay.services` calls it; it knows nothing of the models. Code that
 runs outside a request may let its calls wait longer than ``LEDGEPAY_MAX_WAIT`` with
-:func:`patience`, as the management commands do.
+:func:`patience`, as the management commands do; background work (a sync, a
+reconciliation) runs inside :func:`background`, and leaves part of each rate-limit window to
+checkout and refunds. Every process of a project shares one rate-limit budget
+(:mod:`django_ledgepay.ratelimit`) and one circuit breaker (:mod:`django_ledgepay.breaker`).
 """
 
 from __future__ import annotations
 
 import contextvars
-import email.utils
 import logging
 import os
 import random
@@ -18,7 +20,6 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -29,6 +30,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.views.decorators.debug import sensitive_variables
 
 from django_ledgepay import __name__ as package_name
+from django_ledgepay import breaker, ratelimit, sharedcache
 from django_ledgepay.conf import conf
 from django_ledgepay.exceptions import (
     APIConnectionError,
@@ -39,6 +41,7 @@ from django_ledgepay.exceptions import (
     NotFoundError,
     RateLimitError,
 )
+from django_ledgepay.ratelimit import RateLimit as RateLimit
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,9 @@ _UNSET: Final = object()
 _patience: contextvars.ContextVar[object] = contextvars.ContextVar(
     "ledgepay_patience", default=_UNSET
 )
+_background: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "ledgepay_background", default=False
+)
 
 
 @contextmanager
@@ -105,6 +111,21 @@ def patience(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         _patience.reset(token)
+
+
+@contextmanager
+def background(seconds: float | None = None) -> Iterator[None]:
+    """Run the calls made inside as background work, as ``ledgepay_sync`` and
+    ``ledgepay_reconcile`` do: when a rate-limit window is down to
+    ``LEDGEPAY_RATE_LIMIT_RESERVE`` requests, they wait for the next window and leave those
+    to checkout and refunds. As with :func:`patience`, each call may wait up to ``seconds``
+    in all (default None: as long as its retries take)."""
+    token = _background.set(True)
+    try:
+        with patience(seconds):
+            yield
+    finally:
+        _background.reset(token)
 
 
 class _Waits:
@@ -125,45 +146,12 @@ class _Waits:
         sleep(wait)
 
 
-@dataclass(frozen=True)
-class RateLimit:
-    """The rate-limit headers of one answer; None where the answer left a header out."""
-
-    limit: int | None = None
-    remaining: int | None = None
-    reset: float | None = None
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> RateLimit | None:
-        names = {"limit": "X-RateLimit-Limit", "remaining": "X-RateLimit-Remaining"}
-        names["reset"] = "X-RateLimit-Reset"
-        values = {name: _number(headers.get(header)) for name, header in names.items()}
-        if all(value is None for value in values.values()):
-            return None
-        return cls(
-            limit=None if values["limit"] is None else int(values["limit"]),
-            remaining=None if values["remaining"] is None else int(values["remaining"]),
-            reset=values["reset"],
-        )
-
-
-def _number(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if number == number and abs(number) != float("inf") else None
-
-
 class _ProcessState:
-    """The session and the last rate-limit reading, shared by the threads of one process."""
+    """The session, shared by the threads of one process."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.session: requests.Session | None = None
-        self.rate_limit: RateLimit | None = None
 
     def get_session(self) -> requests.Session:
         with self.lock:
@@ -194,17 +182,45 @@ def get_session() -> requests.Session:
 
 
 def last_rate_limit() -> RateLimit | None:
-    """The rate-limit headers of the last answer this process received, if any."""
-    return _state.rate_limit
+    """The rate-limit headers of the last answer received, by any process sharing
+    ``LEDGEPAY_RATE_LIMIT_CACHE`` (by this one when it is None); within one window, the
+    reading with the fewest requests left."""
+    return ratelimit.last()
 
 
 def reset_state() -> None:
-    """Forget the session and the rate-limit reading (for tests and after settings change)."""
+    """Forget the session, and the rate-limit budget and circuit breaker of the current API
+    key and of every other this process used, shared and in this process (for tests, and
+    after settings change). :func:`django_ledgepay.testing.reset_client_state` calls it."""
     with _state.lock:
         if _state.session is not None:
             _state.session.close()
         _state.session = None
-        _state.rate_limit = None
+    sharedcache.reset(ratelimit.NAMES + breaker.NAMES)
+
+
+class _Call:
+    """One logical request, and what its attempts told of LedgePay's health."""
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None,
+        json: Mapping[str, Any] | None,
+        headers: dict[str, str],
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.params = params
+        self.json = json
+        self.headers = headers
+        self.outcome = breaker.Outcome.UNSENT
+
+    def __repr__(self) -> str:
+        # Never the headers: they hold the key.
+        return f"<_Call {self.method} {self.path}>"
 
 
 def new_idempotency_key() -> str:
@@ -212,7 +228,8 @@ def new_idempotency_key() -> str:
 
 
 class LedgePayClient:
-    """Calls LedgePay with the current settings. Cheap to create; state lives per process."""
+    """Calls LedgePay with the current settings. Cheap to create: the session lives per
+    process, the rate-limit budget and the circuit breaker in ``LEDGEPAY_RATE_LIMIT_CACHE``."""
 
     def __repr__(self) -> str:
         # Never the key: only where the client points.
@@ -270,8 +287,8 @@ class LedgePayClient:
 
     # Transport
 
-    # Every variable of this method and of the requests, urllib3 and http.client frames it
-    # calls is hidden from Django's error reports: they hold the API key.
+    # Every variable of this method and of the frames it calls (its attempts, requests,
+    # urllib3 and http.client) is hidden from Django's error reports: they hold the API key.
     @sensitive_variables()
     def request(
         self,
@@ -286,7 +303,10 @@ class LedgePayClient:
 
         A POST carries one ``Idempotency-Key`` across all its attempts, so a retry after an
         answer was lost cannot act twice. A failed call raises a :class:`LedgePayError`;
-        a missing or malformed key raises ``ImproperlyConfigured`` before any call.
+        a missing or malformed key raises ``ImproperlyConfigured`` before any call. While
+        the circuit breaker is open, :class:`LedgePayUnavailableError` is raised and nothing
+        is sent; a rate-limit wait longer than the call may wait raises
+        :class:`RateLimitError`, and nothing is sent either.
         """
         api_key = conf.LEDGEPAY_API_KEY
         if not api_key:
@@ -297,18 +317,32 @@ class LedgePayClient:
                 "LEDGEPAY_API_KEY holds whitespace or characters other than printable ASCII; "
                 "check how it is set (a trailing newline from a file, for example)."
             )
-        url = f"{conf.LEDGEPAY_API_BASE}{path}"
         headers = {"Authorization": f"Bearer {api_key}"}
         if method == "POST":
             headers["Idempotency-Key"] = idempotency_key or new_idempotency_key()
+        trial = breaker.admit(method, path, now())
+        call = _Call(method, path, params=params, json=json, headers=headers)
+        try:
+            return self._attempts(call, api_key)
+        finally:
+            breaker.settle(call.outcome, trial=trial, now=now())
+
+    def _attempts(self, call: _Call, api_key: str) -> Any:
+        """Send ``call`` until it is answered or may not be retried; keep in
+        ``call.outcome`` what the last attempt told of LedgePay's health."""
+        method, path = call.method, call.path
+        url = f"{conf.LEDGEPAY_API_BASE}{path}"
         timeout = conf.LEDGEPAY_TIMEOUT
         max_retries = conf.LEDGEPAY_MAX_RETRIES
         waits = _Waits()
         session = get_session()
+        paused_until: float | None = None
 
         attempt = 0
         while True:
-            self._wait_for_rate_limit(waits, method, path, again=attempt > 0)
+            self._wait_for_rate_limit(
+                waits, method, path, again=attempt > 0, waited_until=paused_until
+            )
             started = monotonic()
             try:
                 # A redirect is never followed: its target's answer is not LedgePay's, and
@@ -316,13 +350,17 @@ class LedgePayClient:
                 response = session.request(
                     method,
                     url,
-                    params=params,
-                    json=json,
-                    headers=headers,
+                    params=call.params,
+                    json=call.json,
+                    headers=call.headers,
                     timeout=timeout,
                     allow_redirects=False,
                 )
             except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
+                if isinstance(err, RETRYABLE_FAILURES):
+                    call.outcome = breaker.Outcome.DOWN
+                elif isinstance(err, UNREADABLE_ANSWERS):
+                    call.outcome = breaker.Outcome.ANSWERED
                 error: LedgePayError = _error_from_failure(err, method, path)
                 wait = _backoff(attempt)
                 retried = isinstance(err, RETRYABLE_FAILURES) and attempt < max_retries
@@ -344,32 +382,34 @@ class LedgePayClient:
                 attempt += 1
                 continue
 
+            status = response.status_code
+            call.outcome = breaker.Outcome.DOWN if status >= 500 else breaker.Outcome.ANSWERED
             self._record_rate_limit(response)
             elapsed = monotonic() - started
-            logger.debug(
-                "LedgePay %s %s -> %d in %.3fs", method, path, response.status_code, elapsed
-            )
-            if response.status_code < 300:
+            logger.debug("LedgePay %s %s -> %d in %.3fs", method, path, status, elapsed)
+            if status < 300:
                 return _decode(response, method, path)
-            if response.status_code < 400:
+            if status < 400:
                 raise APIError(
-                    f"LedgePay answered {method} {path} with a redirect (HTTP "
-                    f"{response.status_code}), which the client does not follow; check "
-                    "LEDGEPAY_API_BASE.",
-                    http_status=response.status_code,
+                    f"LedgePay answered {method} {path} with a redirect (HTTP {status}), which "
+                    "the client does not follow; check LEDGEPAY_API_BASE.",
+                    http_status=status,
                 )
             error = _error_from_response(response, api_key)
-            retryable = response.status_code == 429 or response.status_code >= 500
-            if not retryable or attempt >= max_retries:
+            asked = _asked_wait(response)
+            if asked is not None and asked > 0:
+                # Every process waits it out, not only this call.
+                paused_until = ratelimit.record_pause(asked, now())
+            if not (status == 429 or status >= 500) or attempt >= max_retries:
                 raise error
-            wait = _retry_wait(response, attempt)
-            if not _may_wait(waits, wait, method, path, f"HTTP {response.status_code}"):
+            wait = _backoff(attempt) if asked is None else asked
+            if not _may_wait(waits, wait, method, path, f"HTTP {status}"):
                 raise error
             logger.warning(
                 "LedgePay %s %s: HTTP %d; retry %d of %d in %.2fs",
                 method,
                 path,
-                response.status_code,
+                status,
                 attempt + 1,
                 max_retries,
                 wait,
@@ -378,47 +418,53 @@ class LedgePayClient:
             attempt += 1
 
     def _wait_for_rate_limit(
-        self, waits: _Waits, method: str, path: str, *, again: bool = False
+        self,
+        waits: _Waits,
+        method: str,
+        path: str,
+        *,
+        again: bool = False,
+        waited_until: float | None = None,
     ) -> None:
-        """When the last answer left no requests in the window, wait for it to reset; when
-        that is longer than the call may wait, raise RateLimitError without sending."""
-        rate_limit = _state.rate_limit
-        if rate_limit is None or rate_limit.remaining != 0 or rate_limit.reset is None:
+        """Before an attempt, wait for what the project's rate-limit budget asks: a 429's
+        pause (one this call waited out itself, until ``waited_until``, aside), a window
+        with no request left, and for a background call a window down to the reserve.
+        When that is longer than the call may wait, raise RateLimitError without sending."""
+        in_background = _background.get()
+        needed = ratelimit.wait_before_sending(
+            now(),
+            background=in_background,
+            reserve=conf.LEDGEPAY_RATE_LIMIT_RESERVE if in_background else 0,
+            waited_until=waited_until,
+        )
+        if needed is None:
             return
-        wait = min(rate_limit.reset - now(), RATE_LIMIT_WAIT_CAP)
-        if wait <= 0:
-            return
+        wait = min(needed.seconds, RATE_LIMIT_WAIT_CAP)
         if not waits.allow(wait):
+            reason = ratelimit.WAIT_REASONS[needed.reason]
             raise RateLimitError(
-                f"LedgePay's rate limit is used up for {wait:.0f}s more, longer than this call"
-                f" may wait (LEDGEPAY_MAX_WAIT); {method} {path} was not sent"
+                f"{reason} for {wait:.0f}s more, longer than this call may wait"
+                f" (LEDGEPAY_MAX_WAIT); {method} {path} was not sent"
                 + (" again." if again else ".")
             )
-        logger.info("LedgePay rate limit reached; waiting %.2fs for the window to reset", wait)
+        logger.info("%s; waiting %.2fs", ratelimit.WAIT_LOGS[needed.reason], wait)
         waits.sleep(wait)
 
     def _record_rate_limit(self, response: requests.Response) -> None:
         rate_limit = RateLimit.from_headers(response.headers)
-        if rate_limit is None:
-            return
-        with _state.lock:
-            last = _state.rate_limit
-            # Answers of concurrent calls arrive in any order: within one window, the
-            # fewest requests left is the truest reading.
-            if (
-                last is not None
-                and last.reset == rate_limit.reset
-                and last.remaining is not None
-                and (rate_limit.remaining is None or last.remaining < rate_limit.remaining)
-            ):
-                return
-            _state.rate_limit = rate_limit
+        if rate_limit is not None:
+            ratelimit.record(rate_limit, now())
 
     @staticmethod
     def _object(body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise APIError("LedgePay answered with something that is not an object.")
         return body
+
+
+def get_client() -> LedgePayClient:
+    """A client for the current settings: what the services call (a test may replace it)."""
+    return LedgePayClient()
 
 
 def _decode(response: requests.Response, method: str, path: str) -> Any:
@@ -534,35 +580,13 @@ def _may_wait(waits: _Waits, wait: float, method: str, path: str, failure: str) 
     return False
 
 
-def _retry_wait(response: requests.Response, attempt: int) -> float:
-    """How long to wait before retrying: what a 429 asks for, else the backoff."""
-    if response.status_code == 429:
-        wait = _retry_after(response.headers)
-        if wait is not None and (wait > 0 or response.headers.get("Retry-After") == "0"):
-            return min(wait, RATE_LIMIT_WAIT_CAP)
-        # A time already past (the clocks disagree) asks for nothing: back off instead of
-        # retrying at once. Only an explicit "Retry-After: 0" means now.
-    return _backoff(attempt)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value is not None:
-        seconds = _number(value)
-        if seconds is not None:
-            return seconds
-        try:
-            moment = email.utils.parsedate_to_datetime(value)
-            if moment is not None and moment.tzinfo is not None:
-                return moment.timestamp() - now()
-        except (TypeError, ValueError, OverflowError):
-            pass  # Not a date this client can read: the reset header, or the backoff.
-    reset = _number(headers.get("X-RateLimit-Reset"))
-    if reset is not None:
-        return reset - now()
+def _asked_wait(response: requests.Response) -> float | None:
+    """The wait a 429 asks for before a retry (capped), or None to back off."""
+    if response.status_code != 429:
+        return None
+    wait = ratelimit.retry_after(response.headers, now())
+    if wait is not None and (wait > 0 or response.headers.get("Retry-After") == "0"):
+        return min(wait, RATE_LIMIT_WAIT_CAP)
+    # A time already past (the clocks disagree) asks for nothing: back off instead of
+    # retrying at once. Only an explicit "Retry-After: 0" means now.
     return None
-
-
-def get_client() -> LedgePayClient:
-    """The client the services call LedgePay with."""
-    return LedgePayClient()

@@ -94,6 +94,43 @@ class Settings:
             )
         return str(mode)
 
+    @property
+    def LEDGEPAY_RATE_LIMIT_CACHE(self) -> str | None:
+        """The alias in ``CACHES`` of the cache every process shares the rate-limit budget
+        and the circuit breaker through; ``None``: each process keeps its own."""
+        alias = getattr(settings, "LEDGEPAY_RATE_LIMIT_CACHE", "default")
+        if alias is not None and not isinstance(alias, str):
+            raise ImproperlyConfigured(
+                "LEDGEPAY_RATE_LIMIT_CACHE must be an alias of CACHES, or None."
+            )
+        return alias
+
+    @property
+    def LEDGEPAY_RATE_LIMIT_RESERVE(self) -> int:
+        """How many requests of each rate-limit window background callers (the sync and
+        reconcile commands) leave to checkout and refunds."""
+        reserve = _number("LEDGEPAY_RATE_LIMIT_RESERVE", 10)
+        if reserve < 0:
+            raise ImproperlyConfigured("LEDGEPAY_RATE_LIMIT_RESERVE must not be negative.")
+        return int(reserve)
+
+    @property
+    def LEDGEPAY_BREAKER_THRESHOLD(self) -> int:
+        """How many calls in a row that found LedgePay down open the circuit breaker;
+        ``0`` turns it off."""
+        threshold = _number("LEDGEPAY_BREAKER_THRESHOLD", 5)
+        if threshold < 0:
+            raise ImproperlyConfigured("LEDGEPAY_BREAKER_THRESHOLD must not be negative.")
+        return int(threshold)
+
+    @property
+    def LEDGEPAY_BREAKER_COOLDOWN(self) -> float:
+        """Seconds an open circuit breaker refuses calls before it lets one through."""
+        cooldown = _number("LEDGEPAY_BREAKER_COOLDOWN", 30)
+        if cooldown < 0:
+            raise ImproperlyConfigured("LEDGEPAY_BREAKER_COOLDOWN must not be negative.")
+        return cooldown
+
 
 def _number(name: str, default: float) -> float:
     """The setting ``name`` as a finite number; anything else raises ImproperlyConfigured

@@ -71,6 +71,19 @@ class APIConnectionError(LedgePayError):
     default_message = "Could not reach LedgePay."
 
 
+class LedgePayUnavailableError(APIConnectionError):
+    """The circuit breaker is open: ``LEDGEPAY_BREAKER_THRESHOLD`` calls in a row found
+    LedgePay down (no connection, a timeout or a 5xx, after their retries), so this call
+    failed at once and **sent nothing**. ``retry_after`` is how many seconds remain before
+    a call is let through to try again (0 while another call is trying)."""
+
+    default_message = "LedgePay is unavailable; the call was not sent."
+
+    def __init__(self, message: str = "", *, retry_after: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
 class RefundError(LedgePayError):
     """A refund refused locally, before any call to LedgePay."""
 

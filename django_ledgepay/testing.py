@@ -15,6 +15,17 @@ Or run a fake LedgePay with state, served through ``responses``, and drive it::
         fake.pay(payment.ledgepay_id)                  # the shopper pressed Pay
         fake.deliver(client)                           # webhooks reach your endpoint
         post_webhook(client, fake.webhook("payment.succeeded", payment.ledgepay_id))  # again
+
+Start each test with a fresh client, so that one test's failures do not open the circuit
+breaker for the next, nor its rate-limit headers make the next one wait::
+
+    from django_ledgepay.testing import reset_client_state
+
+    @pytest.fixture(autouse=True)
+    def fresh_ledgepay_client():
+        reset_client_state()
+        yield
+        reset_client_state()
 """
 
 from __future__ import annotations
@@ -32,11 +43,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import Client
 from django.urls import reverse
 
+from django_ledgepay import client as ledgepay_client
 from django_ledgepay.conf import Secret, conf
 from django_ledgepay.sandbox.state import Driver, LedgePayState, event_payload
 from django_ledgepay.signatures import SIGNATURE_HEADER, signature_header
 
-__all__ = ["FakeLedgePay", "post_webhook", "signed_webhook"]
+__all__ = ["FakeLedgePay", "post_webhook", "reset_client_state", "signed_webhook"]
 
 
 def signed_webhook(
@@ -85,6 +97,20 @@ def post_webhook(
         content_type="application/json",
         headers=headers,
     )
+
+
+def reset_client_state() -> None:
+    """Forget what the LedgePay client keeps from call to call: its connections, the
+    rate-limit budget (the last ``X-RateLimit-*`` headers and a 429's pause) and the circuit
+    breaker, in this process and in ``LEDGEPAY_RATE_LIMIT_CACHE``, for the API key of the
+    current settings and every other this process has used.
+
+    Call it before and after each test that talks to LedgePay (or a :class:`FakeLedgePay`),
+    from an autouse fixture or ``setUp``: otherwise five failing calls in one test open the
+    breaker for the tests after it, and a used-up window makes them wait. It deletes only
+    django-ledgepay's own keys; the rest of the cache is left as it is.
+    """
+    ledgepay_client.reset_state()
 
 
 class FakeLedgePay(Driver):

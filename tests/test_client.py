@@ -461,6 +461,7 @@ def test_backoff_after_network_failures_is_exponential(api, settings, sleeps, to
 def test_backoff_waits_are_jittered_within_their_bound(api, settings, sleeps):
     settings.LEDGEPAY_MAX_RETRIES = 6
     settings.LEDGEPAY_MAX_WAIT = 60  # Six waits may add up past the default 20 s.
+    settings.LEDGEPAY_BREAKER_THRESHOLD = 0  # Twenty failed calls in a row would open it.
     api.get(f"{API}/payments/pay_1", status=503)
     waits: list[float] = []
 

@@ -8,7 +8,7 @@ from django.core.management.base import CommandError, CommandParser
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
-from django_ledgepay.client import patience
+from django_ledgepay.client import background
 from django_ledgepay.management import arguments
 from django_ledgepay.reconcile import Report, describe, reconcile
 
@@ -76,7 +76,7 @@ class Command(arguments.LedgePayCommand):
                 )
 
         # An operator's command waits out LedgePay's rate limit (see patience()).
-        with patience(None):
+        with background():
             report = reconcile(since=since, until=until, apply=options["apply"], progress=progress)
         if as_json:
             self.stdout.write(json.dumps(report.as_dict(), indent=2))

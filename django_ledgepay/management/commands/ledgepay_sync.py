@@ -6,7 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError, CommandParser
 from django.template.defaultfilters import pluralize
 
-from django_ledgepay.client import patience
+from django_ledgepay.client import background
 from django_ledgepay.exceptions import LedgePayError
 from django_ledgepay.management import arguments
 from django_ledgepay.models import Payment
@@ -57,7 +57,7 @@ class Command(arguments.LedgePayCommand):
         self.done = None
         try:
             # An operator's command waits out LedgePay's rate limit (see patience()).
-            with patience(None):
+            with background():
                 result = sync_payments(status=options["status"], progress=self._progress, **bounds)
         except (LedgePayError, ImproperlyConfigured) as err:
             # ImproperlyConfigured names the setting to fix (LEDGEPAY_API_KEY), never its value.
