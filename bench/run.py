@@ -9,7 +9,8 @@ The paths (``--paths``, by name or number; default all):
 
 1. ``succeeded``: a new ``payment.succeeded`` for a known pending payment;
 2. ``redelivery``: an exact redelivery of (1), what LedgePay's retries send, signed five
-   minutes after its event (the app looks a retry up first: ``statements.LATE_AFTER``);
+   minutes after its event (the app looks a retry up first:
+   ``django_ledgepay.mirror.sql.LATE_AFTER``);
 3. ``final``: a new body for a payment already final;
 4. ``unseen``: a payment never seen, the event carrying amount and currency;
 5. ``refund-created``: ``refund.created`` for a known succeeded payment;
@@ -100,7 +101,7 @@ class BenchPath:
     sandbox: bool = False
     #: Seconds from the event's ``timestamp`` to the delivery's signature: LedgePay signs
     #: each attempt as it sends it, the first at once, a retry after a failed attempt and a
-    #: back-off (and the app looks a late one up first: statements.LATE_AFTER).
+    #: back-off (and the app looks a late one up first: django_ledgepay.mirror.sql.LATE_AFTER).
     signed_after: int = 0
 
 

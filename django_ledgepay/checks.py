@@ -14,6 +14,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
+from django_ledgepay import task_backend
 from django_ledgepay.client import API_KEY_PATTERN
 from django_ledgepay.conf import conf
 from django_ledgepay.models import Payment
@@ -137,13 +138,11 @@ def check_tasks(
 ) -> list[CheckMessage]:
     """The task backend and the webhook processing mode: errors, since a webhook or a
     delivery would fail on them at run time."""
-    from django_ledgepay import tasks
-
     messages: list[CheckMessage] = []
     alias = conf.LEDGEPAY_TASK_BACKEND
     try:
-        tasks.backend()
-    except tasks.InvalidTaskBackend:
+        task_backend.backend()
+    except task_backend.InvalidTaskBackend:
         messages.append(
             Error(
                 f"LEDGEPAY_TASK_BACKEND names {alias!r}, which is not a backend in TASKS.",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from django.conf import settings
 from django.db import models
@@ -12,6 +12,9 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_ledgepay.currencies import format_amount
+
+#: The largest amount a ``BigIntegerField`` holds: the most any amount column takes.
+MAX_AMOUNT: Final = 2**63 - 1
 
 
 class PaymentQuerySet(models.QuerySet["Payment"]):

@@ -19,7 +19,7 @@ status never changes again, so a final one there is left as it is and counted as
 ``unverified`` on the ``unlisted`` entry.
 
 With ``apply=True`` what can be repaired is repaired through the services, under
-``reactions.origin(SYNC)``: :func:`~django_ledgepay.services.apply_payment` for ``missing``
+``transitions.origin(SYNC)``: :func:`~django_ledgepay.services.apply_payment` for ``missing``
 and for a pending payment that LedgePay has settled (each change sends its signal once), and
 ``services.resolve_refund_requests`` for ``unresolved_refund``. A final status is never
 moved and a fixed fact never changed: such drift stays in the report as not repairable.
@@ -37,9 +37,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
-from django_ledgepay import reactions, services
+from django_ledgepay import services, transitions
 from django_ledgepay.currencies import format_amount
 from django_ledgepay.exceptions import LedgePayError, NotFoundError
+from django_ledgepay.mirror.values import created_second, item_id
 from django_ledgepay.models import Payment, Reconciliation, RefundRequest, Transition
 
 MISSING: Final = "missing"
@@ -140,7 +141,7 @@ def reconcile(
     record = Reconciliation.objects.create(since=since, until=until, applied=apply)
     report = Report(since=since, until=until, applied=apply, reconciliation=record)
     try:
-        with reactions.origin(Transition.Source.SYNC):
+        with transitions.origin(Transition.Source.SYNC):
             _Reconciler(report, apply=apply, progress=progress).run()
     except (LedgePayError, ImproperlyConfigured) as err:
         # ImproperlyConfigured names the setting to fix (LEDGEPAY_API_KEY), never its value.
@@ -189,9 +190,9 @@ class _Reconciler:
             items = [item for item in page.items if self._in_window(item)]
             self._compare(items)
             for item in items:
-                second = services._created_second(item)
+                second = created_second(item)
                 assert second is not None  # _in_window() saw it.
-                open_ids[services._item_id(item)] = second
+                open_ids[item_id(item)] = second
             for unlisted in page.unlisted:
                 if since <= unlisted.second < until:
                     self._unlisted(unlisted)
@@ -207,10 +208,10 @@ class _Reconciler:
         self._refund_requests()
 
     def _in_window(self, item: Mapping[str, Any]) -> bool:
-        second = services._created_second(item)
+        second = created_second(item)
         return (
             second is not None
-            and bool(services._item_id(item))
+            and bool(item_id(item))
             and self.report.since <= second < self.report.until
         )
 
@@ -220,14 +221,14 @@ class _Reconciler:
         """Compare one page with the mirror's rows for its ids: one query."""
         if not items:
             return
-        ids = [services._item_id(item) for item in items]
+        ids = [item_id(item) for item in items]
         rows = {p.ledgepay_id: p for p in Payment.objects.filter(ledgepay_id__in=ids)}
         for item in items:
             self.report.checked += 1
-            self._check(item, rows.get(services._item_id(item)))
+            self._check(item, rows.get(item_id(item)))
 
     def _check(self, data: Mapping[str, Any], payment: Payment | None) -> None:
-        ledgepay_id = services._item_id(data)
+        ledgepay_id = item_id(data)
         values = services.payment_values(data)
         theirs = values.get("status")
         if payment is None:

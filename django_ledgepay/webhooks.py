@@ -18,9 +18,10 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from django_ledgepay import services, statements
 from django_ledgepay.exceptions import LedgePayError, WebhookPayloadError
-from django_ledgepay.models import Payment, Refund, WebhookEvent
+from django_ledgepay.mirror.orm import RefusedNews, apply_payment_event, apply_refund, note_event
+from django_ledgepay.mirror.rules import PAYMENT_EVENTS, REFUND_EVENTS, event_outcome
+from django_ledgepay.models import MAX_AMOUNT, WebhookEvent
 from django_ledgepay.signatures import (
     SIGNATURE_HEADER,
     compute_signature,
@@ -30,6 +31,9 @@ from django_ledgepay.signatures import (
 )
 
 __all__ = [
+    "MAX_AMOUNT",
+    "PAYMENT_EVENTS",
+    "REFUND_EVENTS",
     "SIGNATURE_HEADER",
     "compute_signature",
     "parse_signature_header",
@@ -41,18 +45,6 @@ logger = logging.getLogger(__name__)
 
 # Reading, recording and applying deliveries
 
-#: The payment events this app applies, and the status each announces.
-PAYMENT_EVENTS: Final[Mapping[str, str]] = {
-    "payment.succeeded": "succeeded",
-    "payment.failed": "failed",
-    "payment.canceled": "canceled",
-}
-#: The refund events this app applies, and the status each announces (None: the data's own).
-REFUND_EVENTS: Final[Mapping[str, str | None]] = {
-    "refund.created": None,
-    "refund.succeeded": "succeeded",
-    "refund.failed": "failed",
-}
 #: Fields of a known event's ``data`` and the JSON types they must have when not null.
 FIELD_TYPES: Final[Mapping[str, tuple[type, ...]]] = {
     "id": (str,),
@@ -80,8 +72,6 @@ MAX_LENGTHS: Final[Mapping[str, int]] = {
     "customer.email": 254,
     "customer.name": 255,
 }
-#: The largest amount a ``BigIntegerField`` holds.
-MAX_AMOUNT: Final = 2**63 - 1
 #: How much of an unreadable body is kept in the log.
 RAW_BODY_CHARS: Final = 10_000
 #: What no database column can hold: NUL (PostgreSQL) and unpaired surrogates (not UTF-8).
@@ -290,49 +280,15 @@ def _apply(event: WebhookEvent) -> tuple[str, str]:
     data: dict[str, Any] = payload["data"]
     if event_type in PAYMENT_EVENTS:
         announced = PAYMENT_EVENTS[event_type]
-        payment, _ = services.apply_payment_event(data, status=announced, event=event)
-        return _outcome(payment, announced)
+        payment, _ = apply_payment_event(data, status=announced, event=event)
+        return event_outcome(payment.status, announced, "payment")
     if event_type in REFUND_EVENTS:
         announced_refund = REFUND_EVENTS[event_type]
-        refund, _ = services.apply_refund(data, status=announced_refund, event=event)
-        return _outcome(refund, announced_refund)
+        try:
+            refund, _ = apply_refund(data, status=announced_refund, event=event)
+        except RefusedNews as refused:
+            # News that cannot be true: kept, with the reason, and answered 200.
+            note_event(event, refused.note)
+            return WebhookEvent.Status.IGNORED, refused.note
+        return event_outcome(refund.status, announced_refund, "refund")
     return WebhookEvent.Status.IGNORED, f"Unknown event type {event_type[:100]!r}: kept, ignored."
-
-
-def _outcome(instance: Payment | Refund, announced: str | None) -> tuple[str, str]:
-    """``processed`` when the mirror now says what the event announced; ``ignored`` when a
-    final status contradicts it (the status rules keep it); else ``failed``, to try again."""
-    if announced is None or instance.status == announced:
-        return WebhookEvent.Status.PROCESSED, ""
-    kind = type(instance).__name__.lower()
-    if instance.is_final:
-        return WebhookEvent.Status.IGNORED, f"The {kind} is already {instance.status}."
-    return WebhookEvent.Status.FAILED, f"The {kind} is still {instance.status}; not applied."
-
-
-# The hot paths on PostgreSQL: a look-up and at most one statement more
-# (django_ledgepay.statements)
-
-
-def settle_in_one_statement(
-    body: bytes, *, signed_at: float | None = None
-) -> statements.FastOutcome | None:
-    """Apply a delivery in one SQL statement, with or after one look-up, where the database
-    allows (PostgreSQL; on SQLite a new body for a final payment) and the case is one the
-    statement can decide alone; else change nothing and return None or the outcome without
-    ``settled`` (then take the general path).
-
-    Outside a transaction only: the statement is its own transaction, so the change, the
-    stored event and its transition commit together, and a redelivery costs the look-up.
-    ``signed_at``, the signature's timestamp, tells a retry, looked up first.
-    """
-    if connection.in_atomic_block or not (
-        connection.vendor == "postgresql"
-        or (connection.vendor == "sqlite" and connection.features.can_return_columns_from_insert)
-    ):
-        return None
-    try:
-        payload = parse_event(body)
-    except WebhookPayloadError:
-        return None
-    return statements.apply(payload, hashlib.sha256(body).hexdigest(), signed_at=signed_at)

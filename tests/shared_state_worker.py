@@ -45,7 +45,7 @@ def rate_headers(remaining: int) -> dict[str, str]:
 def step(action: str) -> dict[str, Any]:
     """Run one action; return what was sent, the error class, and the waits asked for."""
     waits: list[float] = []
-    client.sleep = waits.append
+    client.sleep = waits.append  # type: ignore[assignment]
     error = None
     with responses.RequestsMock(assert_all_requests_are_fired=False) as api:
         try:

@@ -11,6 +11,7 @@ from django_ledgepay.exceptions import (
     AuthenticationError,
     InvalidRequestError,
     LedgePayError,
+    LedgePayUnavailableError,
     NotFoundError,
     RateLimitError,
     RefundError,
@@ -34,6 +35,7 @@ ALL_CLASSES = [LedgePayError, *SPEC_CLASSES, WebhookError, WebhookPayloadError]
 ALL_CLASSES.append(WebhookSignatureError)
 ALL_CLASSES.append(RefundsChangedError)
 ALL_CLASSES.append(RefundUnresolvedError)
+ALL_CLASSES.append(LedgePayUnavailableError)
 
 
 def test_an_unresolved_refund_is_a_refund_error():
@@ -154,3 +156,8 @@ def test_refunds_changed_is_a_refund_error_with_both_totals():
 
     assert isinstance(error, RefundError)
     assert (error.expected, error.refunded, str(error)) == (1000, 2500, "Changed.")
+
+
+def test_an_open_breaker_is_a_connection_error():
+    # Code that catches APIConnectionError (a shop's "try again later" page) catches it too.
+    assert issubclass(LedgePayUnavailableError, APIConnectionError)

@@ -157,5 +157,7 @@ def test_prune_refuses_a_batch_size_no_database_holds_before_any_query(
 
 def test_prune_names_its_cutoff_as_the_reports_do():
     output = prune("--days=7", "--dry-run")
-    cutoff = re.search(r"received before (\S+)\.$", output.strip()).group(1)
+    found = re.search(r"received before (\S+)\.$", output.strip())
+    assert found, output
+    cutoff = found.group(1)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", cutoff), output

@@ -17,8 +17,9 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
-from django_ledgepay import reactions, services, signals, tasks
+from django_ledgepay import delivery, intake, reactions, services, signals, task_backend, tasks
 from django_ledgepay.checks import check_tasks
 from django_ledgepay.models import Payment, Reaction, Transition, WebhookEvent
 from django_ledgepay.testing import signed_webhook
@@ -228,7 +229,7 @@ def test_a_task_backend_that_fails_loses_nothing(client, receive, monkeypatch):
     def down(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("the broker is down")
 
-    monkeypatch.setattr(tasks, "enqueue", down)
+    monkeypatch.setattr(task_backend, "enqueue", down)
     payment = make_payment(status="pending")
     assert post(client, *succeeded_body(payment)).status_code == 200
     assert paid.calls == []
@@ -436,7 +437,7 @@ def test_the_read_builds_what_the_orm_would(client, held_deliveries):
     ]
     Reaction.objects.create(transition=transitions[0], receiver="r", succeeded_at=timezone.now())
     for transition in transitions:
-        found = reactions._read(transition.pk)
+        found = delivery._read(transition.pk)
         assert found is not None
         read, succeeded_before = found
         assert succeeded_before is (transition == transitions[0])
@@ -450,7 +451,7 @@ def test_the_read_builds_what_the_orm_would(client, held_deliveries):
                 )
                 assert (mine._state.adding, mine._state.db) == (False, "default")
     # Its objects are cached: a receiver reading them costs nothing more.
-    found = reactions._read(transitions[1].pk)
+    found = delivery._read(transitions[1].pk)
     assert found is not None
     read = found[0]
     with CaptureQueriesContext(connection) as captured:
@@ -463,7 +464,7 @@ def test_the_read_builds_what_the_orm_would(client, held_deliveries):
         )
     assert captured.captured_queries == []
     assert read.payment.updated_at.tzinfo is not None
-    assert reactions._read(10**9) is None
+    assert delivery._read(10**9) is None
 
 
 RELATED = ("payment", "refund", "event")
@@ -481,14 +482,14 @@ def test_a_delivery_cut_short_after_one_success_skips_it_next_time(
     first = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="first")
     second = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="second")
     payment, transition = a_payment_that_succeeded()
-    run_once = reactions._run_once
+    run_once = delivery._run_once
 
     def killed_after_the_first(transition: Transition, name: str, *args: Any, **kw: Any) -> Any:
         if name == "second":
             raise KeyboardInterrupt  # The worker dies: nothing after this runs.
         return run_once(transition, name, *args, **kw)
 
-    monkeypatch.setattr(reactions, "_run_once", killed_after_the_first)
+    monkeypatch.setattr(delivery, "_run_once", killed_after_the_first)
     with pytest.raises(KeyboardInterrupt):
         reactions.deliver(transition.pk)
     monkeypatch.undo()
@@ -507,11 +508,28 @@ def test_a_last_receiver_another_worker_ran_first_still_ends_the_delivery(
     only = connect(signals.payment_succeeded, Flaky(failures=0), dispatch_uid="only")
     payment, transition = a_payment_that_succeeded()
     # Another worker records the receiver's success while this one runs it.
-    monkeypatch.setattr(reactions, "_record_success", lambda *args, **kwargs: False)
+    monkeypatch.setattr(delivery, "_record_success", lambda *args, **kwargs: False)
     outcome = reactions.deliver(transition.pk)
     assert (outcome.succeeded, outcome.failed, outcome.delivered) == ([], [], True)
     assert only.calls == 1
     payment.refresh_from_db()
     assert payment.description == ""  # This run's write undone: the other's counts.
+    transition.refresh_from_db()
+    assert transition.delivered_at is not None
+
+
+def test_tasks_queued_under_0_2_paths_still_run(receive, django_capture_on_commit_callbacks):
+    # 0.3 defines each task beside what it runs; rows queued by 0.2 name
+    # django_ledgepay.tasks.*, which must still import as the same tasks.
+    assert import_string("django_ledgepay.tasks.deliver_transition") is delivery.deliver_transition
+    assert import_string("django_ledgepay.tasks.process_event") is intake.process_event
+    assert delivery.deliver_transition.module_path == "django_ledgepay.delivery.deliver_transition"
+    paid = receive(signals.payment_succeeded)
+    payment = make_payment(status="pending")
+    with django_capture_on_commit_callbacks(execute=False):
+        services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+    transition = Transition.objects.get()
+    import_string("django_ledgepay.tasks.deliver_transition").call(transition.pk)
+    assert len(paid.calls) == 1
     transition.refresh_from_db()
     assert transition.delivered_at is not None

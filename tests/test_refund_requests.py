@@ -13,14 +13,21 @@ import responses
 
 from django.utils import timezone
 
-from django_ledgepay import services, webhooks
+from django_ledgepay import refunds, services, webhooks
 from django_ledgepay.exceptions import (
     APIConnectionError,
     APIError,
     RefundError,
     RefundUnresolvedError,
 )
-from django_ledgepay.models import Payment, PaymentRequest, Refund, RefundRequest, WebhookEvent
+from django_ledgepay.models import (
+    Payment,
+    PaymentRequest,
+    Refund,
+    RefundRequest,
+    Transition,
+    WebhookEvent,
+)
 from django_ledgepay.testing import signed_webhook
 from tests.conftest import API
 from tests.factories import make_payment, next_id, payment_data, refund_data
@@ -215,7 +222,7 @@ def test_a_request_left_by_a_dead_process_waits_for_its_lease(api, payment, monk
         source="api",
         sending_since=timezone.now(),
     )
-    monkeypatch.setattr(services, "IN_FLIGHT_WAIT", 0.0)
+    monkeypatch.setattr(refunds, "IN_FLIGHT_WAIT", 0.0)
     with pytest.raises(RefundUnresolvedError, match="being sent right now"):
         services.refund_payment(payment, amount=1000)
     # A different amount may go ahead, with the request's amount held back.
@@ -372,8 +379,11 @@ def test_a_refund_event_cannot_change_a_refunds_amount_or_payment(db, caplog):
         webhooks.process_event(event)
     refund = Refund.objects.get()
     assert (refund.amount, refund.currency, refund.payment) == (2000, "EUR", payment)
-    assert refund.status == "succeeded"
+    # News that cannot be true moves nothing and sends nothing: kept, noted, answered 200.
+    assert refund.status == "pending"
+    assert not Transition.objects.filter(signal="refund_succeeded").exists()
     event.refresh_from_db()
+    assert event.status == "ignored"
     assert "contradicted" in event.note
     assert payment.refundable_amount == 3000
 

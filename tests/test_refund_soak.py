@@ -11,7 +11,7 @@ import pytest
 from django.db import OperationalError, connection
 
 from bench import soak_refunds
-from django_ledgepay import services
+from django_ledgepay import refunds, services
 from django_ledgepay.exceptions import LedgePayError
 from django_ledgepay.models import Payment
 from django_ledgepay.sandbox import Sandbox
@@ -100,8 +100,8 @@ def test_a_retry_after_the_answer_could_not_be_recorded_resolves_at_once(
             raise failures.pop()
         return record(*args, **kwargs)
 
-    monkeypatch.setattr(services, "apply_refund", failing_once)
-    monkeypatch.setattr(services, "IN_FLIGHT_WAIT", 0.0)
+    monkeypatch.setattr(refunds, "apply_refund", failing_once)
+    monkeypatch.setattr(refunds, "IN_FLIGHT_WAIT", 0.0)
     with pytest.raises(OperationalError):
         services.refund_payment(paid, amount=1000)
     assert refunded(sandbox) == [1000]

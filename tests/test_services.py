@@ -22,6 +22,7 @@ from django_ledgepay.exceptions import (
     RefundError,
     RefundsChangedError,
 )
+from django_ledgepay.mirror.values import parse_time
 from django_ledgepay.models import Payment, Refund
 from tests.conftest import API, concurrent_writers
 from tests.factories import make_payment, make_refund, next_id, payment_data, refund_data
@@ -400,7 +401,7 @@ def test_sync_payments_updates_and_counts(api, receive, django_capture_on_commit
         payment_data(id="pay_new", status="failed", created_at="2024-01-15T10:30:00Z"),
         {"id": "pay_broken", "created_at": "2024-01-15T10:29:00Z"},
     ]
-    same.created_at = services._datetime("2024-01-15T10:30:01Z")
+    same.created_at = parse_time("2024-01-15T10:30:01Z")
     same.checkout_url = remote[1]["checkout_url"]
     same.save()
     api.get(f"{API}/payments", json={"data": remote, "has_more": False})
@@ -415,19 +416,28 @@ def test_sync_payments_updates_and_counts(api, receive, django_capture_on_commit
     assert Payment.objects.get(ledgepay_id="pay_new").status == "failed"
 
 
-def test_sync_of_a_final_payment_that_changed_otherwise_signals_nothing(
+def test_sync_of_a_final_payment_that_changed_otherwise_changes_and_signals_nothing(
     api, receive, django_capture_on_commit_callbacks
 ):
-    payment = make_payment(status="succeeded", description="Order #1")
+    # A final payment is settled: its row never changes again (0.2's sync rewrote its other
+    # fields, where its webhooks did not; 0.3 has one rule for both).
+    payment = make_payment(
+        status="succeeded", description="Order #1", checkout_url="https://pay.example/a"
+    )
     receivers = [receive(signal) for signal in services.PAYMENT_SIGNALS.values()]
-    remote = payment_data(id=payment.ledgepay_id, status="succeeded", description="Order #1b")
+    remote = payment_data(
+        id=payment.ledgepay_id,
+        status="succeeded",
+        description="Order #1b",
+        checkout_url="https://pay.example/b",
+    )
     api.get(f"{API}/payments", json={"data": [remote], "has_more": False})
     api.get(f"{API}/payments/{payment.ledgepay_id}", json=remote)
     with django_capture_on_commit_callbacks(execute=True):
-        assert services.sync_payments().updated == 1
+        assert services.sync_payments().unchanged == 1
         services.sync_payment(payment)
     payment.refresh_from_db()
-    assert payment.description == "Order #1b"
+    assert (payment.description, payment.checkout_url) == ("Order #1", "https://pay.example/a")
     assert all(r.calls == [] for r in receivers)
 
 

@@ -11,7 +11,7 @@ import responses
 
 from django.core.management import CommandError, call_command
 
-from django_ledgepay import services
+from django_ledgepay import services, sync
 from django_ledgepay.models import Payment
 from django_ledgepay.testing import FakeLedgePay
 from tests.conftest import API
@@ -342,7 +342,7 @@ def test_listing_remembers_only_the_last_seconds(monkeypatch):
 
     def peak_for(count):
         pages = Pages(count)
-        monkeypatch.setattr(services, "get_client", lambda: pages)
+        monkeypatch.setattr(sync, "get_client", lambda: pages)
         tracemalloc.start()
         listed = sum(len(page.items) for page in services.payment_pages())
         peak = tracemalloc.get_traced_memory()[1]

@@ -376,7 +376,7 @@ def test_a_raising_receiver_is_retried_by_the_worker_after_its_backoff(engine):
             with connection.cursor() as cursor:
                 cursor.execute(
                     f"SELECT id, run_after FROM {TASKS_TABLE} WHERE status = 'READY' "
-                    "AND task_path = 'django_ledgepay.tasks.deliver_transition' "
+                    "AND task_path = 'django_ledgepay.delivery.deliver_transition' "
                     "AND args_kwargs = %s::jsonb",
                     [json.dumps({"args": [transition.pk], "kwargs": {}})],
                 )

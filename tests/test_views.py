@@ -24,7 +24,7 @@ from django.db import OperationalError, connection, connections
 from django.test import Client
 from django.urls import reverse
 
-from django_ledgepay import services, signals, webhooks
+from django_ledgepay import intake, services, signals, webhooks
 from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
 from django_ledgepay.testing import post_webhook, signed_webhook
 from tests.conftest import API, concurrent_writers
@@ -69,6 +69,27 @@ def test_csrf_exempt():
     body, headers = signed_webhook(succeeded(payment))
     response = post_signed(Client(enforce_csrf_checks=True), body, headers)
     assert response.status_code == 200
+
+
+def test_answers_under_login_required_middleware(
+    settings, receive, django_capture_on_commit_callbacks
+):
+    # Django's LoginRequiredMiddleware sends anonymous requests to the login page; LedgePay
+    # logs in to nothing, so a signed delivery must still be applied and answered.
+    settings.MIDDLEWARE = [
+        *settings.MIDDLEWARE,
+        "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    ]
+    payment = make_payment(status="pending")
+    paid = receive(signals.payment_succeeded)
+    body, headers = signed_webhook(succeeded(payment))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post_signed(Client(), body, headers)
+    assert response.status_code == 200
+    assert response.json() == {"detail": "processed"}
+    assert len(paid.calls) == 1
+    # An unsigned one is still refused by the signature, not sent to log in.
+    assert post_signed(Client(), body, {}).status_code == 400
 
 
 @pytest.mark.django_db(transaction=True)
@@ -491,7 +512,7 @@ def test_a_database_that_fails_is_503_then_redelivery_succeeds(client, monkeypat
         raise OperationalError("database is locked")
 
     with monkeypatch.context() as patched:
-        patched.setattr(webhooks, "settle_in_one_statement", locked)
+        patched.setattr(intake, "settle_in_one_statement", locked)
         patched.setattr(webhooks, "record_event", locked)
         response = post_signed(client, body, headers)
     assert response.status_code == 503
@@ -508,7 +529,7 @@ def test_a_database_failing_right_after_the_payment_moved_loses_no_signal(
 ):
     # The general path (SQLite; on PostgreSQL, an event stored before): once the payment's
     # UPDATE has committed, nothing may run on the database before the signal is sent.
-    monkeypatch.setattr(webhooks, "settle_in_one_statement", lambda body, **kw: None)
+    monkeypatch.setattr(intake, "settle_in_one_statement", lambda body, **kw: None)
     payment = make_payment(status="pending")
     paid = receive(signals.payment_succeeded)
     body, headers = signed_webhook(succeeded(payment))
@@ -540,7 +561,7 @@ def test_a_database_failing_right_after_the_payment_moved_loses_no_signal(
 def test_a_late_event_for_a_final_payment_costs_one_read(
     client, django_assert_num_queries, monkeypatch
 ):
-    monkeypatch.setattr(webhooks, "settle_in_one_statement", lambda body, **kw: None)
+    monkeypatch.setattr(intake, "settle_in_one_statement", lambda body, **kw: None)
     payment = make_payment(status="succeeded")
     event_ = webhooks.record_event(signed_webhook(succeeded(payment))[0])[0]
     with django_assert_num_queries(2):  # Read the payment, record the outcome.
@@ -913,7 +934,8 @@ def test_webhook_racing_sync_payment(receive, api):
     assert results == [200] * 4 + ["succeeded"] * 4
     assert len(paid.calls) == 1
     payment.refresh_from_db()
-    assert (payment.status, payment.description) == ("succeeded", "Synced")
+    # The description the shop sent is a fixed fact: LedgePay's answer does not change it.
+    assert (payment.status, payment.description) == ("succeeded", "Order #12345")
     assert WebhookEvent.objects.get().status == "processed"
 
 
@@ -980,13 +1002,14 @@ def test_a_failing_receiver_does_not_stop_the_next_signal(client, receive, caplo
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement path")
 @pytest.mark.django_db(transaction=True)
 def test_one_statement_path_stores_the_event_and_signals_with_it(client, receive):
-    payment = make_payment(status="pending", metadata={"order_id": "1"})
+    payment = make_payment(status="pending", metadata={"order_id": "1"}, description="")
     paid = receive(signals.payment_succeeded)
     data = {
         "id": payment.ledgepay_id,
         "amount": 5000,
         "currency": "EUR",
-        "metadata": {"order_id": "1", "note": "x"},
+        "metadata": {"order_id": "1"},  # A fixed fact: what the shop sent.
+        "description": "Order 1",  # Recorded blank: filled in.
         "completed_at": "2024-01-15T10:32:15Z",
     }
     body, headers = signed_webhook({"event": "payment.succeeded", "data": data})
@@ -1001,13 +1024,13 @@ def test_one_statement_path_stores_the_event_and_signals_with_it(client, receive
     assert stored.payload["data"] == data
     payment.refresh_from_db()
     assert payment.status == "succeeded"
-    assert payment.metadata == {"order_id": "1", "note": "x"}
+    assert (payment.metadata, payment.description) == ({"order_id": "1"}, "Order 1")
     assert payment.completed_at is not None
     assert payment.completed_at.isoformat() == "2024-01-15T10:32:15+00:00"
     assert len(paid.calls) == 1
     assert paid.calls[0]["event"].pk == stored.pk
     assert paid.calls[0]["payment"].status == "succeeded"
-    assert paid.calls[0]["payment"].metadata == {"order_id": "1", "note": "x"}
+    assert paid.calls[0]["payment"].metadata == {"order_id": "1"}
     # A redelivery: the payment is no longer pending, the body is stored.
     assert post_signed(client, body, headers).json() == {"detail": "duplicate"}
     assert len(paid.calls) == 1

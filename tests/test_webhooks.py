@@ -14,8 +14,9 @@ import requests
 from django.core.exceptions import SuspiciousOperation
 from django.db import connection, transaction
 
-from django_ledgepay import services, signals, signatures, webhooks
+from django_ledgepay import signals, signatures, webhooks
 from django_ledgepay.exceptions import WebhookPayloadError, WebhookSignatureError
+from django_ledgepay.mirror import orm
 from django_ledgepay.models import Payment, Refund, WebhookEvent
 from tests.conftest import API
 from tests.factories import make_payment, make_refund, payment_data, refund_data
@@ -477,7 +478,7 @@ def test_unexpected_error_is_recorded_as_failed(monkeypatch):
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("django_ledgepay.services.apply_payment_event", boom)
+    monkeypatch.setattr("django_ledgepay.webhooks.apply_payment_event", boom)
     webhooks.process_event(event)
     event.refresh_from_db()
     assert (event.status, event.error) == ("failed", "RuntimeError: bug")
@@ -492,7 +493,7 @@ def test_a_database_error_leaves_the_callers_transaction_usable(monkeypatch):
         with connection.cursor() as cursor:
             cursor.execute("SELECT * FROM no_such_table")  # Aborts a PostgreSQL transaction.
 
-    monkeypatch.setattr("django_ledgepay.services.apply_payment_event", broken)
+    monkeypatch.setattr("django_ledgepay.webhooks.apply_payment_event", broken)
     with transaction.atomic():  # As the admin's action may be.
         webhooks.process_event(event)
         assert Payment.objects.count() == 1  # Would raise if the transaction were broken.
@@ -511,7 +512,7 @@ def test_a_failure_does_not_overwrite_a_concurrent_success(monkeypatch):
         WebhookEvent.objects.filter(pk=event.pk).update(status="processed", attempts=1)
         raise requests.ConnectionError("late")
 
-    monkeypatch.setattr("django_ledgepay.services.apply_payment_event", finished_elsewhere)
+    monkeypatch.setattr("django_ledgepay.webhooks.apply_payment_event", finished_elsewhere)
     webhooks.process_event(event)
     assert (event.status, event.attempts) == ("processed", 1)
     event.refresh_from_db()
@@ -523,7 +524,7 @@ def test_news_that_did_not_take_is_failed_to_try_again(monkeypatch):
     payment = make_payment(status="pending")
     event = stored("payment.succeeded", {"id": payment.ledgepay_id})
     monkeypatch.setattr(
-        "django_ledgepay.services.apply_payment_event", lambda *a, **kw: (payment, False)
+        "django_ledgepay.webhooks.apply_payment_event", lambda *a, **kw: (payment, False)
     )
     webhooks.process_event(event)
     assert (event.status, event.error) == ("failed", "The payment is still pending; not applied.")
@@ -538,14 +539,14 @@ def test_refund_inserted_by_a_rival_while_waiting_for_the_lock_is_still_updated(
     payment = make_payment()
     rival = make_refund(payment, status="pending", amount=2500)
     done = receive(signals.refund_succeeded)
-    locked_refund = services._locked_refund
+    locked_refund = orm.lock_refund
     looks: list[str] = []
 
     def first_look_misses(ledgepay_id: str) -> Refund | None:
         looks.append(ledgepay_id)
         return None if len(looks) == 1 else locked_refund(ledgepay_id)
 
-    monkeypatch.setattr(services, "_locked_refund", first_look_misses)
+    monkeypatch.setattr(orm, "lock_refund", first_look_misses)
     data = refund_data(payment.ledgepay_id, id=rival.ledgepay_id)
     event = stored("refund.succeeded", data)
     with django_capture_on_commit_callbacks(execute=True):

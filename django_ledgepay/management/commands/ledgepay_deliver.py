@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 from django.template.defaultfilters import pluralize
 
-from django_ledgepay import reactions
+from django_ledgepay import delivery
 from django_ledgepay.management import arguments
 from django_ledgepay.models import Transition
 
@@ -40,7 +40,7 @@ class Command(arguments.LedgePayCommand):
             missing = sorted(set(ids) - found)
             if missing:
                 raise CommandError(f"No transition with id {', '.join(map(str, missing))}.")
-            rows = reactions.undelivered(everything=True).filter(pk__in=ids)
+            rows = delivery.undelivered(everything=True).filter(pk__in=ids)
             pending = list(rows.values_list("pk", flat=True))
             if verbosity >= 1:
                 for transition_id in sorted(found - set(pending)):
@@ -48,11 +48,11 @@ class Command(arguments.LedgePayCommand):
         else:
             # Only the ids in memory, so a long backlog costs little while it is delivered.
             pending = list(
-                reactions.undelivered(everything=options["all"]).values_list("pk", flat=True)
+                delivery.undelivered(everything=options["all"]).values_list("pk", flat=True)
             )
         delivered = failed = 0
         for transition_id in pending:
-            outcome = reactions.deliver(transition_id)
+            outcome = delivery.deliver(transition_id)
             if outcome.transition is None:
                 continue
             if outcome.delivered:

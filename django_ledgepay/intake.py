@@ -1,0 +1,125 @@
+"""The one entry point of a verified webhook delivery: stored, applied, answered.
+
+:func:`receive` is one fixed sequence, whatever the delivery:
+
+1. In task mode (``LEDGEPAY_WEBHOOK_PROCESSING = "task"``), the delivery is stored and the
+   task :func:`process_event` enqueued; the answer is 200 at once.
+2. Otherwise, where the database allows, the SQL statements of
+   :mod:`django_ledgepay.mirror.sql` settle it (a sale, a redelivery, and most other cases).
+3. What they leave is stored and applied on the general path (:mod:`django_ledgepay.webhooks`).
+
+Its error contract: a body that is not a readable event is kept as ignored and answered
+400; a valid event that could not be applied for a passing reason is kept as failed and
+answered 503, so LedgePay delivers it again; a database that fails before anything is
+stored is answered 503 too. Nothing valid is ever lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from django.db import OperationalError, connection
+
+from django_ledgepay import task_backend, webhooks
+from django_ledgepay.conf import WEBHOOK_PROCESSING_TASK, conf
+from django_ledgepay.exceptions import WebhookPayloadError
+from django_ledgepay.mirror import sql
+from django_ledgepay.mirror.sql_parts import FastOutcome
+from django_ledgepay.models import WebhookEvent
+
+logger = logging.getLogger("django_ledgepay.views")
+
+KEPT_FOR_REDELIVERY = "The event could not be applied now; it is kept for redelivery."
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The answer to a delivery: its HTTP status and a short detail."""
+
+    status_code: int
+    detail: str
+
+
+@task_backend.task()  # type: ignore[untyped-decorator,unused-ignore]
+def process_event(event_id: int) -> None:
+    """Apply the stored webhook event ``event_id``, unless it was applied already."""
+    event = WebhookEvent.objects.filter(pk=event_id).first()
+    if event is not None and not event.is_processed:
+        webhooks.process_event(event)
+
+
+def receive(body: bytes, *, signed_at: float | None = None) -> Receipt:
+    """Store and apply a delivery whose signature passed (signed at ``signed_at``)."""
+    try:
+        if conf.LEDGEPAY_WEBHOOK_PROCESSING == WEBHOOK_PROCESSING_TASK:
+            return _store_for_task(body)
+        return _apply(body, signed_at)
+    except OperationalError:
+        # The database is down or locked: nothing was stored, LedgePay delivers again.
+        logger.exception("Webhook delivery not stored: the database failed")
+        return Receipt(503, "The event could not be stored now; deliver it again.")
+
+
+def _apply(body: bytes, signed_at: float | None) -> Receipt:
+    fast = settle_in_one_statement(body, signed_at=signed_at)
+    if fast is not None and fast.settled is not None:
+        return _answer_for(fast.settled)
+    if fast is not None and fast.stored is not None and fast.stored.is_processed:
+        return Receipt(200, "duplicate")
+    event, created, invalid = webhooks.record_event(body)
+    if invalid is not None:
+        logger.warning("Webhook event %s kept as ignored: %s", event.pk, invalid.message)
+        return Receipt(400, invalid.message)
+    if not created and event.is_processed:
+        return Receipt(200, "duplicate")
+    webhooks.process_event(event)
+    return _answer_for(event)
+
+
+def _answer_for(event: WebhookEvent) -> Receipt:
+    if event.status == WebhookEvent.Status.FAILED:
+        return Receipt(503, KEPT_FOR_REDELIVERY)
+    return Receipt(200, event.status)
+
+
+def _store_for_task(body: bytes) -> Receipt:
+    """Store a delivery and hand it to :func:`process_event`. A backend that fails to
+    enqueue loses nothing: the event stays ``received`` and ``ledgepay_deliver`` applies it."""
+    event, created, invalid = webhooks.record_event(body)
+    if invalid is not None:
+        logger.warning("Webhook event %s kept as ignored: %s", event.pk, invalid.message)
+        return Receipt(400, invalid.message)
+    if event.is_processed:
+        return Receipt(200, "duplicate")
+    try:
+        task_backend.enqueue(process_event, event.pk)
+    except Exception:
+        logger.exception(
+            "Could not enqueue webhook event %s; ledgepay_reprocess --all will apply it.",
+            event.pk,
+        )
+    return Receipt(200, WebhookEvent.Status.RECEIVED if created else "duplicate")
+
+
+def settle_in_one_statement(body: bytes, *, signed_at: float | None = None) -> FastOutcome | None:
+    """Apply a delivery in one SQL statement, with or after one look-up, where the database
+    allows (PostgreSQL; on SQLite a new body for a final payment) and the case is one the
+    statement can decide alone; else change nothing and return None or the outcome without
+    ``settled`` (then take the general path).
+
+    Outside a transaction only: the statement is its own transaction, so the change, the
+    stored event and its transition commit together, and a redelivery costs the look-up.
+    ``signed_at``, the signature's timestamp, tells a retry, looked up first.
+    """
+    if connection.in_atomic_block or not (
+        connection.vendor == "postgresql"
+        or (connection.vendor == "sqlite" and connection.features.can_return_columns_from_insert)
+    ):
+        return None
+    try:
+        payload = webhooks.parse_event(body)
+    except WebhookPayloadError:
+        return None
+    return sql.apply(payload, hashlib.sha256(body).hexdigest(), signed_at=signed_at)
