@@ -13,8 +13,9 @@ The rules:
   later news that says otherwise changes nothing (not even its other fields).
 - A payment's fixed facts (:data:`PAYMENT_FACTS`: its amount and currency, and what the shop
   sent: description, customer, metadata) never change once recorded; a blank one (nothing
-  sent) may be filled in. News that contradicts one is not applied as it stands: the writer
-  asks LedgePay, and even LedgePay's answer never changes a fixed fact.
+  recorded) is filled in by LedgePay's own answer only. News that says another value is
+  not applied as it stands: the writer asks LedgePay, and even LedgePay's answer never
+  changes a recorded fact.
 - A refund's fixed facts (:data:`REFUND_FACTS`, and its payment) never change. News about a
   refund that cannot be true (another payment, amount or currency than recorded; a currency
   that is not its payment's; refunds past the payment's amount) changes nothing.
@@ -124,16 +125,18 @@ def is_blank(name: str, value: Any) -> bool:
 
 
 def payment_contradictions(
-    held: Mapping[str, Any], said: Mapping[str, Any]
+    held: Mapping[str, Any], said: Mapping[str, Any], *, verified: bool = False
 ) -> dict[str, tuple[Any, Any]]:
-    """The fixed facts ``said`` holds that differ from ``held``'s recorded (non-blank) ones."""
+    """The fixed facts ``said`` holds that differ from ``held``'s, as ``{name: (recorded,
+    said)}``. A blank recorded fact is contradicted by news too (only LedgePay's own
+    answer, ``verified``, may fill it in)."""
     return {
         name: (held[name], said[name])
         for name in PAYMENT_FACTS
         if name in said
-        and not is_blank(name, held.get(name))
         and not is_blank(name, said[name])
         and said[name] != held[name]
+        and not (verified and is_blank(name, held[name]))
     }
 
 
@@ -172,8 +175,7 @@ class Move:
     """A pending payment moved to a final status: the guard it needs, what it writes.
 
     The guard is: the status is pending, and each fixed fact in :attr:`facts` is recorded
-    blank or equal (a blank one is filled in, so a guarded write of the said value is right
-    either way). The SQL statements compile this into their WHERE and SET lists.
+    as it is said. The SQL statements compile this into their WHERE and SET lists.
     """
 
     status: str
@@ -192,8 +194,7 @@ def payment_move(said: Mapping[str, Any], status: str, now: datetime.datetime) -
     completed, defaults = completed_at_policy(said, now)
     writes.update(completed)
     writes["status"] = status
-    fills = {name: value for name, value in facts.items() if name not in FIXED_FACTS}
-    return Move(status, facts, {**fills, **writes}, defaults, PAYMENT_TRANSITIONS[status])
+    return Move(status, facts, writes, defaults, PAYMENT_TRANSITIONS[status])
 
 
 def new_payment(values: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any]:
@@ -223,7 +224,7 @@ def decide_payment(
             note=f"LedgePay says {status}, but it is already {current}; nothing changed.",
             contradicted={} if stale else {"status": (current, status)},
         )
-    found = payment_contradictions(held, said)
+    found = payment_contradictions(held, said, verified=verified)
     if found and not verified:
         return Decision(Verdict.CONTRADICTED, contradicted=found)
     if current != PENDING:
@@ -235,6 +236,7 @@ def decide_payment(
     if current == PENDING and isinstance(status, str) and status != PENDING:
         move = payment_move(said, status, now)
         writes, defaults, signals = dict(move.writes), dict(move.defaults), (move.signal,)
+        writes.update((name, value) for name, value in move.facts.items() if verified)
     else:
         writes = {name: value for name, value in said.items() if name != "status"}
     writes = {name: value for name, value in writes.items() if held.get(name) != value}

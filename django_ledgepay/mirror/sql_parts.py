@@ -14,7 +14,6 @@ from django.db import connection
 from django.db.models import Field, Model
 
 from django_ledgepay.exceptions import LedgePayError
-from django_ledgepay.mirror.rules import PAYMENT_FACTS
 from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
 
 Built = TypeVar("Built")
@@ -141,20 +140,11 @@ def assignments(
 
 
 def facts_guard(facts: Mapping[str, Any], prefix: str = "") -> tuple[list[str], list[Any]]:
-    """The rulebook's guard on a payment's fixed facts, in SQL: each recorded blank (a fact
-    that may be filled in) or equal to what ``facts`` says."""
+    """The rulebook's guard on a payment's fixed facts, in SQL: each recorded as said."""
     sql, params = [], []
     for name, value in facts.items():
-        target = f"{prefix}{column(Payment, name)}"
-        if PAYMENT_FACTS[name] is None:
-            sql.append(f"{target} = %s")
-            params.append(db_value(Payment, name, value))
-        else:
-            sql.append(f"({target} = %s OR {target} = %s)")
-            params += [
-                db_value(Payment, name, value),
-                db_value(Payment, name, PAYMENT_FACTS[name]),
-            ]
+        sql.append(f"{prefix}{column(Payment, name)} = %s")
+        params.append(db_value(Payment, name, value))
     return sql, params
 
 
