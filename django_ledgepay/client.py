@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from importlib import metadata
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -45,7 +46,11 @@ from django_ledgepay.ratelimit import RateLimit as RateLimit
 
 logger = logging.getLogger(__name__)
 
-USER_AGENT: Final = f"{package_name}/0.1"
+try:
+    _version = metadata.version("django-ledgepay")
+except metadata.PackageNotFoundError:  # Imported from a checkout that pip did not install.
+    _version = "unknown"
+USER_AGENT: Final = f"{package_name}/{_version}"
 #: The largest page the list endpoint serves.
 MAX_PAGE_SIZE: Final = 100
 #: Backoff between retries: base * 2**retry seconds, with full jitter, at most the cap.

@@ -3,6 +3,11 @@
 The tutorial page includes its code from that directory, so the page and what runs here
 cannot differ. Each test works on a copy, with the project's own settings, in a process of
 its own, as a reader would run it.
+
+The project runs with this Python and this checkout's django_ledgepay, or, when
+``LEDGEPAY_TUTORIAL_PYTHON`` names another interpreter, with that one and the django_ledgepay
+installed there: CI's is a fresh virtual environment with the release's wheel, as a reader's
+would be.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "docs" / "tutorial"
 PROJECT = TUTORIAL / "mysite"
 WEBHOOK_SECRET = "whsec_tutorial"  # The default in the tutorial's settings.
+INSTALLED = os.environ.get("LEDGEPAY_TUTORIAL_PYTHON", "")
+PYTHON = INSTALLED or sys.executable
 
 
 @pytest.fixture
@@ -38,17 +45,21 @@ def project(tmp_path: Path) -> Path:
 
 
 def environment(**extra: str) -> dict[str, str]:
-    """The reader's environment: no test settings, this checkout's django_ledgepay."""
+    """The reader's environment: no test settings; this checkout's django_ledgepay, unless
+    the project runs with an installed one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "LEDGEPAY_"))}
     env.pop("DATABASE_URL", None)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if INSTALLED:
+        env.pop("PYTHONPATH", None)
+    else:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return {**env, **extra}
 
 
 def start(project: Path, *args: str, **env: str) -> subprocess.Popen[str]:
     """``python manage.py ARGS`` in the project, as the reader runs it."""
     return subprocess.Popen(
-        [sys.executable, "manage.py", *args],
+        [PYTHON, "manage.py", *args],
         cwd=project,
         env=environment(**env),
         stdout=subprocess.PIPE,
@@ -66,6 +77,34 @@ def finish(process: subprocess.Popen[str]) -> tuple[str, str]:
 
 def manage(project: Path, *args: str, **env: str) -> tuple[str, str]:
     return finish(start(project, *args, **env))
+
+
+def test_the_project_runs_the_django_ledgepay_it_is_given(project):
+    code = (
+        "import importlib.metadata, django_ledgepay.client as client; "
+        "print(client.__file__); print(importlib.metadata.version('django-ledgepay')); "
+        "print(client.USER_AGENT)"
+    )
+    process = subprocess.Popen(
+        [PYTHON, "-c", code],
+        cwd=project,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    module, version, user_agent = finish(process)[0].split()
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+
+    assert user_agent == f"django_ledgepay/{version}"
+    if INSTALLED:
+        # The installed package's, in the interpreter's environment, not this checkout's,
+        # and of the version this checkout is.
+        assert not Path(module).is_relative_to(ROOT), module
+        assert Path(module).is_relative_to(Path(INSTALLED).parent.parent), module
+        assert f'\nversion = "{version}"\n' in pyproject
+    else:
+        assert Path(module).is_relative_to(ROOT), module
 
 
 def test_the_project_checks_clean_and_its_tests_pass_against_fake_ledgepay(project):
@@ -146,7 +185,7 @@ def site(project: Path) -> Iterator[tuple[str, Sandbox]]:
         )
         log = (project / "runserver.log").open("w")
         server = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+            [PYTHON, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
             cwd=project,
             env=environment(**env),
             stdout=log,
@@ -221,10 +260,17 @@ def test_from_an_order_to_its_refund_against_the_sandbox(project, site):
     assert staff.post(f"{url}/admin/login/?next=/admin/", data=credentials, timeout=5).url == (
         f"{url}/admin/"
     )
+    # Step 10: the newest payment, 12.50 EUR, succeeded; the list shows no description,
+    # its search finds one.
     payments = staff.get(f"{url}/admin/django_ledgepay/payment/", timeout=5).text
-    (change_path,) = set(
-        re.findall(r'href="(/admin/django_ledgepay/payment/\d+/change/)', payments)
-    )
+    found = staff.get(
+        f"{url}/admin/django_ledgepay/payment/", params={"q": "Order 1"}, timeout=5
+    ).text
+    (change_path,) = set(re.findall(r'href="(/admin/django_ledgepay/payment/\d+/change/)', found))
+    payment_page = staff.get(f"{url}{change_path}", timeout=5).text
+    assert "12.50" in payments and "Succeeded" in payments
+    assert "Blue mug" not in payments
+    assert "Order 1: Blue mug" in payment_page
     refund_page = staff.get(f"{url}{change_path.replace('/change/', '/refund/')}", timeout=5)
     (refund_form,) = [form for form in forms_of(refund_page) if form.id == "refund_form"]
     data = {**refund_form.data, "reason": "customer_request", "_refund": "Refund"}
