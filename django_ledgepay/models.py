@@ -392,10 +392,10 @@ class RefundRequest(models.Model):
 
 class PaymentRequest(models.Model):
     """A payment asked of LedgePay without an idempotency key of the caller's, recorded
-    before the call with the key it was sent with.
+    before the call with the key it was sent with (and kept across the call's own retries).
 
-    A call with the same arguments while one is unknown (its answer was lost) sends it
-    again with that key, so a retried ``create_payment`` never makes a second payment.
+    Every such call is a new payment: one whose answer was lost stays ``unknown``, with its
+    key and the fingerprint of its arguments, and the reconcile finds the payment it made.
     """
 
     #: The same outcomes as a refund request's.

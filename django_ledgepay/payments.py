@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import logging
@@ -23,6 +22,7 @@ from django_ledgepay.exceptions import (
     AuthenticationError,
     InvalidRequestError,
     LedgePayError,
+    LedgePayUnavailableError,
     NotFoundError,
 )
 from django_ledgepay.mirror.orm import apply_payment
@@ -55,8 +55,10 @@ def create_payment(
     """Create a payment at LedgePay and record it; then redirect to ``payment.checkout_url``.
 
     The arguments are checked before any call; a bad one raises InvalidRequestError with its
-    name in ``param``. Pass an ``idempotency_key`` tied to the order (``f"order-{order.pk}"``)
-    so that a repeated call returns the same payment instead of charging twice.
+    name in ``param``. Each call without ``idempotency_key`` is a new payment (its own
+    retries keep one key). Pass an ``idempotency_key`` tied to the order
+    (``f"order-{order.pk}"``) so that a second click on Pay, or a retry after a lost
+    answer, returns the same payment instead of charging twice.
     """
     currency = currency.upper() if isinstance(currency, str) else currency
     params: dict[str, Any] = {
@@ -77,14 +79,23 @@ def create_payment(
         payment, _ = apply_payment(data, known=params, verified=True)
         return payment
 
-    request = _payment_request(params)
+    # Without a key of the caller's, every call is a new payment: one key for this call,
+    # kept across its own retries (the client's), and recorded before it is sent.
+    request = PaymentRequest.objects.create(
+        fingerprint=_fingerprint(params), idempotency_key=f"payment-{uuid.uuid4().hex}"
+    )
     try:
         data = get_client().create_payment(params, idempotency_key=request.idempotency_key)
     except (InvalidRequestError, AuthenticationError, NotFoundError) as err:
         _resolve_payment_request(request, PaymentRequest.Outcome.REFUSED, error=str(err))
         raise
+    except LedgePayUnavailableError as err:
+        # The circuit breaker sent nothing: there is no payment to wonder about.
+        _resolve_payment_request(request, PaymentRequest.Outcome.REFUSED, error=str(err))
+        raise
     except LedgePayError as err:
-        # No answer: LedgePay may have made it. The same call again sends the same key.
+        # No answer: LedgePay may have made it. The request stays unknown, with its key;
+        # the reconcile finds such a payment (missing) and records it.
         PaymentRequest.objects.filter(pk=request.pk).update(error=str(err))
         raise
     payment, _ = apply_payment(data, known=params, verified=True)
@@ -92,32 +103,10 @@ def create_payment(
     return payment
 
 
-#: How long a payment request whose answer was lost is sent again by a call with the same
-#: arguments (LedgePay keeps idempotency keys at least this long).
-PAYMENT_REQUEST_WINDOW: Final = datetime.timedelta(hours=24)
-
-
-def _payment_request(params: Mapping[str, Any]) -> PaymentRequest:
-    """The request to send: an unknown one with the same arguments, from a call whose
-    answer was lost within the window, or a new one with a new key, recorded first."""
-    fingerprint = hashlib.sha256(
-        json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
-    since = timezone.now() - PAYMENT_REQUEST_WINDOW
-    unknown = (
-        PaymentRequest.objects.filter(
-            fingerprint=fingerprint,
-            outcome=PaymentRequest.Outcome.UNKNOWN,
-            created_at__gte=since,
-        )
-        .order_by("-pk")
-        .first()
-    )
-    if unknown is not None:
-        return unknown
-    return PaymentRequest.objects.create(
-        fingerprint=fingerprint, idempotency_key=f"payment-{uuid.uuid4().hex}"
-    )
+def _fingerprint(params: Mapping[str, Any]) -> str:
+    """SHA-256 of the request's arguments: what an operator matches a lost payment by."""
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _resolve_payment_request(

@@ -27,6 +27,7 @@ from django_ledgepay.exceptions import (
     APIError,
     InvalidRequestError,
     LedgePayError,
+    LedgePayUnavailableError,
     NotFoundError,
     RefundError,
     RefundsChangedError,
@@ -328,6 +329,17 @@ def _send_refund_request(
         _record_attempt(
             request, outcome=RefundRequest.Outcome.REFUSED, error=str(err), resolved=True
         )
+        return err
+    except LedgePayUnavailableError as err:
+        # The circuit breaker sent nothing. A request never sent before made nothing at
+        # LedgePay: it is refused, and leaves nothing unresolved; one sent before stays
+        # unknown, to be sent again once LedgePay answers.
+        RefundRequest.objects.filter(pk=request.pk).update(error=str(err), sending_since=None)
+        request.error, request.sending_since = str(err), None
+        if request.attempts == 0:
+            _record_attempt(
+                request, outcome=RefundRequest.Outcome.REFUSED, error=str(err), resolved=True
+            )
         return err
     except LedgePayError as err:
         # Unknown still, and no longer being sent: the next call resolves it at once.

@@ -39,7 +39,6 @@ from django_ledgepay.models import MAX_AMOUNT
 from django_ledgepay.payments import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
     MAX_URL_LENGTH,
-    PAYMENT_REQUEST_WINDOW,
     create_payment,
 )
 from django_ledgepay.refunds import (
@@ -73,7 +72,6 @@ __all__ = [
     "MAX_URL_LENGTH",
     "ONE_SECOND",
     "PAYMENT_FACTS",
-    "PAYMENT_REQUEST_WINDOW",
     "PAYMENT_SIGNALS",
     "PAYMENT_TRANSITIONS",
     "REFUND_TRANSITIONS",

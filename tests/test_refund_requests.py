@@ -17,6 +17,7 @@ from django_ledgepay import refunds, services, webhooks
 from django_ledgepay.exceptions import (
     APIConnectionError,
     APIError,
+    LedgePayUnavailableError,
     RefundError,
     RefundUnresolvedError,
 )
@@ -262,33 +263,76 @@ def test_the_request_records_who_asked(api, payment, admin_user):
 # create_payment without a key
 
 
-def test_create_payment_retried_after_a_lost_answer_makes_one_payment(api, db):
+def lost_then_answered(api: Any, lose: int) -> dict[str, dict[str, Any]]:
+    """LedgePay makes a payment per key; the first ``lose`` answers are lost after it acted."""
     made: dict[str, dict[str, Any]] = {}
-    lose = [4]
+    left = [lose]
 
     def create(request: Any) -> Any:
         key = request.headers["Idempotency-Key"]
         made.setdefault(key, payment_data(id=next_id("pay"), **VALID))
-        if lose[0]:
-            lose[0] -= 1
+        if left[0]:
+            left[0] -= 1
             raise requests.ConnectionError("reset after it acted")
         return 201, {}, json.dumps(made[key])
 
     api.add_callback(responses.POST, f"{API}/payments", callback=create)
+    return made
+
+
+def test_create_payment_without_a_key_is_a_new_payment_every_call(api, db, settings):
+    # Two shoppers with the same cart: two orders, two payments, never one shared. The
+    # first call's answer is lost (after LedgePay acted); the second is not its retry.
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    made = lost_then_answered(api, lose=1)
     with pytest.raises(APIConnectionError):
         services.create_payment(**VALID)
-    payment = services.create_payment(**VALID)
-    assert len(made) == 1 and Payment.objects.count() == 1
-    assert PaymentRequest.objects.get().outcome == "made"
-    # Once made, the same arguments again are a new payment (a second order).
     second = services.create_payment(**VALID)
-    assert second != payment and len(made) == 2
-    # Other arguments never reuse an unknown request's key.
-    lose[0] = 4
+    assert len(made) == 2 and Payment.objects.get() == second
+    first_request, second_request = PaymentRequest.objects.order_by("pk")
+    # The lost one stays unknown, with its key, for the reconcile to find (missing).
+    assert (first_request.outcome, first_request.payment) == ("unknown", None)
+    assert (second_request.outcome, second_request.payment) == ("made", second)
+    assert first_request.idempotency_key != second_request.idempotency_key
+    assert first_request.fingerprint == second_request.fingerprint
+
+
+def test_create_payment_keeps_one_key_across_its_own_retries(api, db, settings, sleeps):
+    settings.LEDGEPAY_MAX_RETRIES = 3
+    made = lost_then_answered(api, lose=2)
+    payment = services.create_payment(**VALID)
+    keys = {call.request.headers["Idempotency-Key"] for call in api.calls}
+    assert len(api.calls) == 3 and len(keys) == 1 and len(made) == 1
+    assert PaymentRequest.objects.get().outcome == "made"
+    assert payment.ledgepay_id == next(iter(made.values()))["id"]
+
+
+def test_a_key_of_the_shop_makes_a_second_click_one_payment(api, db, settings):
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    made = lost_then_answered(api, lose=1)
     with pytest.raises(APIConnectionError):
-        services.create_payment(**{**VALID, "amount": 7000})
-    services.create_payment(**{**VALID, "amount": 6000})
-    assert len(made) == 4
+        services.create_payment(**VALID, idempotency_key="order-7")
+    again = services.create_payment(**VALID, idempotency_key="order-7")
+    assert len(made) == 1 and Payment.objects.get() == again
+    assert not PaymentRequest.objects.exists()  # The shop's key is the record.
+
+
+def test_a_call_the_breaker_refuses_leaves_nothing_unresolved(api, db, payment, settings):
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    settings.LEDGEPAY_BREAKER_THRESHOLD = 1
+    api.get(f"{API}/payments/pay_down", body=requests.ConnectionError("refused"))
+    with pytest.raises(APIConnectionError):
+        services.sync_payment("pay_down")  # The breaker opens.
+    sent = len(api.calls)
+    with pytest.raises(LedgePayUnavailableError):
+        services.create_payment(**VALID)
+    with pytest.raises(LedgePayUnavailableError):
+        services.refund_payment(payment, amount=1000)
+    assert len(api.calls) == sent  # Nothing was sent.
+    assert PaymentRequest.objects.get().outcome == "refused"
+    assert RefundRequest.objects.get().outcome == "refused"
+    payment.refresh_from_db()
+    assert payment.refundable_amount == payment.amount  # Nothing held back.
 
 
 # Fixed facts
