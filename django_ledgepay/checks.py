@@ -161,12 +161,13 @@ def check_tasks(
                 id="django_ledgepay.E002",
             )
         )
-    try:
-        getattr(conf, "LEDGEPAY_DELIVERY_MAX_ATTEMPTS")  # noqa: B009
-    except ImproperlyConfigured as err:
-        messages.append(
-            Warning(str(err), hint="Remove it to use the default.", id="django_ledgepay.W007")
-        )
+    for name in ("LEDGEPAY_DELIVERY_MAX_ATTEMPTS", "LEDGEPAY_DELIVERY_LEASE"):
+        try:
+            getattr(conf, name)
+        except ImproperlyConfigured as err:
+            messages.append(
+                Warning(str(err), hint="Remove it to use the default.", id="django_ledgepay.W007")
+            )
     return messages
 
 

@@ -84,6 +84,15 @@ class Settings:
         return max(1, int(_number("LEDGEPAY_DELIVERY_MAX_ATTEMPTS", 10)))
 
     @property
+    def LEDGEPAY_DELIVERY_LEASE(self) -> float:
+        """Seconds a deliverer holds its claim on a receiver it runs: no other deliverer
+        runs that receiver meanwhile, and a crashed deliverer's claim ends with it."""
+        lease = _number("LEDGEPAY_DELIVERY_LEASE", 300)
+        if lease <= 0:
+            raise ImproperlyConfigured("LEDGEPAY_DELIVERY_LEASE must be a positive number.")
+        return lease
+
+    @property
     def LEDGEPAY_WEBHOOK_PROCESSING(self) -> str:
         """``"inline"``: a delivery is applied in the request; ``"task"``: in a worker."""
         mode = getattr(settings, "LEDGEPAY_WEBHOOK_PROCESSING", WEBHOOK_PROCESSING_INLINE)

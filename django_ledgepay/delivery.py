@@ -11,28 +11,36 @@ success: a receiver whose work is only in the default database takes effect exac
 and one that raises leaves nothing behind and is tried again later, with backoff, up to
 ``LEDGEPAY_DELIVERY_MAX_ATTEMPTS`` attempts. ``manage.py ledgepay_deliver`` catches up what
 a crash between the commit and the task lost.
+
+No receiver is run by two deliverers at once (a task worker and ``ledgepay_deliver``, say):
+before running them, a deliverer claims the receivers it is to run, each on its
+``Reaction`` row, for ``LEDGEPAY_DELIVERY_LEASE`` seconds (``claimed_until``), where no
+other deliverer holds a claim; another skips a receiver while its claim holds. A claim
+ends with the receiver's success or failure, and a crashed deliverer's with its lease. On
+PostgreSQL the claim is made by the statement that reads the transition.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
-import functools
 import logging
+import time
 import traceback
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from inspect import iscoroutinefunction
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from asgiref.sync import async_to_sync
 
-from django.db import IntegrityError, connection, connections, transaction
-from django.db.models import F, Model
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, DateTimeField, F, Value, When
 from django.utils import timezone
 
-from django_ledgepay import signals, task_backend
+from django_ledgepay import claims, signals, task_backend
 from django_ledgepay.conf import conf
-from django_ledgepay.models import Payment, Reaction, Refund, Transition, WebhookEvent
+from django_ledgepay.models import Payment, Reaction, Refund, Transition
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +86,13 @@ def enqueue(transition_id: int, *, run_after: datetime.datetime | None = None) -
 
 @dataclass
 class Delivery:
-    """What one :func:`deliver` did: the receivers that succeeded now, and those that
-    raised, by name."""
+    """What one :func:`deliver` did: the receivers that succeeded now, those that raised,
+    and those it left to another deliverer's claim, by name."""
 
     transition: Transition | None
     succeeded: list[str]
     failed: list[str]
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def delivered(self) -> bool:
@@ -91,13 +100,16 @@ class Delivery:
 
 
 def deliver(transition_id: int) -> Delivery:
-    """Run each receiver of the transition that has not yet succeeded, each in a
-    transaction with the record of its success; then mark the transition delivered, or
-    schedule its next attempt. Never raises for a receiver's sake."""
-    found = _read(transition_id)
+    """Claim each receiver of the transition that has not yet succeeded and that no other
+    deliverer holds, and run it in a transaction with the record of its success; then mark
+    the transition delivered, or schedule its next attempt. Never raises for a receiver's
+    sake."""
+    lease = datetime.timedelta(seconds=conf.LEDGEPAY_DELIVERY_LEASE)
+    now = timezone.now()
+    found = claims.read(transition_id, until=now + lease, now=now, receivers=_receiver_pairs())
     if found is None:
         return Delivery(None, [], [])
-    transition, succeeded_before = found
+    transition = found.transition
     outcome = Delivery(transition, [], [])
     if transition.delivered_at is not None:
         return outcome
@@ -112,125 +124,105 @@ def deliver(transition_id: int) -> Delivery:
     # Those that succeeded before are skipped, whether their attempt finished or was cut
     # short (a worker killed after one receiver's success but before the next's). On a
     # first delivery there are none, and the query is spared.
-    done: set[str] = set()
-    if succeeded_before:
-        done = set(
-            Reaction.objects.filter(transition=transition, succeeded_at__isnull=False).values_list(
-                "receiver", flat=True
-            )
-        )
-    receivers = [item for item in signal.named_receivers(sender) if item[0] not in done]
+    done = found.done
+    if done is None:
+        done = claims.succeeded(transition) if found.succeeded_before else frozenset()
+    pending = [item for item in signal.named_receivers(sender) if item[0] not in done]
+    claimed = found.claimed
+    if claimed is None:
+        names = [name for name, _ in pending]
+        claimed = claims.claim(transition, names, until=now + lease, now=now)
+    outcome.skipped = [name for name, _ in pending if name not in claimed]
+    receivers = [item for item in pending if item[0] in claimed]
+    # Each claim's end, by receiver: the token that releases or renews it.
+    leases = dict.fromkeys(claimed, now + lease)
     errors: list[str] = []
     finished = False
-    for position, (name, receiver) in enumerate(receivers, start=1):
-        # The last receiver, all before it having succeeded, marks the transition delivered
-        # in its own transaction: one commit fewer, and the mark stands only with its success.
-        last = position == len(receivers) and not errors
-        try:
-            ran = _run_once(transition, name, receiver, signal, sender, kwargs, finish=last)
-        except Exception as err:
-            error = traceback.format_exc()[-MAX_ERROR_CHARS:]
-            _record_failure(transition, name, error)
-            logger.error(
-                "Receiver %s of %s (transition %s) raised %s; it will be tried again.",
-                name,
-                transition.signal,
-                transition.pk,
-                type(err).__name__,
-                exc_info=True,
-            )
-            outcome.failed.append(name)
-            errors.append(f"{name}:\n{error}")
-        else:
-            if ran:
-                outcome.succeeded.append(name)
-                finished = last
+    try:
+        for position, (name, receiver) in enumerate(receivers, start=1):
+            if not _hold(transition, name, leases, lease):
+                outcome.skipped.append(name)
+                continue
+            # The last receiver, all before it having succeeded, marks the transition
+            # delivered in its own transaction: one commit fewer, and the mark stands only
+            # with its success.
+            last = position == len(receivers) and not errors and not outcome.skipped
+            began = time.monotonic()
+            try:
+                ran = _run_once(transition, name, receiver, signal, sender, kwargs, finish=last)
+            except Exception as err:
+                error = traceback.format_exc()[-MAX_ERROR_CHARS:]
+                _record_failure(transition, name, error, leases.pop(name))
+                logger.error(
+                    "Receiver %s of %s (transition %s) raised %s; it will be tried again.",
+                    name,
+                    transition.signal,
+                    transition.pk,
+                    type(err).__name__,
+                    exc_info=True,
+                )
+                outcome.failed.append(name)
+                errors.append(f"{name}:\n{error}")
+            else:
+                leases.pop(name)
+                if ran:
+                    outcome.succeeded.append(name)
+                    finished = last
+            _warn_if_outrun(transition, name, time.monotonic() - began, lease)
+    except BaseException:
+        # Interrupted (a worker told to stop, the database gone): the claims not yet
+        # settled end now rather than with their lease, where the database still answers.
+        with contextlib.suppress(Exception):
+            claims.release(transition, leases)
+        raise
     if not finished:
-        _finish(transition, errors)
+        _finish(transition, errors, skipped=outcome.skipped, ran=bool(outcome.succeeded))
     return outcome
 
 
-def _read(transition_id: int) -> tuple[Transition, bool] | None:
-    """The transition with its payment, refund and event, and whether any receiver
-    succeeded for it before, in one query. Its SQL is composed once per database: the ORM
-    would compose the three joins and the ``EXISTS`` again on every delivery, at several
-    times the cost of running them."""
-    sql, parts = _read_plan(connection.alias)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [transition_id])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    instances: list[Model | None] = []
-    start = 0
-    for part in parts:
-        end = start + len(part.attnames)
-        values = [part.convert(index, value) for index, value in enumerate(row[start:end])]
-        # A refund or an event the transition lacks has every column NULL, its pk first.
-        found = values[0] is not None
-        instances.append(
-            part.model.from_db(connection.alias, part.attnames, values) if found else None
+def _hold(
+    transition: Transition,
+    name: str,
+    leases: dict[str, datetime.datetime],
+    lease: datetime.timedelta,
+) -> bool:
+    """Whether the claim on ``name`` still holds for long enough to run it: past half its
+    lease (receivers before it ran long), it is renewed for a whole lease; False when it
+    lapsed and another deliverer took it meanwhile."""
+    now = timezone.now()
+    until = leases[name]
+    if now < until - lease / 2:
+        return True
+    renewed = now + lease
+    if not claims.renew(transition, name, until, renewed):
+        del leases[name]
+        return False
+    leases[name] = renewed
+    return True
+
+
+def _receiver_pairs() -> list[tuple[str, str]]:
+    """Each receiver connected now, as the name of its signal and its own."""
+    return [
+        (str(signal_name), name)
+        for signal_name, (signal, sender) in SIGNALS.items()
+        for name, _ in signal.named_receivers(sender)
+    ]
+
+
+def _warn_if_outrun(
+    transition: Transition, name: str, seconds: float, lease: datetime.timedelta
+) -> None:
+    if seconds > lease.total_seconds():
+        logger.warning(
+            "Receiver %s of transition %s ran for %.0f s, longer than its claim's lease "
+            "(LEDGEPAY_DELIVERY_LEASE, %.0f s): another deliverer may have run it meanwhile. "
+            "Raise LEDGEPAY_DELIVERY_LEASE, or hand the long work to a task of its own.",
+            name,
+            transition.pk,
+            seconds,
+            lease.total_seconds(),
         )
-        start = end
-    transition = cast(Transition, instances[0])
-    for part, instance in zip(parts[1:], instances[1:], strict=True):
-        setattr(transition, part.relation, instance)  # Cached: reading it costs no query.
-    return transition, bool(row[start])
-
-
-@dataclass(frozen=True)
-class _ReadPart:
-    """One object :func:`_read` builds from a slice of its row."""
-
-    relation: str
-    model: type[Model]
-    attnames: list[str]
-    #: Each column's expression and the converters the ORM would apply to its values: the
-    #: backend's (an aware datetime on SQLite, say), then the field's (a JSONField's decoding).
-    columns: list[tuple[Any, list[Any]]]
-
-    def convert(self, index: int, value: Any) -> Any:
-        expression, converters = self.columns[index]
-        for converter in converters:
-            value = converter(value, expression, connection)
-        return value
-
-
-@functools.cache
-def _read_plan(db: str) -> tuple[str, list[_ReadPart]]:
-    """:func:`_read`'s SQL on the database ``db``, and its parts, the transition first."""
-    backend = connections[db]
-    quote = backend.ops.quote_name
-    related = {"payment": Payment, "refund": Refund, "event": WebhookEvent}
-    parts, selected = [], []
-    for relation, model in {"": Transition, **related}.items():
-        alias = relation[:1] or "t"
-        fields = model._meta.concrete_fields
-        columns = []
-        for field in fields:
-            column = field.get_col(alias)
-            converters = [
-                *backend.ops.get_db_converters(column),
-                *column.get_db_converters(backend),
-            ]
-            columns.append((column, converters))
-            selected.append(f"{alias}.{quote(field.column)}")
-        parts.append(_ReadPart(relation, model, [field.attname for field in fields], columns))
-    joins = " ".join(
-        f"{'JOIN' if relation == 'payment' else 'LEFT JOIN'} {quote(model._meta.db_table)} "
-        f"{relation[0]} ON {relation[0]}.{quote('id')} = t.{quote(relation + '_id')}"
-        for relation, model in related.items()
-    )
-    succeeded = (
-        f"SELECT 1 FROM {quote(Reaction._meta.db_table)} x "
-        f"WHERE x.{quote('transition_id')} = t.{quote('id')} "
-        f"AND x.{quote('succeeded_at')} IS NOT NULL"
-    )
-    sql = (
-        f"SELECT {', '.join(selected)}, CASE WHEN EXISTS ({succeeded}) THEN 1 ELSE 0 END "
-        f"FROM {quote(Transition._meta.db_table)} t {joins} WHERE t.{quote('id')} = %s"
-    )
-    return sql, parts
 
 
 def _run_once(
@@ -263,25 +255,28 @@ def _run_once(
 def _record_success(
     transition: Transition, name: str, now: datetime.datetime, *, finish: bool = False
 ) -> bool:
-    """Insert the receiver's success, or mark its row of failures succeeded, and with
-    ``finish`` mark the transition delivered; False, and nothing written, when the receiver
-    had succeeded already. One statement on PostgreSQL, an upsert on SQLite."""
+    """Mark the receiver's row (its claim, or its failures) succeeded, or insert it, ending
+    the claim, and with ``finish`` mark the transition delivered; False, and nothing
+    written, when the receiver had succeeded already. One statement on PostgreSQL, an
+    upsert on SQLite."""
     vendor = connection.vendor
     if vendor not in {"postgresql", "sqlite"}:
-        if not _write_attempt(transition, name, succeeded_at=now, last_attempt_at=now, error=""):
+        if not _write_attempt(
+            transition, name, succeeded_at=now, last_attempt_at=now, error="", claimed_until=None
+        ):
             return False
         if finish:
             _mark_delivered(transition, now)
         return True
     table = connection.ops.quote_name(Reaction._meta.db_table)
-    moment = _db_time(now)
+    moment = claims.db_time(now)
     sql = (
         f"INSERT INTO {table} "
         "(transition_id, receiver, attempts, succeeded_at, last_attempt_at, error) "
         "VALUES (%s, %s, 1, %s, %s, '') "
         "ON CONFLICT (transition_id, receiver) DO UPDATE SET "
         f"succeeded_at = EXCLUDED.succeeded_at, attempts = {table}.attempts + 1, "
-        "last_attempt_at = EXCLUDED.last_attempt_at, error = '' "
+        "last_attempt_at = EXCLUDED.last_attempt_at, error = '', claimed_until = NULL "
         f"WHERE {table}.succeeded_at IS NULL RETURNING id"
     )
     params = [transition.pk, name, moment, moment]
@@ -305,13 +300,25 @@ def _record_success(
     return True
 
 
-def _db_time(moment: datetime.datetime) -> Any:
-    return Reaction._meta.get_field("succeeded_at").get_db_prep_save(moment, connection)
-
-
-def _record_failure(transition: Transition, name: str, error: str) -> None:
+def _record_failure(
+    transition: Transition, name: str, error: str, until: datetime.datetime | None
+) -> None:
+    """Count a failed attempt of the receiver, keeping its error, and end this deliverer's
+    claim on it (the one ending at ``until``), so that its next attempt need not wait for
+    the lease. A claim another deliverer took meanwhile stays."""
+    mine = Case(
+        When(claimed_until=until, then=Value(None)),
+        default=F("claimed_until"),
+        output_field=DateTimeField(),
+    )
     # False (a row recorded meanwhile by another worker) needs nothing more.
-    _write_attempt(transition, name, last_attempt_at=timezone.now(), error=error)
+    _write_attempt(
+        transition,
+        name,
+        last_attempt_at=timezone.now(),
+        error=error,
+        claimed_until=mine if until is not None else F("claimed_until"),
+    )
 
 
 def _write_attempt(transition: Transition, name: str, **fields: Any) -> bool:
@@ -321,9 +328,11 @@ def _write_attempt(transition: Transition, name: str, **fields: Any) -> bool:
     rows = Reaction.objects.filter(transition=transition, receiver=name, succeeded_at=None)
     if rows.update(attempts=F("attempts") + 1, **fields):
         return True
+    # A new row holds no claim (expressions aside, the values are the ones given).
+    values = {key: value for key, value in fields.items() if key != "claimed_until"}
     try:
         with transaction.atomic():
-            Reaction.objects.create(transition=transition, receiver=name, attempts=1, **fields)
+            Reaction.objects.create(transition=transition, receiver=name, attempts=1, **values)
     except IntegrityError:
         return False
     return True
@@ -335,8 +344,19 @@ def _mark_delivered(transition: Transition, now: datetime.datetime) -> None:
     )
 
 
-def _finish(transition: Transition, errors: list[str]) -> None:
+def _finish(
+    transition: Transition, errors: list[str], *, skipped: Collection[str] = (), ran: bool = False
+) -> None:
+    """After the receivers ran: the transition delivered when none raised, or its next
+    attempt scheduled. A receiver left to another deliverer's claim is that deliverer's to
+    finish; only when this one ran others (each claimed a part) does it look whether every
+    receiver has succeeded now."""
     now = timezone.now()
+    if not errors and skipped:
+        signal, sender = SIGNALS[transition.signal]
+        names = {name for name, _ in signal.named_receivers(sender)}
+        if not ran or not names <= claims.succeeded(transition):
+            return
     if not errors:
         _mark_delivered(transition, now)
         transition.delivered_at, transition.next_attempt_at, transition.error = now, None, ""

@@ -281,8 +281,9 @@ class Transition(models.Model):
 
 
 class Reaction(models.Model):
-    """One receiver's delivery of one transition: written in the receiver's transaction
-    when it succeeds, so that it is never run again; its last error while it fails."""
+    """One receiver's delivery of one transition: its claim while a deliverer runs it, its
+    success (written in the receiver's transaction, so that it is never run again), its
+    last error while it fails."""
 
     transition = models.ForeignKey(Transition, on_delete=models.CASCADE, related_name="reactions")
     receiver = models.CharField(
@@ -292,6 +293,15 @@ class Reaction(models.Model):
     succeeded_at = models.DateTimeField(_("succeeded at"), null=True, blank=True)
     last_attempt_at = models.DateTimeField(_("last attempt at"), null=True, blank=True)
     error = models.TextField(_("error"), blank=True, help_text=_("The last traceback."))
+    claimed_until = models.DateTimeField(
+        _("claimed until"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "While a deliverer runs the receiver: the end of its lease, before which no "
+            "other deliverer runs it."
+        ),
+    )
 
     class Meta:
         verbose_name = _("reaction")

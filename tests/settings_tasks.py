@@ -36,6 +36,8 @@ else:
 LEDGEPAY_TASK_BACKEND = "default"
 LEDGEPAY_WEBHOOK_PROCESSING = os.environ.get("LEDGEPAY_TEST_PROCESSING", "inline")
 LEDGEPAY_API_BASE = os.environ.get("LEDGEPAY_TEST_API_BASE", "http://127.0.0.1:9/v1")
+# A killed worker's claim on a receiver lapses within a test (the default is 300 s).
+LEDGEPAY_DELIVERY_LEASE = 10
 
 LOGGING = {
     "version": 1,

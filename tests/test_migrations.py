@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
+from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
@@ -11,11 +14,31 @@ from django.db.migrations.loader import MigrationLoader
 APP = "django_ledgepay"
 
 
-def test_the_release_adds_one_migration():
+def test_each_release_adds_one_migration():
     loader = MigrationLoader(None, ignore_no_migrations=True)
     names = sorted(name for app, name in loader.disk_migrations if app == APP)
-    assert len(names) == 2
+    # 0.1, 0.2, and the next release's (the receivers' claims).
+    assert len(names) == 3
     assert names[0] == "0001_initial" and names[1].startswith("0002_")
+    assert names[2] == "0003_reaction_claimed_until"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_claims_migration_adds_one_nullable_column_and_rewrites_nothing():
+    out = io.StringIO()
+    call_command("sqlmigrate", APP, "0003", stdout=out)
+    statements = [
+        line for line in out.getvalue().splitlines() if line and not line.startswith("--")
+    ]
+    # Safe on a large table: no default to write into every row, no index to build, no
+    # data migration.
+    assert statements == [
+        *(["BEGIN;"] if connection.features.can_rollback_ddl else []),
+        'ALTER TABLE "django_ledgepay_reaction" ADD COLUMN "claimed_until" '
+        f"{'timestamp with time zone' if connection.vendor == 'postgresql' else 'datetime'} "
+        "NULL;",
+        *(["COMMIT;"] if connection.features.can_rollback_ddl else []),
+    ]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -461,6 +461,16 @@ def test_a_worker_killed_mid_delivery_loses_nothing_after_ledgepay_deliver(engin
     # The killed run's write died with its transaction; the transition waits.
     assert effects(payment) == 0
     assert not delivered(transition.pk)
+    # The dead worker's claim on the receiver holds until its lease ends (10 s here): a
+    # catch-up meanwhile leaves the receiver alone.
+    claim = Reaction.objects.get(transition=transition, receiver=RECEIVER).claimed_until
+    assert claim is not None
+    early = engine.manage("ledgepay_deliver", "--all")
+    if timezone.now() < claim:
+        assert early.returncode == 0, early.stderr
+        assert "1 being delivered by another deliverer" in early.stdout
+        assert effects(payment) == 0
+    wait_for(lambda: timezone.now() > claim, what="the dead worker's claim to lapse")
     caught_up = engine.manage("ledgepay_deliver", "--all")
     assert caught_up.returncode == 0, caught_up.stderr
     assert "Delivered 1 transition; 0 still failing." in caught_up.stdout

@@ -13,8 +13,9 @@ from django_ledgepay.models import Transition
 class Command(arguments.LedgePayCommand):
     help = (
         "Deliver the transitions whose receivers have not all succeeded: those whose next "
-        "attempt is due, or with --all every undelivered one. Run it from cron (every few "
-        "minutes) to catch up deliveries that a crash or a lost task left behind."
+        "attempt is due, or with --all every undelivered one. A receiver another deliverer "
+        "(a task worker) is running is left to it. Run it from cron (every few minutes) to "
+        "catch up deliveries that a crash or a lost task left behind."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -50,7 +51,7 @@ class Command(arguments.LedgePayCommand):
             pending = list(
                 delivery.undelivered(everything=options["all"]).values_list("pk", flat=True)
             )
-        delivered = failed = 0
+        delivered = failed = elsewhere = 0
         for transition_id in pending:
             outcome = delivery.deliver(transition_id)
             if outcome.transition is None:
@@ -59,7 +60,7 @@ class Command(arguments.LedgePayCommand):
                 delivered += 1
                 if verbosity >= 2:
                     self.stdout.write(f"Transition {transition_id}: delivered.")
-            else:
+            elif outcome.failed:
                 failed += 1
                 self.stdout.write(
                     self.style.ERROR(
@@ -67,9 +68,18 @@ class Command(arguments.LedgePayCommand):
                         f"{', '.join(outcome.failed)} raised; see its error in the admin."
                     )
                 )
+            elif outcome.skipped:
+                elsewhere += 1
+                if verbosity >= 2:
+                    self.stdout.write(
+                        f"Transition {transition_id}: {', '.join(outcome.skipped)} "
+                        "claimed by another deliverer; left to it."
+                    )
         summary = (
             f"Delivered {delivered} transition{pluralize(delivered)}; {failed} still failing."
         )
+        if elsewhere:
+            summary += f" {elsewhere} being delivered by another deliverer."
         if failed:
             raise CommandError(summary)
         self.stdout.write(self.style.SUCCESS(summary))
