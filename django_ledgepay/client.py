@@ -31,7 +31,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.views.decorators.debug import sensitive_variables
 
 from django_ledgepay import __name__ as package_name
-from django_ledgepay import breaker, ratelimit, sharedcache
+from django_ledgepay import breaker, ratelimit, sharedcache, telemetry
 from django_ledgepay.conf import conf
 from django_ledgepay.exceptions import (
     APIConnectionError,
@@ -43,6 +43,10 @@ from django_ledgepay.exceptions import (
     RateLimitError,
 )
 from django_ledgepay.ratelimit import RateLimit as RateLimit
+from django_ledgepay.redaction import REDACT_MIN_CHARS as REDACT_MIN_CHARS
+from django_ledgepay.redaction import REDACTED as REDACTED
+from django_ledgepay.redaction import redact as redact
+from django_ledgepay.redaction import shows_key
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +65,6 @@ RATE_LIMIT_WAIT_CAP: Final = 60.0
 #: How much of an unreadable error body goes into an exception's message.
 RAW_ERROR_CHARS: Final = 200
 
-#: The shortest run of the API key's characters :func:`redact` hides wherever it appears.
-REDACT_MIN_CHARS: Final = 8
-#: What :func:`redact` puts in place of a piece of the key.
-REDACTED: Final = "[redacted]"
 
 #: What an API key may hold: printable ASCII without spaces, as an HTTP header carries it.
 API_KEY_PATTERN: Final = re.compile(r"[!-~]+")
@@ -349,36 +349,46 @@ class LedgePayClient:
                 waits, method, path, again=attempt > 0, waited_until=paused_until
             )
             started = monotonic()
-            try:
-                # A redirect is never followed: its target's answer is not LedgePay's, and
-                # the key would travel with the request to wherever it points.
-                response = session.request(
-                    method,
-                    url,
-                    params=call.params,
-                    json=call.json,
-                    headers=call.headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                )
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
-                if isinstance(err, RETRYABLE_FAILURES):
+            failure: requests.RequestException | urllib3.exceptions.HTTPError | None = None
+            with telemetry.client_attempt(method, path, attempt) as measured:
+                try:
+                    # A redirect is never followed: its target's answer is not LedgePay's,
+                    # and the key would travel with the request to wherever it points.
+                    response = session.request(
+                        method,
+                        url,
+                        params=call.params,
+                        json=call.json,
+                        headers=call.headers,
+                        timeout=timeout,
+                        allow_redirects=False,
+                    )
+                except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
+                    failure = err
+                    measured.failed(err)
+                else:
+                    measured.answered(response.status_code)
+            if failure is not None:
+                failed_with = failure
+                if isinstance(failed_with, RETRYABLE_FAILURES):
                     call.outcome = breaker.Outcome.DOWN
-                elif isinstance(err, UNREADABLE_ANSWERS):
+                elif isinstance(failed_with, UNREADABLE_ANSWERS):
                     call.outcome = breaker.Outcome.ANSWERED
-                error: LedgePayError = _error_from_failure(err, method, path)
+                error: LedgePayError = _error_from_failure(failed_with, method, path)
                 wait = _backoff(attempt)
-                retried = isinstance(err, RETRYABLE_FAILURES) and attempt < max_retries
-                if not retried or not _may_wait(waits, wait, method, path, type(err).__name__):
-                    if _shows_key(err, api_key):
+                retried = isinstance(failed_with, RETRYABLE_FAILURES) and attempt < max_retries
+                if not retried or not _may_wait(
+                    waits, wait, method, path, type(failed_with).__name__
+                ):
+                    if shows_key(failed_with, api_key):
                         # Left out of the chain, so no traceback or error report shows it.
                         raise error from None
-                    raise error from err
+                    raise error from failed_with
                 logger.warning(
                     "LedgePay %s %s: %s; retry %d of %d in %.2fs",
                     method,
                     path,
-                    type(err).__name__,
+                    type(failed_with).__name__,
                     attempt + 1,
                     max_retries,
                     wait,
@@ -519,51 +529,6 @@ def _error_from_failure(failure: Exception, method: str, path: str) -> LedgePayE
     if isinstance(failure, UNREADABLE_ANSWERS):
         return APIError(f"LedgePay's answer to {method} {path} could not be read: {name}.")
     return APIConnectionError(f"Could not send {method} {path} to LedgePay: {name}.")
-
-
-def _shows_key(failure: BaseException, api_key: str) -> bool:
-    """Whether a piece of the key (see :func:`redact`) is in the text of ``failure`` or of
-    an exception in its chain."""
-    seen: set[int] = set()
-    current: BaseException | None = failure
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        for text in (str(current), repr(current)):
-            if redact(text, api_key) != text:
-                return True
-        cause = current.__cause__
-        current = cause if cause or current.__suppress_context__ else current.__context__
-    return False
-
-
-def redact(text: str, api_key: str | None = None) -> str:
-    """``text`` with every piece of the API key it holds replaced by ``[redacted]``.
-
-    A piece is any run of :data:`REDACT_MIN_CHARS` or more consecutive characters of the
-    key (the whole key, when it is shorter), so an answer echoing the key's start, end or
-    middle shows none of it. Overlapping or adjacent pieces are replaced as one.
-    ``api_key`` defaults to ``LEDGEPAY_API_KEY``.
-    """
-    api_key = conf.LEDGEPAY_API_KEY if api_key is None else api_key
-    if not api_key or not text:
-        return text
-    size = min(REDACT_MIN_CHARS, len(api_key))
-    pieces = {api_key[start : start + size] for start in range(len(api_key) - size + 1)}
-    hidden = [False] * len(text)
-    found = False
-    for start in range(len(text) - size + 1):
-        if text[start : start + size] in pieces:
-            hidden[start : start + size] = [True] * size
-            found = True
-    if not found:
-        return text
-    parts: list[str] = []
-    for position, character in enumerate(text):
-        if not hidden[position]:
-            parts.append(character)
-        elif position == 0 or not hidden[position - 1]:
-            parts.append(REDACTED)
-    return "".join(parts)
 
 
 def _backoff(attempt: int) -> float:

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 
 from django.db import OperationalError, connection
 
-from django_ledgepay import task_backend, webhooks
+from django_ledgepay import task_backend, telemetry, webhooks
 from django_ledgepay.conf import WEBHOOK_PROCESSING_TASK, conf
 from django_ledgepay.exceptions import WebhookPayloadError
 from django_ledgepay.mirror import sql
 from django_ledgepay.mirror.sql_parts import FastOutcome
+from django_ledgepay.mirror.values import parse_time
 from django_ledgepay.models import WebhookEvent
 
 logger = logging.getLogger("django_ledgepay.views")
@@ -40,6 +41,10 @@ class Receipt:
 
     status_code: int
     detail: str
+    #: For the metrics: the event's type, and the outcome (empty: not counted here, as a
+    #: delivery stored for a task, counted once the task applies it).
+    event_type: str = ""
+    outcome: str = ""
 
 
 @task_backend.task()  # type: ignore[untyped-decorator,unused-ignore]
@@ -48,10 +53,22 @@ def process_event(event_id: int) -> None:
     event = WebhookEvent.objects.filter(pk=event_id).first()
     if event is not None and not event.is_processed:
         webhooks.process_event(event)
+        _measure(_answer_for(event))
 
 
 def receive(body: bytes, *, signed_at: float | None = None) -> Receipt:
     """Store and apply a delivery whose signature passed (signed at ``signed_at``)."""
+    receipt = _receive(body, signed_at)
+    _measure(receipt)
+    return receipt
+
+
+def _measure(receipt: Receipt) -> None:
+    if receipt.outcome:
+        telemetry.webhook_delivery(receipt.event_type, receipt.outcome)
+
+
+def _receive(body: bytes, signed_at: float | None) -> Receipt:
     try:
         if conf.LEDGEPAY_WEBHOOK_PROCESSING == WEBHOOK_PROCESSING_TASK:
             return _store_for_task(body)
@@ -59,7 +76,7 @@ def receive(body: bytes, *, signed_at: float | None = None) -> Receipt:
     except OperationalError:
         # The database is down or locked: nothing was stored, LedgePay delivers again.
         logger.exception("Webhook delivery not stored: the database failed")
-        return Receipt(503, "The event could not be stored now; deliver it again.")
+        return Receipt(503, "The event could not be stored now; deliver it again.", "", "failed")
 
 
 def _apply(body: bytes, signed_at: float | None) -> Receipt:
@@ -67,21 +84,45 @@ def _apply(body: bytes, signed_at: float | None) -> Receipt:
     if fast is not None and fast.settled is not None:
         return _answer_for(fast.settled)
     if fast is not None and fast.stored is not None and fast.stored.is_processed:
-        return Receipt(200, "duplicate")
+        return _duplicate(fast.stored)
     event, created, invalid = webhooks.record_event(body)
     if invalid is not None:
-        logger.warning("Webhook event %s kept as ignored: %s", event.pk, invalid.message)
-        return Receipt(400, invalid.message)
+        return _rejected(event, invalid.message)
     if not created and event.is_processed:
-        return Receipt(200, "duplicate")
+        return _duplicate(event)
     webhooks.process_event(event)
     return _answer_for(event)
 
 
 def _answer_for(event: WebhookEvent) -> Receipt:
+    outcome = telemetry.WEBHOOK_OUTCOMES.get(event.status, "failed")
     if event.status == WebhookEvent.Status.FAILED:
-        return Receipt(503, KEPT_FOR_REDELIVERY)
-    return Receipt(200, event.status)
+        return Receipt(503, KEPT_FOR_REDELIVERY, event.event_type, outcome)
+    if event.status == WebhookEvent.Status.PROCESSED:
+        telemetry.webhook_lag(event.event_type, _happened(event))
+    return Receipt(200, event.status, event.event_type, outcome)
+
+
+def _duplicate(event: WebhookEvent) -> Receipt:
+    # A redelivery looked up by its body's hash is answered without reading its type.
+    known = "event_type" not in event.get_deferred_fields()
+    return Receipt(200, "duplicate", event.event_type if known else "", "duplicate")
+
+
+def _rejected(event: WebhookEvent, why: str) -> Receipt:
+    logger.warning(
+        "Webhook event %s kept as ignored: %s", event.pk, why, extra={"ledgepay_event": event.pk}
+    )
+    return Receipt(400, why, event.event_type, "rejected")
+
+
+def _happened(event: WebhookEvent) -> float | None:
+    """When the event happened at LedgePay (its ``timestamp``), in Unix seconds."""
+    if "payload" in event.get_deferred_fields():
+        return None  # Not worth a query.
+    payload = event.payload
+    moment = parse_time(payload.get("timestamp")) if isinstance(payload, dict) else None
+    return moment.timestamp() if moment is not None else None
 
 
 def _store_for_task(body: bytes) -> Receipt:
@@ -89,10 +130,9 @@ def _store_for_task(body: bytes) -> Receipt:
     enqueue loses nothing: the event stays ``received`` and ``ledgepay_deliver`` applies it."""
     event, created, invalid = webhooks.record_event(body)
     if invalid is not None:
-        logger.warning("Webhook event %s kept as ignored: %s", event.pk, invalid.message)
-        return Receipt(400, invalid.message)
+        return _rejected(event, invalid.message)
     if event.is_processed:
-        return Receipt(200, "duplicate")
+        return _duplicate(event)
     try:
         task_backend.enqueue(process_event, event.pk)
     except Exception:
@@ -100,7 +140,9 @@ def _store_for_task(body: bytes) -> Receipt:
             "Could not enqueue webhook event %s; ledgepay_reprocess --all will apply it.",
             event.pk,
         )
-    return Receipt(200, WebhookEvent.Status.RECEIVED if created else "duplicate")
+    if not created:
+        return _duplicate(event)
+    return Receipt(200, WebhookEvent.Status.RECEIVED, event.event_type)
 
 
 def settle_in_one_statement(body: bytes, *, signed_at: float | None = None) -> FastOutcome | None:

@@ -13,7 +13,7 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from django_ledgepay import intake, signatures
+from django_ledgepay import intake, signatures, telemetry
 from django_ledgepay.conf import conf
 from django_ledgepay.exceptions import WebhookSignatureError
 
@@ -47,22 +47,25 @@ class WebhookView(View):
         return response
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            body = request.body
-        except RequestDataTooBig:
-            return _answer(400, "The body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE.")
-        try:
-            signed_at = signatures.verify_signature(
-                body,
-                request.headers.get(signatures.SIGNATURE_HEADER),
-                conf.webhook_secrets,
-                tolerance=conf.LEDGEPAY_WEBHOOK_TOLERANCE,
-            )
-        except WebhookSignatureError as err:
-            logger.warning("Webhook refused: %s", err.message)
-            return _answer(400, err.message)
-        receipt = intake.receive(body, signed_at=signed_at)
-        return _answer(receipt.status_code, receipt.detail)
+        with telemetry.span("ledgepay.webhook"):
+            try:
+                body = request.body
+            except RequestDataTooBig:
+                telemetry.webhook_delivery(None, "rejected")
+                return _answer(400, "The body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE.")
+            try:
+                signed_at = signatures.verify_signature(
+                    body,
+                    request.headers.get(signatures.SIGNATURE_HEADER),
+                    conf.webhook_secrets,
+                    tolerance=conf.LEDGEPAY_WEBHOOK_TOLERANCE,
+                )
+            except WebhookSignatureError as err:
+                logger.warning("Webhook refused: %s", err.message)
+                telemetry.webhook_delivery(None, "rejected")
+                return _answer(400, err.message)
+            receipt = intake.receive(body, signed_at=signed_at)
+            return _answer(receipt.status_code, receipt.detail)
 
 
 def _answer(status: int, detail: str) -> JsonResponse:
