@@ -328,18 +328,99 @@ def test_task_processing_stores_and_answers_at_once(
     assert post(client, body, headers).json() == {"detail": "duplicate"}
 
 
+def a_delivery_whose_task_was_lost(client: Any, monkeypatch: Any) -> tuple[Payment, WebhookEvent]:
+    """A payment and the stored delivery that makes it succeeded, whose processing task
+    never ran (the backend was down; a worker killed mid-task looks the same)."""
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise OSError("the broker is down")
+
+    monkeypatch.setattr(task_backend, "enqueue", down)
+    payment = make_payment(status="pending")
+    assert post(client, *succeeded_body(payment)).json() == {"detail": "received"}
+    monkeypatch.undo()
+    event = WebhookEvent.objects.get()
+    assert event.status == "received"
+    return payment, event
+
+
 def test_a_lost_processing_task_is_caught_up_by_reprocess(client, settings, monkeypatch, receive):
     settings.LEDGEPAY_WEBHOOK_PROCESSING = "task"
     paid = receive(signals.payment_succeeded)
-    monkeypatch.setattr(tasks, "enqueue", lambda *a, **k: (_ for _ in ()).throw(OSError("down")))
-    payment = make_payment(status="pending")
-    assert post(client, *succeeded_body(payment)).status_code == 200
-    monkeypatch.undo()
-    settings.LEDGEPAY_WEBHOOK_PROCESSING = "task"
+    payment, _ = a_delivery_whose_task_was_lost(client, monkeypatch)
     call_command("ledgepay_reprocess", "--all", stdout=io.StringIO())
     payment.refresh_from_db()
     assert payment.status == "succeeded"
     assert len(paid.calls) == 1
+
+
+def deliver_command(*args: str) -> str:
+    out = io.StringIO()
+    call_command("ledgepay_deliver", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_a_lost_processing_task_is_caught_up_by_ledgepay_deliver(
+    client, settings, monkeypatch, receive
+):
+    settings.LEDGEPAY_WEBHOOK_PROCESSING = "task"
+    paid = receive(signals.payment_succeeded)
+    payment, event = a_delivery_whose_task_was_lost(client, monkeypatch)
+    # Within the grace its task may still run: cron's command leaves it.
+    assert deliver_command() == "Delivered 0 transitions; 0 still failing.\n"
+    event.refresh_from_db()
+    assert event.status == "received"
+    WebhookEvent.objects.update(received_at=timezone.now() - delivery.GRACE)
+    output = deliver_command()
+    assert output.endswith(
+        "Delivered 0 transitions; 0 still failing. Applied 1 stored webhook delivery whose "
+        "processing was lost; 0 failed.\n"
+    )
+    event.refresh_from_db()
+    payment.refresh_from_db()
+    assert (event.status, payment.status) == ("processed", "succeeded")
+    # Its transition, delivered after the commit, as any change's.
+    assert len(paid.calls) == 1
+    assert Transition.objects.get().delivered_at is not None
+    assert deliver_command() == "Delivered 0 transitions; 0 still failing.\n"
+    assert len(paid.calls) == 1
+
+
+def test_ledgepay_deliver_all_applies_every_stored_delivery_at_once(
+    client, settings, monkeypatch, receive, held_deliveries
+):
+    settings.LEDGEPAY_WEBHOOK_PROCESSING = "task"
+    paid = receive(signals.payment_succeeded)
+    payment, event = a_delivery_whose_task_was_lost(client, monkeypatch)
+    held_deliveries()  # Nothing was queued: the task is lost.
+    output = deliver_command("--all", "-v", "2")
+    assert f"Event {event.pk} (payment.succeeded {payment.ledgepay_id}): processed" in output
+    assert f"Transition {Transition.objects.get().pk}: delivered." in output
+    assert output.endswith(
+        "Delivered 1 transition; 0 still failing. Applied 1 stored webhook delivery whose "
+        "processing was lost; 0 failed.\n"
+    )
+    assert len(paid.calls) == 1
+
+
+def test_ledgepay_deliver_fails_while_a_stored_delivery_cannot_be_applied(
+    client, api, settings, monkeypatch
+):
+    settings.LEDGEPAY_WEBHOOK_PROCESSING = "task"
+    settings.LEDGEPAY_MAX_RETRIES = 0
+    monkeypatch.setattr(task_backend, "enqueue", lambda *args, **kwargs: None)  # Lost.
+    body, headers = signed_webhook({"event": "payment.succeeded", "data": {"id": "pay_far"}})
+    assert post(client, body, headers).status_code == 200
+    monkeypatch.undo()
+    api.get(f"{API}/payments/pay_far", status=503, json={"error": {"message": "down"}})
+    event = WebhookEvent.objects.get()
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="Applied 1 stored webhook delivery .*; 1 failed"):
+        call_command("ledgepay_deliver", "--all", stdout=out)
+    assert f"Event {event.pk} (payment.succeeded pay_far): failed" in out.getvalue()
+    assert f"ledgepay_reprocess --id {event.pk} applies it again" in out.getvalue()
+    event.refresh_from_db()
+    assert event.status == "failed"
 
 
 # Checks and the admin
