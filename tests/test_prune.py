@@ -12,7 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_ledgepay.models import Transition, WebhookEvent
+from django_ledgepay.models import Reaction, Transition, WebhookEvent
 from tests.factories import make_payment
 
 pytestmark = pytest.mark.django_db
@@ -100,11 +100,84 @@ def queries_to_prune(count, batch_size):
 def test_prune_deletes_in_batches_of_constant_queries():
     one_batch = queries_to_prune(4, batch_size=4)
     three_batches = queries_to_prune(12, batch_size=4)
-    # Each batch costs the same; the whole run a few more, once.
+    # Each batch costs the same; the whole run a few more, once: the events' last,
+    # empty batch, and the receivers' records' one (there are none here).
     per_batch = (three_batches - one_batch) // 2
     assert three_batches - one_batch == 2 * per_batch
-    assert one_batch == per_batch + 1
+    assert one_batch == per_batch + 2
     assert per_batch <= 8
+
+
+# The receivers' records
+
+
+def delivered_days_ago(days, *receivers, delivered=True):
+    """A transition delivered ``days`` ago (or not delivered) with a record per receiver."""
+    moment = timezone.now() - datetime.timedelta(days=days)
+    made = Transition.objects.create(
+        signal="payment_succeeded",
+        payment=make_payment(),
+        source="api",
+        created_at=moment,
+        delivered_at=moment if delivered else None,
+    )
+    for name in receivers:
+        Reaction.objects.create(
+            transition=made, receiver=name, attempts=1, succeeded_at=moment if delivered else None
+        )
+    return made
+
+
+def test_prune_deletes_the_receivers_records_of_transitions_delivered_before_the_cutoff():
+    old = delivered_days_ago(40, "shop.mark_paid", "shop.send_receipt")
+    older = delivered_days_ago(400, "shop.mark_paid")
+    recent = delivered_days_ago(29, "shop.mark_paid")
+    # Not delivered, however old: its records are what keeps a receiver from running twice.
+    failing = delivered_days_ago(90, "shop.mark_paid", "shop.send_receipt", delivered=False)
+
+    output = prune("--days=30")
+
+    assert re.search(
+        r"^Deleted 3 receivers' records of transitions delivered before ", output, re.M
+    )
+    left = set(Reaction.objects.values_list("transition_id", flat=True))
+    assert left == {recent.pk, failing.pk}
+    assert Reaction.objects.filter(transition=failing).count() == 2
+    # The transitions stay: they are the payments' audit trail.
+    assert set(Transition.objects.values_list("pk", flat=True)) == {
+        old.pk,
+        older.pk,
+        recent.pk,
+        failing.pk,
+    }
+    assert "Deleted 0 receivers' records" in prune("--days=30")
+
+
+def test_prune_dry_run_counts_the_receivers_records_too():
+    delivered_days_ago(40, "a", "b")
+    output = prune("--days=30", "--dry-run")
+    assert "Would delete 2 receivers' records of transitions delivered before " in output
+    assert Reaction.objects.count() == 2
+
+
+def test_prune_deletes_the_receivers_records_in_batches_reading_each_row_once():
+    for _ in range(5):
+        delivered_days_ago(40, "a")
+    kept = delivered_days_ago(40, "a", delivered=False)
+    selects = []
+
+    def record(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith("SELECT") and "ledgepay_reaction" in sql:
+            selects.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        output = prune("--days=30", "--batch-size=2")
+    assert "Deleted 5 receivers' records" in output
+    assert list(Reaction.objects.values_list("transition_id", flat=True)) == [kept.pk]
+    # Three batches of at most 2 and the last, empty one: each from where the last ended.
+    assert len(selects) == 4
+    assert all("LIMIT 2" in sql for sql in selects)
 
 
 def test_prune_never_loads_more_than_a_batch():
@@ -157,7 +230,7 @@ def test_prune_refuses_a_batch_size_no_database_holds_before_any_query(
 
 def test_prune_names_its_cutoff_as_the_reports_do():
     output = prune("--days=7", "--dry-run")
-    found = re.search(r"received before (\S+)\.$", output.strip())
-    assert found, output
-    cutoff = found.group(1)
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", cutoff), output
+    found = re.findall(r"(?:received|delivered) before (\S+)\.$", output.strip(), re.M)
+    assert len(found) == 2, output
+    for cutoff in found:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", cutoff), output

@@ -10,7 +10,7 @@ from django.template.defaultfilters import pluralize
 from django.utils import timezone
 
 from django_ledgepay.management import arguments
-from django_ledgepay.models import Transition, WebhookEvent
+from django_ledgepay.models import Reaction, Transition, WebhookEvent
 from django_ledgepay.services import iso_z
 
 DEFAULT_BATCH_SIZE: Final = 1000
@@ -31,12 +31,22 @@ def prunable(cutoff: datetime.datetime) -> QuerySet[WebhookEvent]:
     )
 
 
+def delivery_records(cutoff: datetime.datetime, *, after: int = 0) -> QuerySet[Reaction]:
+    """The receivers' records (:class:`~django_ledgepay.models.Reaction`: their successes,
+    claims and errors) of the transitions delivered before ``cutoff``, from the id
+    ``after`` on: once a transition is delivered they serve nothing more."""
+    return Reaction.objects.filter(pk__gt=after, transition__delivered_at__lt=cutoff)
+
+
 class Command(arguments.LedgePayCommand):
     help = (
-        "Delete the processed and ignored webhook events received more than --days days "
-        "ago, in batches, and print how many were deleted. Failed events, events not yet "
-        "processed and events an undelivered transition refers to are kept; a delivered "
-        "transition stays, without its event."
+        "Delete, in batches, the processed and ignored webhook events received more than "
+        "--days days ago, and the receivers' success records of the transitions delivered "
+        "more than --days days ago, and print how many were deleted. Failed events, events "
+        "not yet processed and events an undelivered transition refers to are kept; the "
+        "transitions stay (the payments' audit trail), without their event. The task "
+        "backend's finished tasks are its own to prune: with django-tasks-db, "
+        "manage.py prune_db_task_results."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -45,14 +55,15 @@ class Command(arguments.LedgePayCommand):
             type=int,
             required=True,
             metavar="N",
-            help="Delete events received more than N days ago (N is at least 1).",
+            help="Delete events received, and receivers' records of transitions delivered, "
+            "more than N days ago (N is at least 1).",
         )
         parser.add_argument(
             "--batch-size",
             type=int,
             default=DEFAULT_BATCH_SIZE,
             metavar="B",
-            help=f"Delete B events per transaction, at most {MAX_BATCH_SIZE} "
+            help=f"Delete B rows per transaction, at most {MAX_BATCH_SIZE} "
             f"(default {DEFAULT_BATCH_SIZE}).",
         )
         parser.add_argument(
@@ -71,9 +82,14 @@ class Command(arguments.LedgePayCommand):
                 f"--days {days} reaches before the calendar's start."
             ) from None
         when = f"received before {iso_z(cutoff)}"
+        records = f"of transitions delivered before {iso_z(cutoff)}"
         if options["dry_run"]:
             count = prunable(cutoff).count()
             self.stdout.write(f"Would delete {count} webhook event{pluralize(count)} {when}.")
+            count = delivery_records(cutoff).count()
+            self.stdout.write(
+                f"Would delete {count} receivers' record{pluralize(count)} {records}."
+            )
             return
         deleted = 0
         while True:
@@ -93,3 +109,30 @@ class Command(arguments.LedgePayCommand):
         self.stdout.write(
             self.style.SUCCESS(f"Deleted {deleted} webhook event{pluralize(deleted)} {when}.")
         )
+        deleted = self.prune_delivery_records(cutoff, batch_size, int(options["verbosity"]))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Deleted {deleted} receivers' record{pluralize(deleted)} {records}."
+            )
+        )
+
+    def prune_delivery_records(
+        self, cutoff: datetime.datetime, batch_size: int, verbosity: int
+    ) -> int:
+        deleted = last = 0
+        while True:
+            # By id from where the last batch ended: each batch reads only what it deletes
+            # (and the few records of transitions not yet delivered), however large the
+            # table. A transition is never undelivered again: no check under the delete.
+            batch = list(
+                delivery_records(cutoff, after=last)
+                .order_by("pk")
+                .values_list("pk", flat=True)[:batch_size]
+            )
+            if not batch:
+                break
+            last = batch[-1]
+            deleted += Reaction.objects.filter(pk__in=batch).delete()[0]
+            if verbosity >= 2:
+                self.stdout.write(f"Deleted {deleted} receivers' records so far.")
+        return deleted
