@@ -38,7 +38,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, DateTimeField, F, Value, When
 from django.utils import timezone
 
-from django_ledgepay import claims, signals, task_backend
+from django_ledgepay import claims, signals, task_backend, telemetry
 from django_ledgepay.conf import conf
 from django_ledgepay.models import Payment, Reaction, Refund, Transition
 
@@ -104,6 +104,11 @@ def deliver(transition_id: int) -> Delivery:
     deliverer holds, and run it in a transaction with the record of its success; then mark
     the transition delivered, or schedule its next attempt. Never raises for a receiver's
     sake."""
+    with telemetry.span("ledgepay.deliver"):
+        return _deliver(transition_id)
+
+
+def _deliver(transition_id: int) -> Delivery:
     lease = datetime.timedelta(seconds=conf.LEDGEPAY_DELIVERY_LEASE)
     now = timezone.now()
     found = claims.read(transition_id, until=now + lease, now=now, receivers=_receiver_pairs())
@@ -160,12 +165,18 @@ def deliver(transition_id: int) -> Delivery:
                     transition.pk,
                     type(err).__name__,
                     exc_info=True,
+                    extra={
+                        "ledgepay_transition": transition.pk,
+                        "ledgepay_payment": transition.payment.ledgepay_id,
+                    },
                 )
+                telemetry.delivery_attempt(transition.signal, name, succeeded=False)
                 outcome.failed.append(name)
                 errors.append(f"{name}:\n{error}")
             else:
                 leases.pop(name)
                 if ran:
+                    telemetry.delivery_attempt(transition.signal, name, succeeded=True)
                     outcome.succeeded.append(name)
                     finished = last
             _warn_if_outrun(transition, name, time.monotonic() - began, lease)

@@ -200,7 +200,7 @@ def webhook_lag(event_type: str, happened: float | None) -> None:
     _get().lag.record(max(0.0, time.time() - happened), {"ledgepay.event_type": event_type})
 
 
-def delivery_attempt(signal: str, receiver: str, succeeded: bool) -> None:
+def delivery_attempt(signal: str, receiver: str, *, succeeded: bool) -> None:
     """Count one run of a receiver for a transition."""
     if otel_trace is None:
         return

@@ -14,7 +14,7 @@ import requests
 from django.test import Client
 from django.utils import timezone
 
-from django_ledgepay import telemetry
+from django_ledgepay import signals, telemetry
 from django_ledgepay.client import LedgePayClient
 from django_ledgepay.exceptions import APIConnectionError
 from django_ledgepay.testing import signed_webhook
@@ -168,6 +168,24 @@ def test_a_connection_failure_names_its_error_type(api, settings, seen):
     assert attributes["error.type"] == "ConnectionError" and count == 1
 
 
+def test_receivers_are_counted_by_outcome(
+    db, client, receive, seen, django_capture_on_commit_callbacks
+):
+    payment = make_payment(status="pending")
+    receive(signals.payment_succeeded)
+    data = {"id": payment.ledgepay_id, "amount": 5000, "currency": "EUR"}
+    with django_capture_on_commit_callbacks(execute=True):
+        post(client, {"event": "payment.succeeded", "data": data})
+    attempts = seen.points("ledgepay.delivery.attempts")
+    ours = [
+        (a["ledgepay.signal"], a["ledgepay.outcome"], v)
+        for a, v in attempts
+        if a["ledgepay.receiver"] == "tests.conftest.Receiver"
+    ]
+    assert ours == [("payment_succeeded", "succeeded", 1)], attempts
+    assert "ledgepay.deliver" in [span.name for span in seen.spans]
+
+
 def test_the_backlog_gauges(db, seen):
     payment = make_payment()
     make_refund(payment)
@@ -216,7 +234,7 @@ def test_without_the_package_nothing_is_imported_and_every_hook_does_nothing():
         "with telemetry.client_attempt('GET', '/payments/x', 1) as a: a.answered(200)\n"
         "with telemetry.span('ledgepay.webhook'): pass\n"
         "telemetry.webhook_delivery('payment.succeeded', 'applied')\n"
-        "telemetry.delivery_attempt('payment_succeeded', 'r', True)\n"
+        "telemetry.delivery_attempt('payment_succeeded', 'r', succeeded=True)\n"
         "telemetry.observe('g', 'd', lambda: 1)\n"
         "assert telemetry.client_attempt('GET', '/', 0) is telemetry.NOTHING\n"
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.')))\n"
