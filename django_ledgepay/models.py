@@ -317,17 +317,35 @@ class Reaction(models.Model):
         return f"{self.receiver} for transition {self.transition_id}"
 
 
-class RefundRequest(models.Model):
-    """A refund asked of LedgePay, recorded before the call with its idempotency key.
-
-    While its outcome is unknown (the call ended without an answer), every refund of its
-    payment first sends it again with the same key.
-    """
+class RecordedCall(models.Model):
+    """A call to LedgePay recorded before it is sent, with the idempotency key it is sent
+    with, and what came of it: ``unknown`` until an answer says (the call ended without one,
+    and LedgePay may have acted), then ``made`` or ``refused``."""
 
     class Outcome(models.TextChoices):
         UNKNOWN = "unknown", _("Unknown")
         MADE = "made", _("Made")
         REFUSED = "refused", _("Refused")
+
+    idempotency_key = models.CharField(_("idempotency key"), max_length=255, unique=True)
+    outcome = models.CharField(
+        _("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.UNKNOWN
+    )
+    error = models.TextField(_("error"), blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["created_at", "id"]
+
+
+class RefundRequest(RecordedCall):
+    """A refund asked of LedgePay, recorded before the call with its idempotency key.
+
+    While its outcome is unknown (the call ended without an answer), every refund of its
+    payment first sends it again with the same key.
+    """
 
     payment = models.ForeignKey(
         Payment,
@@ -340,7 +358,6 @@ class RefundRequest(models.Model):
         _("the rest"), default=False, help_text=_("Asked for all that was left to refund.")
     )
     reason = models.CharField(_("reason"), max_length=32, choices=Refund.Reason.choices)
-    idempotency_key = models.CharField(_("idempotency key"), max_length=255, unique=True)
     source = models.CharField(_("source"), max_length=16, choices=Transition.Source.choices)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -350,9 +367,6 @@ class RefundRequest(models.Model):
         related_name="+",
         verbose_name=_("asked by"),
     )
-    outcome = models.CharField(
-        _("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.UNKNOWN
-    )
     refund = models.ForeignKey(
         Refund,
         on_delete=models.PROTECT,
@@ -361,7 +375,6 @@ class RefundRequest(models.Model):
         related_name="requests",
         verbose_name=_("refund"),
     )
-    error = models.TextField(_("error"), blank=True)
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     answered = models.BooleanField(
         _("answered"),
@@ -377,13 +390,10 @@ class RefundRequest(models.Model):
         blank=True,
         help_text=_("Set while a call is sending it; another call leaves it alone meanwhile."),
     )
-    created_at = models.DateTimeField(_("created at"), default=timezone.now)
-    resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
 
-    class Meta:
+    class Meta(RecordedCall.Meta):
         verbose_name = _("refund request")
         verbose_name_plural = _("refund requests")
-        ordering = ["created_at", "id"]
         indexes = [
             models.Index(
                 fields=["payment"],
@@ -400,7 +410,7 @@ class RefundRequest(models.Model):
         return f"{amount} of payment {self.payment_id} ({self.outcome})"
 
 
-class PaymentRequest(models.Model):
+class PaymentRequest(RecordedCall):
     """A payment asked of LedgePay without an idempotency key of the caller's, recorded
     before the call with the key it was sent with (and kept across the call's own retries).
 
@@ -408,15 +418,8 @@ class PaymentRequest(models.Model):
     key and the fingerprint of its arguments, and the reconcile finds the payment it made.
     """
 
-    #: The same outcomes as a refund request's.
-    Outcome = RefundRequest.Outcome
-
     fingerprint = models.CharField(
         _("fingerprint"), max_length=64, help_text=_("SHA-256 of the request's arguments.")
-    )
-    idempotency_key = models.CharField(_("idempotency key"), max_length=255, unique=True)
-    outcome = models.CharField(
-        _("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.UNKNOWN
     )
     payment = models.ForeignKey(
         Payment,
@@ -426,14 +429,10 @@ class PaymentRequest(models.Model):
         related_name="+",
         verbose_name=_("payment"),
     )
-    error = models.TextField(_("error"), blank=True)
-    created_at = models.DateTimeField(_("created at"), default=timezone.now)
-    resolved_at = models.DateTimeField(_("resolved at"), null=True, blank=True)
 
-    class Meta:
+    class Meta(RecordedCall.Meta):
         verbose_name = _("payment request")
         verbose_name_plural = _("payment requests")
-        ordering = ["created_at", "id"]
         indexes = [
             models.Index(
                 fields=["fingerprint", "created_at"],

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django_ledgepay.exceptions import LedgePayError, WebhookPayloadError
 from django_ledgepay.mirror.orm import RefusedNews, apply_payment_event, apply_refund, note_event
 from django_ledgepay.mirror.rules import PAYMENT_EVENTS, REFUND_EVENTS, event_outcome
-from django_ledgepay.models import MAX_AMOUNT, WebhookEvent
+from django_ledgepay.models import MAX_AMOUNT, Payment, WebhookEvent
 from django_ledgepay.signatures import (
     SIGNATURE_HEADER,
     compute_signature,
@@ -62,15 +62,19 @@ FIELD_TYPES: Final[Mapping[str, tuple[type, ...]]] = {
     "success_url": (str,),
     "cancel_url": (str,),
 }
-#: The longest strings the mirror's columns hold (``max_length`` of the model fields).
+#: The longest strings the mirror's columns hold: each field of an event's data, with the
+#: model field it is kept in (whose ``max_length`` is the one place the limit is written).
 MAX_LENGTHS: Final[Mapping[str, int]] = {
-    "id": 255,
-    "payment_id": 255,
-    "checkout_url": 2048,
-    "success_url": 2048,
-    "cancel_url": 2048,
-    "customer.email": 254,
-    "customer.name": 255,
+    name: getattr(Payment._meta.get_field(column), "max_length", 0)
+    for name, column in {
+        "id": "ledgepay_id",
+        "payment_id": "ledgepay_id",
+        "checkout_url": "checkout_url",
+        "success_url": "success_url",
+        "cancel_url": "cancel_url",
+        "customer.email": "customer_email",
+        "customer.name": "customer_name",
+    }.items()
 }
 #: How much of an unreadable body is kept in the log.
 RAW_BODY_CHARS: Final = 10_000

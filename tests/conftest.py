@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import responses as responses_lib
 
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.dispatch import Signal
+from django.test import Client
 
 from django_ledgepay import client
 
@@ -212,3 +214,16 @@ def lock_waiters() -> int:
             "WHERE datname = current_database() AND wait_event_type = 'Lock'"
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def staff_client(django_user_model: Any, *codenames: str, username: str = "staff") -> Client:
+    """A client logged in as staff holding the app's permissions ``codenames``."""
+    user = django_user_model.objects.create_user(username, password="pw", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="django_ledgepay", codename__in=codenames
+        )
+    )
+    client = Client()
+    client.force_login(user)
+    return client

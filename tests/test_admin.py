@@ -25,7 +25,7 @@ from django_ledgepay import admin as ledgepay_admin
 from django_ledgepay import services, webhooks
 from django_ledgepay.exceptions import RefundError
 from django_ledgepay.models import Payment, Refund, Transition, WebhookEvent
-from tests.conftest import API
+from tests.conftest import API, staff_client
 from tests.factories import make_payment, make_refund, payment_data, refund_data
 
 pytestmark = pytest.mark.django_db
@@ -33,18 +33,6 @@ pytestmark = pytest.mark.django_db
 API_KEY = "sk_test_tests_secret_key_123"
 CHANGELIST = "/admin/django_ledgepay/payment/"
 VIEW_PERMS = ("view_payment", "view_refund", "view_webhookevent")
-
-
-def staff_client(django_user_model: Any, *codenames: str, username: str = "staff") -> Client:
-    user = django_user_model.objects.create_user(username, password="pw", is_staff=True)
-    user.user_permissions.set(
-        Permission.objects.filter(
-            content_type__app_label="django_ledgepay", codename__in=codenames
-        )
-    )
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

@@ -10,14 +10,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
-from django.test import Client
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from django_ledgepay import dashboard
 from django_ledgepay.models import Payment, Reconciliation, Refund, Transition, WebhookEvent
+from tests.conftest import staff_client
 from tests.factories import make_payment, make_refund
 
 pytestmark = pytest.mark.django_db
@@ -26,18 +25,6 @@ URL = "/admin/django_ledgepay/payment/dashboard/"
 #: Session, user, payments per day, refunds per day, failed events, oldest unprocessed
 #: event, undelivered transitions, last reconciliation.
 QUERIES = 8
-
-
-def staff_client(django_user_model: Any, *codenames: str) -> Client:
-    user = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
-    user.user_permissions.set(
-        Permission.objects.filter(
-            content_type__app_label="django_ledgepay", codename__in=codenames
-        )
-    )
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def at(days_ago: int, hour: int = 12) -> datetime.datetime:
