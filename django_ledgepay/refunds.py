@@ -383,7 +383,11 @@ def _check_refund_answer(data: Mapping[str, Any], asked: Mapping[str, Any], curr
     ]
     if wrong:
         message = f"LedgePay's answer to the refund ({data['id']}) says {', '.join(wrong)}."
-        logger.error("%s Not recorded; the refund request stays unresolved.", message)
+        logger.error(
+            "%s Not recorded; the refund request stays unresolved.",
+            message,
+            extra={"ledgepay_refund": data["id"], "ledgepay_payment": asked["payment_id"]},
+        )
         raise APIError(message)
 
 

@@ -245,10 +245,21 @@ def process_event(event: WebhookEvent) -> None:
             status, note = _apply(event)
     except LedgePayError as err:
         status, note = WebhookEvent.Status.FAILED, str(err)
-        logger.warning("Webhook event %s (%s) failed: %s", event.pk, event.event_type, note)
+        logger.warning(
+            "Webhook event %s (%s) failed: %s",
+            event.pk,
+            event.event_type,
+            note,
+            extra={"ledgepay_event": event.pk},
+        )
     except Exception as err:
         status, note = WebhookEvent.Status.FAILED, f"{type(err).__name__}: {err}"
-        logger.exception("Webhook event %s (%s) failed", event.pk, event.event_type)
+        logger.exception(
+            "Webhook event %s (%s) failed",
+            event.pk,
+            event.event_type,
+            extra={"ledgepay_event": event.pk},
+        )
     processed_at = None if status == WebhookEvent.Status.FAILED else timezone.now()
     rows = WebhookEvent.objects.filter(pk=event.pk)
     if status == WebhookEvent.Status.FAILED:

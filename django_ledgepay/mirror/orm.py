@@ -54,10 +54,26 @@ def held(instance: Model) -> dict[str, Any]:
     }
 
 
+def log_fields(
+    instance: Payment | Refund | None = None, *, event: WebhookEvent | None = None
+) -> dict[str, Any]:
+    """The ``extra`` fields of a log record about ``instance`` or ``event``: LedgePay's ids
+    and the event's pk (for JSON formatters and django-structlog), never personal data."""
+    fields: dict[str, Any] = {}
+    if isinstance(instance, Refund):
+        fields["ledgepay_refund"] = instance.ledgepay_id
+        fields["ledgepay_payment"] = instance.payment.ledgepay_id
+    elif instance is not None:
+        fields["ledgepay_payment"] = instance.ledgepay_id
+    if event is not None and event.pk is not None:
+        fields["ledgepay_event"] = event.pk
+    return fields
+
+
 def note_event(event: WebhookEvent | None, note: str) -> None:
     """Keep ``note`` on the event (outside the caller's transaction's fate: an UPDATE of
     its own row, so a later failure of the caller still leaves the note)."""
-    logger.error("%s", note)
+    logger.error("%s", note, extra=log_fields(event=event))
     if event is not None and event.pk is not None:
         WebhookEvent.objects.filter(pk=event.pk).update(note=note)
         event.note = note
@@ -73,6 +89,7 @@ def _log_kept(instance: Payment | Refund, said: Mapping[str, Any], decision: Dec
         instance.ledgepay_id,
         said.get("status"),
         instance.status,
+        extra=log_fields(instance),
     )
 
 
@@ -86,6 +103,7 @@ def _log_left_out(instance: Payment | Refund, found: Mapping[str, Any]) -> None:
             said,
             recorded,
             recorded,
+            extra=log_fields(instance),
         )
 
 
@@ -268,7 +286,11 @@ def write_payment_page(values_by_id: Mapping[str, dict[str, Any]]) -> tuple[int,
             payment = existing.get(ledgepay_id)
             if payment is None:
                 if "amount" not in values or "currency" not in values:
-                    logger.warning("Skipped payment %s: no amount or currency.", ledgepay_id)
+                    logger.warning(
+                        "Skipped payment %s: no amount or currency.",
+                        ledgepay_id,
+                        extra={"ledgepay_payment": ledgepay_id},
+                    )
                     skipped += 1
                     continue
                 payment = Payment(ledgepay_id=ledgepay_id, **rules.new_payment(values, now))
