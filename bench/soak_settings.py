@@ -3,7 +3,9 @@ tasks run on django-tasks-db's database backend, with the receivers of bench/soa
 
 From the environment (the soak sets them for every process it starts):
 ``SOAK_DATABASE_URL`` (default ``postgres://postgres@127.0.0.1:5432/ledgepay_soak``),
-``SOAK_API_BASE`` (the sandbox), ``SOAK_PROCESSING`` (``inline`` or ``task``).
+``SOAK_API_BASE`` (the sandbox), ``SOAK_PROCESSING`` (``inline`` or ``task``),
+``SOAK_LEASE`` (``LEDGEPAY_DELIVERY_LEASE``, seconds; default 10, so that the claims of the
+processes the soak kills lapse within the run).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ MIDDLEWARE = [
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
 LEDGEPAY_TASK_BACKEND = "default"
 LEDGEPAY_WEBHOOK_PROCESSING = os.environ.get("SOAK_PROCESSING", "inline")
+LEDGEPAY_DELIVERY_LEASE = float(os.environ.get("SOAK_LEASE", "10"))
 
 LEDGEPAY_API_KEY = "sk_test_soak_not_secret"
 LEDGEPAY_API_BASE = os.environ.get("SOAK_API_BASE", "http://127.0.0.1:9/v1")

@@ -1,4 +1,5 @@
-"""The soak's shop: receivers whose database work the soak counts."""
+"""The soak's shop: receivers whose database work (and calls to another system) the soak
+counts."""
 
 from __future__ import annotations
 
@@ -24,3 +25,4 @@ class SoakConfig(AppConfig):
         ):
             signal.connect(receivers.record_effect, dispatch_uid=receivers.STEADY)
             signal.connect(receivers.record_effect_flaky, dispatch_uid=receivers.FLAKY)
+            signal.connect(receivers.call_outside, dispatch_uid=receivers.OUTSIDE)
