@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from django.db import IntegrityError
+from django.db.models import QuerySet
 from django.template.defaultfilters import pluralize
+from django.utils import timezone
 
 from django_ledgepay import transitions
 from django_ledgepay.client import (
@@ -21,11 +23,13 @@ from django_ledgepay.client import (
 from django_ledgepay.exceptions import (
     APIError,
     InvalidRequestError,
+    NotFoundError,
 )
 from django_ledgepay.mirror.orm import fetch_payment, write_payment_page
 from django_ledgepay.mirror.values import (
     api_time,
     created_second,
+    iso_z,
     item_id,
     ledgepay_id_of,
     parse_time,
@@ -45,6 +49,9 @@ def sync_payment(payment_or_ledgepay_id: Payment | str) -> Payment:
 
 
 ONE_SECOND: Final = datetime.timedelta(seconds=1)
+#: How far back ``ledgepay_sync --stale`` looks by default, in days, as does the health
+#: check ``pending``: a payment created earlier is left to ``ledgepay_reconcile``.
+STALE_DAYS: Final = 7
 
 
 @dataclass(frozen=True)
@@ -302,3 +309,102 @@ def _apply_payment_page(items: Iterable[Mapping[str, Any]], result: SyncResult) 
     result.updated += counts[1]
     result.unchanged += counts[2]
     result.skipped += counts[3]
+
+
+# Stale payments: pending for longer than they should be, asked about by id
+
+
+def stale_payments(
+    *, minutes: float, days: float = STALE_DAYS, now: datetime.datetime | None = None
+) -> QuerySet[Payment]:
+    """The payments pending for longer than ``minutes`` and created within the last
+    ``days``, oldest first (on the index of status and creation time)."""
+    now = now or timezone.now()
+    return Payment.objects.filter(
+        status=Payment.Status.PENDING,
+        created_at__gte=now - datetime.timedelta(days=days),
+        created_at__lt=now - datetime.timedelta(minutes=minutes),
+    ).order_by("created_at", "pk")
+
+
+@dataclass
+class StaleResult:
+    """What :func:`sync_stale_payments` did: the stale payments found, and what LedgePay
+    said of those asked so far, by the status each has now."""
+
+    #: The payments created from this moment on were looked at.
+    since: datetime.datetime
+    #: Those pending since before this moment were asked about.
+    before: datetime.datetime
+    found: int = 0
+    statuses: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(Payment.Status.values, 0)
+    )
+    #: The payments LedgePay refused to answer for (not found, say), with its message.
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def asked(self) -> int:
+        return sum(self.statuses.values()) + len(self.refused)
+
+    @property
+    def settled(self) -> int:
+        return self.asked - len(self.refused) - self.statuses[Payment.Status.PENDING]
+
+    def __str__(self) -> str:
+        found, asked = self.found, self.asked
+        statuses = self.statuses
+        counts = (
+            f"{statuses['succeeded']} succeeded, {statuses['failed']} failed, "
+            f"{statuses['canceled']} canceled, {statuses['pending']} still pending"
+        )
+        text = (
+            f"{found} payment{pluralize(found)} pending since before {iso_z(self.before)} "
+            f"(created since {iso_z(self.since)}); asked LedgePay about {asked}: {counts}"
+        )
+        if self.refused:
+            text += f", {len(self.refused)} not answered"
+        return text
+
+
+def sync_stale_payments(
+    *,
+    minutes: float,
+    days: float = STALE_DAYS,
+    progress: Callable[[StaleResult], None] | None = None,
+) -> StaleResult:
+    """Ask LedgePay about each payment pending for longer than ``minutes`` and created
+    within the last ``days``, one ``GET /payments/{id}`` each (no list call), and apply
+    its answer as :func:`sync_payment` does: a payment LedgePay has settled sends its
+    signal once, with source ``sync``.
+
+    A payment LedgePay will not answer for (404, 400) is kept in the result's ``refused``
+    and the others are asked; any other failure (LedgePay out of reach, the circuit
+    breaker open, the key refused) is raised at once, the answers applied so far staying.
+    ``progress`` is called with the running result after each payment.
+    """
+    now = timezone.now()
+    stale = stale_payments(minutes=minutes, days=days, now=now)
+    result = StaleResult(
+        since=now - datetime.timedelta(days=days),
+        before=now - datetime.timedelta(minutes=minutes),
+    )
+    # Only the ids in memory; each payment is read again as its answer is applied.
+    ledgepay_ids = list(stale.values_list("ledgepay_id", flat=True))
+    result.found = len(ledgepay_ids)
+    for ledgepay_id in ledgepay_ids:
+        try:
+            payment = sync_payment(ledgepay_id)
+        except (NotFoundError, InvalidRequestError) as err:
+            logger.warning(
+                "LedgePay did not answer for the stale payment %s: %s",
+                ledgepay_id,
+                err,
+                extra={"ledgepay_payment": ledgepay_id},
+            )
+            result.refused[ledgepay_id] = str(err)
+        else:
+            result.statuses[payment.status] = result.statuses.get(payment.status, 0) + 1
+        if progress is not None:
+            progress(result)
+    return result

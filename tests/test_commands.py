@@ -54,6 +54,7 @@ CASES = [
     ("ledgepay_sync", ("--created-after", "x"), USAGE, "--created-after must be an ISO 8601"),
     ("ledgepay_reconcile", ("--format", "xml"), USAGE, "argument --format: invalid choice"),
     ("ledgepay_reconcile", ("--since", "x"), USAGE, "--since must be an ISO 8601 time"),
+    ("ledgepay_sync", ("--stale", "x"), USAGE, "argument --stale: invalid int value"),
     # A number that no database holds, or out of the option's range.
     ("ledgepay_deliver", ("--id", HUGE), USAGE, "--id must be a whole number from 1 to"),
     ("ledgepay_deliver", ("--id", BIGINT_PAST), USAGE, "--id must be a whole number from 1 to"),
@@ -64,6 +65,7 @@ CASES = [
     ("ledgepay_prune", ("--days=1", "--batch-size=0"), USAGE, "--batch-size must be a whole"),
     ("ledgepay_prune", ("--days=0",), USAGE, "--days must be a whole number, at least 1."),
     ("ledgepay_prune", ("--days=800000",), USAGE, "--days 800000 reaches before the calendar"),
+    ("ledgepay_sync", ("--stale=0",), USAGE, "--stale must be a whole number, at least 1."),
     ("ledgepay_sync", ("--created-after=0001-01-01T00:00:00+01:00",), USAGE, "--created-after is"),
     ("ledgepay_reconcile", ("--until=9999-12-31T23:00:00-02:00",), USAGE, "--until is out of"),
     # An empty time: not a default.
