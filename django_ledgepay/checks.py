@@ -232,3 +232,27 @@ def _check_shared_cache(alias: str | None) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+@register()
+def check_health(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """The thresholds of ``manage.py ledgepay_health`` (``django_ledgepay.W007`` for one
+    that is not a usable number: the command would exit 2 without judging anything)."""
+    messages: list[CheckMessage] = []
+    names = (
+        "LEDGEPAY_STALE_PENDING_AFTER",
+        "LEDGEPAY_HEALTH_OVERDUE_AFTER",
+        "LEDGEPAY_HEALTH_CRITICAL_AFTER",
+        "LEDGEPAY_HEALTH_WEBHOOK_SILENCE",
+        "LEDGEPAY_HEALTH_PENDING_CRITICAL",
+    )
+    for name in names:
+        try:
+            getattr(conf, name)
+        except ImproperlyConfigured as err:
+            messages.append(
+                Warning(str(err), hint="Remove it to use the default.", id="django_ledgepay.W007")
+            )
+    return messages

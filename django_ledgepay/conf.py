@@ -13,6 +13,8 @@ DEFAULT_API_BASE = "https://api.ledgepay.com/v1"
 WEBHOOK_PROCESSING_INLINE = "inline"
 WEBHOOK_PROCESSING_TASK = "task"
 WEBHOOK_PROCESSING_MODES = (WEBHOOK_PROCESSING_INLINE, WEBHOOK_PROCESSING_TASK)
+#: The most minutes a setting in minutes takes (100 years): any more is a mistake.
+MAX_MINUTES = 100 * 365 * 24 * 60
 
 #: A webhook signing secret: text (as read from the environment) or bytes.
 Secret: TypeAlias = "str | bytes"
@@ -140,6 +142,45 @@ class Settings:
             raise ImproperlyConfigured("LEDGEPAY_BREAKER_COOLDOWN must not be negative.")
         return cooldown
 
+    @property
+    def LEDGEPAY_STALE_PENDING_AFTER(self) -> float:
+        """Minutes after which a pending payment is stale: the health check ``pending``
+        reports it (``ledgepay_sync --stale`` asks LedgePay about it)."""
+        return _minutes("LEDGEPAY_STALE_PENDING_AFTER", 60)
+
+    @property
+    def LEDGEPAY_HEALTH_OVERDUE_AFTER(self) -> float:
+        """Minutes a transition may be past its next attempt, a stored delivery past its
+        grace, or a refund request without an answer, before ``ledgepay_health`` warns."""
+        overdue = _number("LEDGEPAY_HEALTH_OVERDUE_AFTER", 15)
+        if not 0 <= overdue <= MAX_MINUTES:
+            raise ImproperlyConfigured(
+                "LEDGEPAY_HEALTH_OVERDUE_AFTER must be a number of minutes, 0 or more."
+            )
+        return overdue
+
+    @property
+    def LEDGEPAY_HEALTH_CRITICAL_AFTER(self) -> float:
+        """Minutes after which what ``ledgepay_health`` warns about (a transition past due,
+        an event failed or not applied, a refund's outcome unknown) is critical."""
+        return _minutes("LEDGEPAY_HEALTH_CRITICAL_AFTER", 24 * 60)
+
+    @property
+    def LEDGEPAY_HEALTH_WEBHOOK_SILENCE(self) -> float:
+        """Minutes without a valid webhook delivery, while payments were created, after
+        which the health check ``webhooks`` reports the silence."""
+        return _minutes("LEDGEPAY_HEALTH_WEBHOOK_SILENCE", 60)
+
+    @property
+    def LEDGEPAY_HEALTH_PENDING_CRITICAL(self) -> int:
+        """The health check ``pending`` is critical when at least this many of the last 20
+        payments created more than ``LEDGEPAY_STALE_PENDING_AFTER`` minutes ago are still
+        pending (above 20: never)."""
+        count = _number("LEDGEPAY_HEALTH_PENDING_CRITICAL", 10)
+        if count < 1:
+            raise ImproperlyConfigured("LEDGEPAY_HEALTH_PENDING_CRITICAL must be at least 1.")
+        return math.ceil(count)
+
 
 def _number(name: str, default: float) -> float:
     """The setting ``name`` as a finite number; anything else raises ImproperlyConfigured
@@ -152,6 +193,16 @@ def _number(name: str, default: float) -> float:
     if isinstance(value, bool) or not math.isfinite(number):
         raise ImproperlyConfigured(f"{name} must be a number.")
     return number
+
+
+def _minutes(name: str, default: float) -> float:
+    """The setting ``name`` as a number of minutes above 0 (at most 100 years)."""
+    minutes = _number(name, default)
+    if not 0 < minutes <= MAX_MINUTES:
+        raise ImproperlyConfigured(
+            f"{name} must be a number of minutes above 0, at most 100 years."
+        )
+    return minutes
 
 
 conf = Settings()

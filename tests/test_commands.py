@@ -54,6 +54,7 @@ CASES = [
     ("ledgepay_sync", ("--created-after", "x"), USAGE, "--created-after must be an ISO 8601"),
     ("ledgepay_reconcile", ("--format", "xml"), USAGE, "argument --format: invalid choice"),
     ("ledgepay_reconcile", ("--since", "x"), USAGE, "--since must be an ISO 8601 time"),
+    ("ledgepay_health", ("--format", "xml"), USAGE, "argument --format: invalid choice"),
     ("ledgepay_sync", ("--stale", "x"), USAGE, "argument --stale: invalid int value"),
     # A number that no database holds, or out of the option's range.
     ("ledgepay_deliver", ("--id", HUGE), USAGE, "--id must be a whole number from 1 to"),
@@ -105,6 +106,7 @@ def refused(name, *args, **options):
 def test_every_command_but_the_sandbox_is_covered():
     assert COMMANDS == [
         "ledgepay_deliver",
+        "ledgepay_health",
         "ledgepay_prune",
         "ledgepay_reconcile",
         "ledgepay_reprocess",
