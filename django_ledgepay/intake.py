@@ -26,7 +26,7 @@ from django_ledgepay import task_backend, telemetry, webhooks
 from django_ledgepay.conf import WEBHOOK_PROCESSING_TASK, conf
 from django_ledgepay.exceptions import WebhookPayloadError
 from django_ledgepay.mirror import sql
-from django_ledgepay.mirror.sql_parts import FastOutcome
+from django_ledgepay.mirror.sql_parts import Settlement
 from django_ledgepay.mirror.values import parse_time
 from django_ledgepay.models import WebhookEvent
 
@@ -145,7 +145,7 @@ def _store_for_task(body: bytes) -> Receipt:
     return Receipt(200, WebhookEvent.Status.RECEIVED, event.event_type)
 
 
-def settle_in_one_statement(body: bytes, *, signed_at: float | None = None) -> FastOutcome | None:
+def settle_in_one_statement(body: bytes, *, signed_at: float | None = None) -> Settlement | None:
     """Apply a delivery in one SQL statement, with or after one look-up, where the database
     allows (PostgreSQL; on SQLite a new body for a final payment) and the case is one the
     statement can decide alone; else change nothing and return None or the outcome without
@@ -164,4 +164,4 @@ def settle_in_one_statement(body: bytes, *, signed_at: float | None = None) -> F
         payload = webhooks.parse_event(body)
     except WebhookPayloadError:
         return None
-    return sql.apply(payload, hashlib.sha256(body).hexdigest(), signed_at=signed_at)
+    return sql.settle(payload, hashlib.sha256(body).hexdigest(), signed_at=signed_at)

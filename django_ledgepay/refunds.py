@@ -87,7 +87,7 @@ def refund_payment(
     deadline = time.monotonic() + IN_FLIGHT_WAIT
     while True:
         try:
-            return _refund_once(
+            return _try_refund(
                 payment_or_ledgepay_id,
                 amount=amount,
                 reason=reason,
@@ -115,7 +115,7 @@ class _InFlight(Exception):
         self.error = error
 
 
-def _refund_once(
+def _try_refund(
     payment_or_ledgepay_id: Payment | str,
     *,
     amount: int | None,

@@ -331,9 +331,9 @@ def test_a_first_delivery_signed_late_is_applied_in_two_statements(
     now = int(time.time())
     payload = happened(paid("pay_a", amount=5000, currency="EUR"), now - 3600)
     moved = status in {"pending", None}
-    # After the change, the receiver's delivery: the transition read, then its success
-    # recorded in the receiver's transaction.
-    delivered = ["SELECT", "BEGIN", "WITH", "COMMIT"] if moved else []
+    # After the change, the receiver's delivery: the transition read with its receiver's
+    # claim (one statement), then its success recorded in the receiver's transaction.
+    delivered = ["WITH", "BEGIN", "WITH", "COMMIT"] if moved else []
     assert deliver(client, json.dumps(payload).encode(), now) == (
         {"detail": answer},
         statements_run + delivered,

@@ -51,9 +51,9 @@ from django_ledgepay.mirror import rules
 from django_ledgepay.mirror.rules import PAYMENT_EVENTS, REFUND_EVENTS
 from django_ledgepay.mirror.sql_parts import (
     Draft,
-    FastOutcome,
     KnownPayment,
     KnownRefund,
+    Settlement,
     Unreachable,
     assignments,
     columns,
@@ -73,10 +73,10 @@ logger = logging.getLogger("django_ledgepay.webhooks")
 
 __all__ = [
     "LATE_AFTER",
-    "FastOutcome",
+    "Settlement",
     "KnownPayment",
     "KnownRefund",
-    "apply",
+    "settle",
     "found",
     "look_up",
     "signed_late",
@@ -85,9 +85,9 @@ __all__ = [
 Statement = tuple[str, list[Any], list[Transition]]
 
 
-def apply(
+def settle(
     payload: Mapping[str, Any], digest: str, *, signed_at: float | None = None
-) -> FastOutcome | None:
+) -> Settlement | None:
     """Apply a validated event in at most two statements; None when the event is of no
     type handled here (take the general path). PostgreSQL and SQLite only.
 
@@ -134,7 +134,7 @@ def apply(
             if decided is not None:
                 return decided
     if stored is not None:
-        return FastOutcome(settled=None, stored=stored)
+        return Settlement(settled=None, stored=stored)
     try:
         statement = _statement(data, event_type, draft, payment, known_refund)
     except Unreachable as unreachable:
@@ -142,7 +142,7 @@ def apply(
         # path keeps it, without asking LedgePay a second time.
         return _failed(draft, unreachable.error)
     if statement is None:
-        return FastOutcome(settled=None, stored=None)
+        return Settlement(settled=None, stored=None)
     sql, params, written = statement
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -153,7 +153,7 @@ def apply(
 
 def _move_if_pending(
     data: Mapping[str, Any], announced: str, draft: Draft
-) -> tuple[FastOutcome | None, KnownPayment | None]:
+) -> tuple[Settlement | None, KnownPayment | None]:
     """The look-up in the statement that moves a known pending payment
     (:func:`_pending_payment_statement`); the outcome when that decided the delivery, and
     the payment found (None when never seen)."""
@@ -163,13 +163,13 @@ def _move_if_pending(
         row = cursor.fetchone()
     stored, payment = found(row[:6], draft.event.body_sha256)
     if stored is not None:
-        return FastOutcome(settled=None, stored=stored), payment
+        return Settlement(settled=None, stored=stored), payment
     if row[-1] is not None:
         return _settled(row[6:], written, draft), payment
     if payment is not None and payment.status == rules.PENDING:
         # Not moved: its fixed facts contradict the event, or a rival moved it after the
         # look-up. The general path decides.
-        return FastOutcome(settled=None, stored=None), payment
+        return Settlement(settled=None, stored=None), payment
     return None, payment  # Final or never seen: the statement of its case.
 
 
@@ -192,7 +192,7 @@ def signed_late(payload: Mapping[str, Any], signed_at: float | None) -> bool:
     return signed_at - happened.timestamp() >= LATE_AFTER
 
 
-def _settled(row: tuple[Any, ...], written: list[Transition], draft: Draft) -> FastOutcome:
+def _settled(row: tuple[Any, ...], written: list[Transition], draft: Draft) -> Settlement:
     """The outcome of a statement whose ``row`` is the stored event's id and status (None
     when a rival stored the body first), then the id of each of ``written`` transitions."""
     stored_id, stored_status, *transition_ids = row
@@ -212,9 +212,9 @@ def _settled(row: tuple[Any, ...], written: list[Transition], draft: Draft) -> F
     for transition in recorded:
         transitions.deliver_on_commit(transition)
     if stored_id is None:
-        return FastOutcome(settled=None, stored=None)
+        return Settlement(settled=None, stored=None)
     event = saved(draft.event, stored_id, status=stored_status)
-    return FastOutcome(settled=event, stored=event)
+    return Settlement(settled=event, stored=event)
 
 
 def _name_stored_event(written: list[Transition], digest: str) -> None:
@@ -237,11 +237,11 @@ def _statement(
     if event_type in REFUND_EVENTS:
         return refund_statement(data, REFUND_EVENTS[event_type], draft, payment, refund)
     if payment is not None:
-        return None  # Pending: the look-up's own statement tried it (see apply()).
+        return None  # Pending: the look-up's own statement tried it (see settle()).
     return _unseen_payment_statement(data, PAYMENT_EVENTS[event_type], draft)
 
 
-def _failed(draft: Draft, error: Exception) -> FastOutcome:
+def _failed(draft: Draft, error: Exception) -> Settlement:
     """Store the event failed with the error, as ``webhooks.process_event`` does; leave it
     to the general path when a rival stored the body first."""
     event = draft.event
@@ -251,10 +251,10 @@ def _failed(draft: Draft, error: Exception) -> FastOutcome:
         cursor.execute(sql, [*params, event.status, event.error])
         row = cursor.fetchone()
     if row is None:
-        return FastOutcome(settled=None, stored=None)
+        return Settlement(settled=None, stored=None)
     stored = saved(event, row[0])
     logger.warning("Webhook event %s (%s) failed: %s", stored.pk, event.event_type, event.error)
-    return FastOutcome(settled=stored, stored=stored)
+    return Settlement(settled=stored, stored=stored)
 
 
 def look_up(
@@ -341,7 +341,7 @@ def _stored_and_noted(draft: Draft, signal: str) -> tuple[str, list[Any], Transi
         sql = f"stored AS ({stored}), {noted}"
         return sql, [*params, WebhookEvent.Status.PROCESSED, *noted_params], transition
 
-    sql, params, transition = draft.once(f"noted {signal}", build)
+    sql, params, transition = draft.part(f"noted {signal}", build)
     return sql, list(params), transition
 
 

@@ -31,7 +31,7 @@ class Draft:
     now: datetime.datetime
     built: dict[str, Any] = field(default_factory=dict)
 
-    def once(self, key: str, build: Callable[[], Built]) -> Built:
+    def part(self, key: str, build: Callable[[], Built]) -> Built:
         """``build()``, made once per delivery under ``key``."""
         if key not in self.built:
             self.built[key] = build()
@@ -39,7 +39,7 @@ class Draft:
 
 
 @dataclass(frozen=True)
-class FastOutcome:
+class Settlement:
     """What the statements did: the stored event when they applied the delivery, else the
     event already stored for this body (a redelivery), if any."""
 
@@ -154,7 +154,7 @@ def event_insert(
     """The event's INSERT with its status and error decided in SQL, only ``when``; a rival
     that stored the same body first wins (ON CONFLICT), and then nothing is returned."""
     event = draft.event
-    names, values = draft.once(
+    names, values = draft.part(
         "event columns", lambda: columns(event, skip=frozenset({"status", "error"}))
     )
     sql = (
