@@ -465,6 +465,28 @@ def test_the_payment_page_shows_its_history_and_the_action_delivers(client, conn
     assert transition.delivered_at is not None
 
 
+def test_the_action_says_when_another_deliverer_holds_a_receiver(client, connect, admin_user):
+    connect(signals.payment_succeeded, Flaky(failures=1), dispatch_uid="shop.mark_paid")
+    payment = make_payment(status="pending")
+    services.apply_payment({"id": payment.ledgepay_id, "status": "succeeded"})
+    transition = Transition.objects.get()
+    # Another deliverer is running the receiver: its claim holds for a while yet.
+    Reaction.objects.update_or_create(
+        transition=transition,
+        receiver="shop.mark_paid",
+        defaults={"claimed_until": timezone.now() + datetime.timedelta(minutes=5)},
+    )
+    client.force_login(admin_user)
+    response = client.post(
+        reverse("admin:django_ledgepay_transition_changelist"),
+        {"action": "deliver_transitions", "_selected_action": [transition.pk]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "shop.mark_paid is being run by another deliverer" in page
+    assert "raised again" not in page
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement path")
 def test_the_hot_path_stays_one_statement_without_receivers(client, django_assert_num_queries):
     payment = make_payment(status="pending")

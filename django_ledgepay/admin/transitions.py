@@ -104,12 +104,19 @@ class TransitionAdmin(ReadOnlyMixin, TransitionAdminBase):
             outcome = reactions.deliver(transition_id)
             if outcome.delivered:
                 delivered += 1
-            elif outcome.transition is not None:
+            elif outcome.failed:
                 self.message_user(
                     request,
                     _("Transition %(id)s: %(receivers)s raised again; see its error.")
                     % {"id": transition_id, "receivers": ", ".join(outcome.failed)},
                     messages.ERROR,
+                )
+            elif outcome.skipped:
+                self.message_user(
+                    request,
+                    _("Transition %(id)s: %(receivers)s is being run by another deliverer.")
+                    % {"id": transition_id, "receivers": ", ".join(outcome.skipped)},
+                    messages.WARNING,
                 )
         self.message_user(
             request,
