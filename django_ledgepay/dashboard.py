@@ -34,7 +34,8 @@ from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
-from django_ledgepay.currencies import format_amount
+from django_ledgepay import exports
+from django_ledgepay.currencies import format_amount, to_major
 from django_ledgepay.models import Payment, Reconciliation, Refund, Transition, WebhookEvent
 
 #: The windows offered, in days; the first page shows the default.
@@ -70,6 +71,8 @@ def dashboard_view(request: HttpRequest, *, model_admin: Any) -> HttpResponse:
     first_day = today - datetime.timedelta(days=days - 1)
     since = timezone.make_aware(datetime.datetime.combine(first_day, datetime.time.min))
     day_list = [first_day + datetime.timedelta(days=n) for n in range(days)]
+    if request.GET.get("format") == exports.CSV:
+        return per_day_csv(currency_reports(since, day_list), first_day, today)
     site = model_admin.admin_site.name
     opts = model_admin.opts
     context = {
@@ -80,6 +83,7 @@ def dashboard_view(request: HttpRequest, *, model_admin: Any) -> HttpResponse:
         "has_view_permission": True,
         "days": days,
         "windows": [(n, f"?{urlencode({'days': n})}", n == days) for n in WINDOWS],
+        "csv_url": f"?{urlencode({'days': days, 'format': exports.CSV})}",
         "first_day": first_day,
         "today": today,
         "currencies": currency_reports(since, day_list),
@@ -230,6 +234,48 @@ class CurrencyReport:
                 for row in self.rows
             )
         )
+
+
+#: The per-day table's columns as a CSV file: amounts in minor units, and in major units
+#: from the currency's exponent, as ``ledgepay_export`` writes them.
+CSV_COLUMNS = (
+    "day",
+    "currency",
+    "succeeded_amount",
+    "succeeded_major",
+    "refunded_amount",
+    "refunded_major",
+    "refunds",
+    *(f"payments_{status}" for status in STATUSES),
+)
+
+
+def per_day_csv(
+    reports: list[CurrencyReport], first_day: datetime.date, last_day: datetime.date
+) -> HttpResponse:
+    """The per-day tables of ``reports`` as one CSV download: a row per currency and day
+    with anything on it, in the page's order."""
+    rows = (
+        {
+            "day": day.day.isoformat(),
+            "currency": report.currency,
+            "succeeded_amount": day.volume,
+            "succeeded_major": str(to_major(day.volume, report.currency)),
+            "refunded_amount": day.refunded,
+            "refunded_major": str(to_major(day.refunded, report.currency)),
+            "refunds": day.refunds,
+            **{f"payments_{status}": day.counts[status] for status in STATUSES},
+        }
+        for report in reports
+        for day in reversed(report.days)
+        if day.payments or day.refunds
+    )
+    response = HttpResponse(
+        "".join(exports.csv_lines(CSV_COLUMNS, rows)), content_type="text/csv; charset=utf-8"
+    )
+    name = f"ledgepay-per-day-{first_day:%Y%m%d}-{last_day:%Y%m%d}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
 
 
 def currency_reports(

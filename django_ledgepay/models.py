@@ -51,6 +51,15 @@ class Payment(models.Model):
     created_at = models.DateTimeField(_("created at"), null=True, blank=True)
     completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
     updated_at = models.DateTimeField(_("updated locally"), auto_now=True)
+    erased_at = models.DateTimeField(
+        _("personal data erased at"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "When its customer's e-mail and name were erased (manage.py ledgepay_erase): "
+            "they stay blank, whatever LedgePay says later."
+        ),
+    )
 
     objects = PaymentQuerySet.as_manager()
 
@@ -475,3 +484,42 @@ class Reconciliation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.since:%Y-%m-%d} to {self.until:%Y-%m-%d}: {self.outcome}"
+
+
+class Erasure(models.Model):
+    """One erasure of a customer's personal data (``manage.py ledgepay_erase``): when, by
+    what, and how many rows it changed. Never the data itself: not the e-mail address asked
+    for, nor any name."""
+
+    class Criterion(models.TextChoices):
+        EMAIL = "email", _("By e-mail address")
+        PAYMENT = "payment", _("By payment")
+
+    class Source(models.TextChoices):
+        COMMAND = "command", _("manage.py ledgepay_erase")
+        API = "api", _("Service call")
+
+    erased_at = models.DateTimeField(_("erased at"), default=timezone.now)
+    criterion = models.CharField(_("criterion"), max_length=16, choices=Criterion.choices)
+    source = models.CharField(_("source"), max_length=16, choices=Source.choices)
+    reference = models.CharField(
+        _("reference"),
+        max_length=255,
+        blank=True,
+        help_text=_("The request's reference, a ticket number say; never personal data."),
+    )
+    payments = models.JSONField(
+        _("payments"), default=list, blank=True, help_text=_("The LedgePay ids of the payments.")
+    )
+    counts = models.JSONField(
+        _("rows changed"), default=dict, blank=True, help_text=_("How many rows, per kind.")
+    )
+
+    class Meta:
+        verbose_name = _("erasure")
+        verbose_name_plural = _("erasures")
+        ordering = ["-erased_at", "-id"]
+
+    def __str__(self) -> str:
+        count = len(self.payments) if isinstance(self.payments, list) else 0
+        return f"{self.erased_at:%Y-%m-%d %H:%M} {self.criterion}: {count} payment(s)"

@@ -30,7 +30,12 @@ COMMANDS = sorted(
     if path.stem != "ledgepay_sandbox"
 )
 #: What a command needs to get past its required options.
-REQUIRED = {"ledgepay_prune": ("--days=30",)}
+REQUIRED = {
+    "ledgepay_prune": ("--days=30",),
+    "ledgepay_export": ("--kind=payments",),
+    "ledgepay_statement": ("--month=2026-01",),
+    "ledgepay_erase": ("--payment=pay_1",),
+}
 USAGE, MISSING = 2, 1
 HUGE = "99999999999999999999999"
 BIGINT_PAST = str(2**63)
@@ -106,10 +111,13 @@ def refused(name, *args, **options):
 def test_every_command_but_the_sandbox_is_covered():
     assert COMMANDS == [
         "ledgepay_deliver",
+        "ledgepay_erase",
+        "ledgepay_export",
         "ledgepay_health",
         "ledgepay_prune",
         "ledgepay_reconcile",
         "ledgepay_reprocess",
+        "ledgepay_statement",
         "ledgepay_sync",
     ]
     assert {name for name, *_ in CASES} == set(COMMANDS)

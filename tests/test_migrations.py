@@ -17,10 +17,11 @@ APP = "django_ledgepay"
 def test_each_release_adds_one_migration():
     loader = MigrationLoader(None, ignore_no_migrations=True)
     names = sorted(name for app, name in loader.disk_migrations if app == APP)
-    # 0.1, 0.2, and the next release's (the receivers' claims).
-    assert len(names) == 3
+    # 0.1, 0.2, and the next release's (the receivers' claims; erasure).
+    assert len(names) == 4
     assert names[0] == "0001_initial" and names[1].startswith("0002_")
     assert names[2] == "0003_reaction_claimed_until"
+    assert names[3] == "0004_erasure_payment_erased_at"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -38,6 +39,23 @@ def test_the_claims_migration_adds_one_nullable_column_and_rewrites_nothing():
         f"{'timestamp with time zone' if connection.vendor == 'postgresql' else 'datetime'} "
         "NULL;",
         *(["COMMIT;"] if connection.features.can_rollback_ddl else []),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_erasure_migration_adds_a_table_and_one_nullable_column():
+    out = io.StringIO()
+    call_command("sqlmigrate", APP, "0004", stdout=out)
+    statements = [
+        line for line in out.getvalue().splitlines() if line and not line.startswith("--")
+    ]
+    body = [s for s in statements if s not in ("BEGIN;", "COMMIT;")]
+    # A new, empty table, and a column without a default on payments: no row rewritten.
+    assert body[0].startswith('CREATE TABLE "django_ledgepay_erasure" (')
+    assert body[1:] == [
+        'ALTER TABLE "django_ledgepay_payment" ADD COLUMN "erased_at" '
+        f"{'timestamp with time zone' if connection.vendor == 'postgresql' else 'datetime'} "
+        "NULL;"
     ]
 
 

@@ -8,13 +8,13 @@ from functools import partial
 from django.contrib import admin, messages
 from django.db.models import OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
 from django.urls import URLPattern, path
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from django_ledgepay import dashboard, reactions, services
+from django_ledgepay import dashboard, exports, reactions, services
 from django_ledgepay.admin import display
 from django_ledgepay.admin.display import (
     AmountMixin,
@@ -93,7 +93,7 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, RefundingAdmin):
         (_("Dates"), {"fields": ("created_at", "completed_at", "updated_at")}),
     )
     inlines = (RefundInline, RefundRequestInline, TransitionInline)
-    actions = ("refund_payments", "resolve_refund_requests", "sync_payments")
+    actions = ("refund_payments", "resolve_refund_requests", "sync_payments", "export_csv")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Payment]:
         # The refunded total comes with each row (no query per row in the list), as a
@@ -142,6 +142,15 @@ class PaymentAdmin(AmountMixin, ReadOnlyMixin, RefundingAdmin):
     @admin.display(description=_("metadata"))
     def metadata_display(self, payment: Payment) -> SafeString:
         return pretty_json(payment.metadata)
+
+    # Exporting
+
+    @admin.action(description=_("Export selected as CSV"), permissions=("view",))
+    def export_csv(
+        self, request: HttpRequest, queryset: QuerySet[Payment]
+    ) -> StreamingHttpResponse:
+        """The selected payments with ``ledgepay_export``'s columns, streamed."""
+        return exports.csv_response(exports.PAYMENTS, queryset)
 
     # Syncing
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest, StreamingHttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
+from django_ledgepay import exports
 from django_ledgepay.admin.display import AmountMixin, day_and_time, with_note
 from django_ledgepay.admin.filters import CurrencyListFilter
 from django_ledgepay.admin.permissions import ReadOnlyMixin
@@ -46,6 +49,7 @@ class RefundAdmin(AmountMixin, ReadOnlyMixin, RefundAdminBase):
         "updated_at",
     )
     readonly_fields = ("payment_link", "amount_display")
+    actions = ("export_csv",)
 
     @admin.display(description=_("payment"), ordering="payment__ledgepay_id")
     def payment_link(self, refund: Refund) -> SafeString:
@@ -64,3 +68,10 @@ class RefundAdmin(AmountMixin, ReadOnlyMixin, RefundAdminBase):
     def created_display(self, refund: Refund) -> SafeString | None:
         # Short, and breaking between day and time: the list fits 1280 px.
         return day_and_time(refund.created_at)
+
+    @admin.action(description=_("Export selected as CSV"), permissions=("view",))
+    def export_csv(
+        self, request: HttpRequest, queryset: QuerySet[Refund]
+    ) -> StreamingHttpResponse:
+        """The selected refunds with ``ledgepay_export``'s columns, streamed."""
+        return exports.csv_response(exports.REFUNDS, queryset)

@@ -12,6 +12,7 @@ Locks are taken in one order everywhere: a payment's row before its refunds' row
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,6 +78,22 @@ def note_event(event: WebhookEvent | None, note: str) -> None:
     if event is not None and event.pk is not None:
         WebhookEvent.objects.filter(pk=event.pk).update(note=note)
         event.note = note
+
+
+def unlinked_digest() -> str:
+    """A ``body_sha256`` for an event whose payload lost personal data: random, so that
+    the hash of the body as received (which could confirm a guess at what was erased) is
+    not kept. A redelivery of that body is then stored anew, and blanked as it is applied."""
+    return secrets.token_hex(32)
+
+
+def forget_customer(event: WebhookEvent) -> None:
+    """Keep ``event`` without its customer's e-mail and name: its payment's were erased."""
+    payload = rules.blank_customer(event.payload)
+    if payload is event.payload or event.pk is None:
+        return
+    event.payload, event.body_sha256 = payload, unlinked_digest()
+    WebhookEvent.objects.filter(pk=event.pk).update(payload=payload, body_sha256=event.body_sha256)
 
 
 def _log_kept(instance: Payment | Refund, said: Mapping[str, Any], decision: Decision) -> None:
@@ -186,6 +203,8 @@ def _apply_payment(
             if created is not None:
                 return created, True
             continue  # Inserted by another caller meanwhile: decide on it.
+        if payment.erased_at is not None and event is not None:
+            forget_customer(event)
         decision = rules.decide_payment(held(payment), values, timezone.now(), verified=verified)
         if decision.verdict == Verdict.CONTRADICTED:
             raise _Contradicted(payment, decision.contradicted)
@@ -206,6 +225,8 @@ def _write_guarded(payment: Payment, decision: Decision, event: WebhookEvent | N
     guard.update(
         (name, getattr(payment, name)) for name in decision.writes if name in rules.PAYMENT_FACTS
     )
+    if any(name in rules.PERSONAL_FACTS for name in decision.writes):
+        guard[rules.ERASED_AT] = None  # Decided before an erasure: decide again after it.
     now = timezone.now()
     fields: dict[str, Any] = {**decision.writes, "updated_at": now}
     for name, value in decision.defaults.items():

@@ -24,6 +24,10 @@ The rules:
   amount is refused (:func:`decide_new_refund`).
 - ``completed_at`` (:func:`completed_at_policy`): what LedgePay says, else what the mirror
   holds, else the moment the mirror learnt the payment was final.
+- A payment whose customer's personal data was erased (``erased_at`` set) keeps
+  :data:`PERSONAL_FACTS` blank for good: news of them is left out, neither applied nor taken
+  for a contradiction (:func:`without_personal_facts`), and a webhook payload about it is
+  stored without them (:func:`blank_customer`).
 """
 
 from __future__ import annotations
@@ -80,6 +84,12 @@ FIXED_FACTS: Final = frozenset({"amount", "currency"})
 #: The fields of a payment that ``completed_at``'s policy fills.
 COMPLETED_AT: Final = "completed_at"
 
+#: The fixed facts that are a customer's personal data, and the object key LedgePay's
+#: payment holds them under (``{"customer": {"email": ..., "name": ...}}``).
+PERSONAL_FACTS: Final[Mapping[str, str]] = {"customer_email": "email", "customer_name": "name"}
+#: Set on a payment once its personal data is erased: they stay blank.
+ERASED_AT: Final = "erased_at"
+
 
 class Verdict(str, Enum):
     """What a writer does with a piece of news."""
@@ -116,6 +126,25 @@ class Decision:
     @property
     def changes(self) -> bool:
         return self.verdict == Verdict.APPLY
+
+
+def without_personal_facts(said: Mapping[str, Any]) -> dict[str, Any]:
+    """``said`` without :data:`PERSONAL_FACTS`: what news may tell of an erased payment."""
+    return {name: value for name, value in said.items() if name not in PERSONAL_FACTS}
+
+
+def blank_customer(payload: Any) -> Any:
+    """A webhook ``payload`` with its ``data.customer``'s e-mail and name blank (a copy; the
+    payload itself when it holds none), as it is stored for an erased payment."""
+    data = payload.get("data") if isinstance(payload, Mapping) else None
+    customer = data.get("customer") if isinstance(data, Mapping) else None
+    if not isinstance(data, Mapping) or not isinstance(customer, Mapping):
+        return payload
+    keys = [key for key in PERSONAL_FACTS.values() if customer.get(key) not in ("", None)]
+    if not keys:
+        return payload
+    blanked = {**customer, **dict.fromkeys(keys, "")}
+    return {**payload, "data": {**data, "customer": blanked}}
 
 
 def is_blank(name: str, value: Any) -> bool:
@@ -215,7 +244,10 @@ def decide_payment(
 ) -> Decision:
     """What news ``said`` (a payment's field values, ``status`` the status it announces, if
     any) does to a recorded payment ``held`` (its field values). ``verified``: ``said`` is
-    LedgePay's own answer, so a contradicted fixed fact is left out, not asked about."""
+    LedgePay's own answer, so a contradicted fixed fact is left out, not asked about. Of a
+    payment erased (``held["erased_at"]`` set), news of its personal data is left out."""
+    if held.get(ERASED_AT) is not None:
+        said = without_personal_facts(said)
     status, current = said.get("status"), held["status"]
     if current != PENDING and status is not None and status != current:
         stale = status == PENDING
