@@ -76,3 +76,18 @@ def test_the_fields_are_documented(field):
 
     settings_page = Path(__file__).resolve().parent.parent / "docs" / "howto" / "logging.md"
     assert field in settings_page.read_text()
+
+
+def test_a_contradicted_customer_is_named_but_never_quoted(api, db, caplog):
+    payment = make_payment(status="pending", customer_email="ann@example.com")
+    remote = payment_data(id=payment.ledgepay_id, customer={"email": "eve@example.com"})
+    api.get(f"{API}/payments/{payment.ledgepay_id}", json=remote)
+    data = {"id": payment.ledgepay_id, "customer": {"email": "eve@example.com"}}
+    body, _ = signed_webhook({"event": "payment.succeeded", "data": data})
+    event = webhooks.record_event(body)[0]
+    with caplog.at_level(logging.INFO, logger="django_ledgepay"):
+        webhooks.process_event(event)
+    event.refresh_from_db()
+    assert "customer_email" in event.note and "customer_email" in caplog.text
+    for text in (event.note, event.error, caplog.text):
+        assert "ann@example.com" not in text and "eve@example.com" not in text

@@ -113,13 +113,12 @@ def _log_kept(instance: Payment | Refund, said: Mapping[str, Any], decision: Dec
 def _log_left_out(instance: Payment | Refund, found: Mapping[str, Any]) -> None:
     for name, (recorded, said) in found.items():
         logger.error(
-            "LedgePay's data says %s's %s is %r, but it was recorded as %r and never "
-            "changes; kept %r.",
+            "LedgePay's data says %s's %s is %s, but it was recorded as %s and never "
+            "changes; kept it.",
             instance.ledgepay_id,
             name,
-            said,
-            recorded,
-            recorded,
+            rules.shown(name, said),
+            rules.shown(name, recorded),
             extra=log_fields(instance),
         )
 

@@ -184,8 +184,21 @@ def refund_contradictions(
     return found
 
 
+#: Fixed facts that are a person's data: named in notes and logs, never quoted.
+PERSONAL: Final = frozenset({"customer_email", "customer_name"})
+
+
+def shown(name: str, value: Any) -> str:
+    """``value`` of the field ``name`` as a note or a log line may show it: a person's data
+    is never quoted there."""
+    return "(personal data, not shown)" if name in PERSONAL else repr(value)
+
+
 def describe_contradictions(kind: str, ledgepay_id: str, found: Mapping[str, Any]) -> str:
-    said = ", ".join(f"{name} {new!r} (recorded: {old!r})" for name, (old, new) in found.items())
+    said = ", ".join(
+        f"{name} {shown(name, new)} (recorded: {shown(name, old)})"
+        for name, (old, new) in found.items()
+    )
     return f"The event contradicted the {kind} {ledgepay_id}'s fixed facts: {said}."
 
 
