@@ -697,6 +697,10 @@ def configure(database_url: str | None, max_retries: int, sqlite_dir: Path) -> N
         LEDGEPAY_API_KEY="sk_test_soak_refunds",
         LEDGEPAY_WEBHOOK_SECRET=WEBHOOK_SECRET,
         LEDGEPAY_MAX_RETRIES=max_retries,
+        # The soak injects a failure into 30% of calls: five in a row happen, and an open
+        # circuit breaker would fail every call for its cooldown, longer than the callers
+        # persist. The breaker is tested apart; here every call reaches the sandbox.
+        LEDGEPAY_BREAKER_THRESHOLD=0,
         LOGGING={
             "version": 1,
             "disable_existing_loggers": False,
