@@ -32,6 +32,11 @@ the killing stops, the workers drain, everything stops, the last claims lapse, a
 ``ledgepay_deliver --all`` catches up, run again (as cron would) while a receiver still
 fails.
 
+With ``--engine celery`` the task workers are ``celery worker`` processes (solo pool) of
+django-tasks-fennel's app, on RabbitMQ in a virtual host of the run's own
+(``SOAK_AMQP_URL``, default ``amqp://guest:guest@127.0.0.1:5672/ledgepay_soak_<pid>``,
+made and deleted with ``rabbitmqctl``; ``SOAK_RABBITMQCTL`` to run it otherwise).
+
 It exits 1 unless: every transition is delivered; each receiver's effect is there exactly
 once for every payment (``payment_succeeded``) and every refund (``refund_created``,
 ``refund_succeeded``), none lost and none doubled; the receiver that calls another system
@@ -52,6 +57,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -75,6 +81,10 @@ LOGS = RESULTS / "soak" / str(os.getpid())
 SETTINGS = "bench.soak_settings"
 #: A database of this run's own, so that two soaks never drop each other's.
 DEFAULT_DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/ledgepay_soak_{os.getpid()}"
+#: With ``--engine celery``: a virtual host of this run's own on RabbitMQ, likewise.
+DEFAULT_AMQP_URL = f"amqp://guest:guest@127.0.0.1:5672/ledgepay_soak_{os.getpid()}"
+#: The host part of the Celery workers' node names.
+CELERY_HOST = "ledgepay-soak"
 SHORT_PAYMENTS = 150
 #: How long any one wait may take before the soak gives up and fails.
 WAIT = 300.0
@@ -145,6 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="do not wait (about a minute) for the workers to run the deferred retries",
     )
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
+    parser.add_argument(
+        "--engine",
+        choices=("db", "celery"),
+        default="db",
+        help="the task workers: django-tasks-db's db_worker, or Celery workers on RabbitMQ "
+        "through django-tasks-fennel, in a virtual host of their own, SOAK_AMQP_URL (db)",
+    )
     options = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     signal.signal(signal.SIGTERM, _interrupt)
@@ -172,12 +189,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "SOAK_OUTSIDE_LOG": str(OUTSIDE_LOG),
         "PYTHONPATH": str(ROOT),
     }
+    amqp_url = os.environ.get("SOAK_AMQP_URL", DEFAULT_AMQP_URL)
+    if options.engine == "celery":
+        env.update(SOAK_ENGINE="celery", SOAK_AMQP_URL=amqp_url)
     os.environ.update(env)
     try:
         recreate_database(database_url)
     except Exception as err:  # psycopg's errors, or a URL that is not PostgreSQL's
         print(f"Cannot create the soak's database from SOAK_DATABASE_URL: {err}", file=sys.stderr)
         return 2
+    if options.engine == "celery":
+        try:
+            recreate_vhost(amqp_url)
+        except (OSError, subprocess.CalledProcessError) as err:
+            drop_database(database_url)
+            print(f"Cannot create the soak's virtual host on RabbitMQ: {err}", file=sys.stderr)
+            return 2
     LOGS.mkdir(parents=True, exist_ok=True)
     for old in LOGS.glob("*.log"):
         old.unlink()
@@ -192,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 connections.close_all()
             drop_database(database_url)
+            if options.engine == "celery":
+                drop_vhost(amqp_url)
 
 
 def soak(
@@ -216,9 +245,10 @@ def soak(
     from django_ledgepay.sandbox import Sandbox
 
     print(machine(connection))
+    task_workers = "celery worker" if options.engine == "celery" else "db_worker"
     print(
         f"soak: {payments} payments, gunicorn x{options.workers} (sync), "
-        f"{options.task_workers} db_worker, sandbox failure rate {options.failure_rate}, "
+        f"{options.task_workers} {task_workers}, sandbox failure rate {options.failure_rate}, "
         f"kills every {options.kill_every[0]}-{options.kill_every[1]} s, "
         f"processing {options.processing}, ledgepay_deliver --all every "
         f"{options.deliver_every} s, lease {options.lease} s, seed {seed}"
@@ -391,18 +421,15 @@ class Processes:
     def spawn_task_worker(self) -> subprocess.Popen[bytes]:
         self.spawned += 1
         worker_id = f"soak-{self.spawned}"
+        command = ["django", "db_worker", "--interval", "0.1", "--no-reload"]
+        command += ["--worker-id", worker_id]
+        if self.env.get("SOAK_ENGINE") == "celery":
+            # One process (the solo pool), so a SIGKILL takes the task with it.
+            command = ["celery", "-A", "django_tasks_fennel.app", "worker", "--pool", "solo"]
+            command += ["--hostname", f"{worker_id}@{CELERY_HOST}", "--loglevel", "WARNING"]
+            command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "django",
-                "db_worker",
-                "--interval",
-                "0.1",
-                "--no-reload",
-                "--worker-id",
-                worker_id,
-            ],
+            [sys.executable, "-m", *command],
             cwd=ROOT,
             env=self.env,
             stdout=self.task_log,
@@ -570,6 +597,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 def wait_for_workers(processes: Processes, timeout: float = 60.0, deferred: bool = False) -> bool:
     """Let the task workers finish what is due (with ``deferred``, what is deferred too);
     True when nothing is left and no live worker is running a task."""
+    if os.environ.get("SOAK_ENGINE") == "celery":
+        return wait_for_celery_workers(processes, timeout, deferred)
     from django_tasks_db.models import DBTaskResult
 
     waiting = DBTaskResult.objects.filter(status="READY") if deferred else None
@@ -588,8 +617,37 @@ def wait_for_workers(processes: Processes, timeout: float = 60.0, deferred: bool
     return False
 
 
-def lost_tasks() -> int:
-    """Tasks a killed worker had taken: they stay RUNNING for ever."""
+def wait_for_celery_workers(processes: Processes, timeout: float, deferred: bool) -> bool:
+    """``wait_for_workers`` on Celery: the queue empty, and every live worker answering
+    that it runs no task and holds none that is due (with ``deferred``, none at all)."""
+    from celery import Celery  # type: ignore[import-untyped]
+
+    app = Celery("soak", broker=os.environ["SOAK_AMQP_URL"], set_as_current=False)
+    kinds = ("active", "reserved", "scheduled") if deferred else ("active", "reserved")
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            nodes = [f"{worker_id}@{CELERY_HOST}" for worker_id in processes.live_worker_ids()]
+            inspect = app.control.inspect(destination=nodes, timeout=1.0)
+            with app.connection_for_write() as amqp:
+                queued = amqp.default_channel.queue_declare("default", passive=True)
+            answers = [getattr(inspect, kind)() or {} for kind in kinds]
+            idle = all(set(answer) == set(nodes) for answer in answers) and not any(
+                tasks for answer in answers for tasks in answer.values()
+            )
+            if idle and not queued.message_count:
+                return True
+            time.sleep(0.2)
+        return False
+    finally:
+        app.close()
+
+
+def lost_tasks() -> int | None:
+    """Tasks a killed worker had taken: they stay RUNNING for ever. (Celery keeps no trace
+    of a task a killed worker had taken: None.)"""
+    if os.environ.get("SOAK_ENGINE") == "celery":
+        return None
     from django_tasks_db.models import DBTaskResult
 
     return DBTaskResult.objects.running().count()
@@ -991,6 +1049,32 @@ def recreate_database(url: str) -> None:
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def rabbitmqctl(*args: str) -> None:
+    """Run ``rabbitmqctl`` (``SOAK_RABBITMQCTL``, e.g. ``sudo rabbitmqctl``, to change it)."""
+    command = shlex.split(os.environ.get("SOAK_RABBITMQCTL", "rabbitmqctl"))
+    subprocess.run([*command, "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def recreate_vhost(url: str) -> None:
+    """The broker URL's virtual host, new and empty, its user allowed everything there."""
+    from kombu.utils.url import url_to_parts
+
+    parts = url_to_parts(url)
+    if parts.path in (None, "", "/"):
+        raise OSError(f"SOAK_AMQP_URL must name a virtual host of the soak's own, not {url!r}")
+    drop_vhost(url)
+    rabbitmqctl("add_vhost", parts.path)
+    user = parts.username or "guest"
+    rabbitmqctl("set_permissions", "-p", parts.path, user, ".*", ".*", ".*")
+
+
+def drop_vhost(url: str) -> None:
+    from kombu.utils.url import url_to_parts
+
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        rabbitmqctl("delete_vhost", url_to_parts(url).path)
 
 
 def drop_database(url: str) -> None:

@@ -1,11 +1,13 @@
 """Settings for the delivery soak (bench/soak_delivery.py): a project on PostgreSQL whose
-tasks run on django-tasks-db's database backend, with the receivers of bench/soak.
+tasks run on django-tasks-db's database backend, or on Celery with RabbitMQ through
+django-tasks-fennel, with the receivers of bench/soak.
 
 From the environment (the soak sets them for every process it starts):
 ``SOAK_DATABASE_URL`` (default ``postgres://postgres@127.0.0.1:5432/ledgepay_soak``),
 ``SOAK_API_BASE`` (the sandbox), ``SOAK_PROCESSING`` (``inline`` or ``task``),
 ``SOAK_LEASE`` (``LEDGEPAY_DELIVERY_LEASE``, seconds; default 10, so that the claims of the
-processes the soak kills lapse within the run).
+processes the soak kills lapse within the run), ``SOAK_ENGINE`` (``db`` or ``celery``),
+``SOAK_AMQP_URL`` (Celery's broker, default ``amqp://guest:guest@127.0.0.1:5672/ledgepay_soak``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import environ
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/ledgepay_soak"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/ledgepay_soak"
+ENGINE = os.environ.get("SOAK_ENGINE", "db")
 
 SECRET_KEY = "soak-only-not-secret"
 DEBUG = False
@@ -37,7 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "django_ledgepay",
-    "django_tasks_db",
+    "django_tasks_fennel" if ENGINE == "celery" else "django_tasks_db",
     "bench.soak.apps.SoakConfig",
 ]
 
@@ -48,6 +52,12 @@ MIDDLEWARE = [
 ]
 
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
+if ENGINE == "celery":
+    TASKS = {"default": {"BACKEND": "django_tasks_fennel.CeleryBackend", "QUEUES": ["default"]}}
+    # Read by django-tasks-fennel's Celery app. No result backend: the app reads none.
+    CELERY_BROKER_URL = os.environ.get("SOAK_AMQP_URL", DEFAULT_AMQP_URL)
+    CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+    CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 LEDGEPAY_TASK_BACKEND = "default"
 LEDGEPAY_WEBHOOK_PROCESSING = os.environ.get("SOAK_PROCESSING", "inline")
 LEDGEPAY_DELIVERY_LEASE = float(os.environ.get("SOAK_LEASE", "10"))

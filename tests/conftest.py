@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -227,3 +228,10 @@ def staff_client(django_user_model: Any, *codenames: str, username: str = "staff
     client = Client()
     client.force_login(user)
     return client
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the run's folder that tests/settings.py made (``LEDGEPAY_TEST_TMPDIR`` unset),
+    once the test databases in it are gone; a folder the environment named is left."""
+    if os.environ.get("LEDGEPAY_TEST_TMPDIR_MADE_BY") == str(os.getpid()):
+        shutil.rmtree(os.environ["LEDGEPAY_TEST_TMPDIR"], ignore_errors=True)

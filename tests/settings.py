@@ -1,4 +1,11 @@
-"""Settings for the test suite: SQLite by default, PostgreSQL when DATABASE_URL says so."""
+"""Settings for the test suite: SQLite by default, PostgreSQL when DATABASE_URL says so.
+
+From the environment, so that runs can share a host (docs/development.md):
+``DATABASE_URL``; ``LEDGEPAY_TEST_DB_NAME``, the test database's name (default Django's,
+``test_`` and the name in ``DATABASE_URL``; on SQLite a file in the run's folder);
+``LEDGEPAY_TEST_TMPDIR``, the run's folder for its files (default a new folder in the
+system's temporary folder, removed at the end of the run).
+"""
 
 from __future__ import annotations
 
@@ -21,21 +28,38 @@ ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
+def run_folder() -> str | None:
+    """The folder of this test run's files: ``LEDGEPAY_TEST_TMPDIR``, or in pytest a new one,
+    which the processes the tests start inherit and tests/conftest.py removes at the end.
+    None elsewhere (mypy, Sphinx, ``makemigrations``): they need no file."""
+    folder = os.environ.get("LEDGEPAY_TEST_TMPDIR")
+    if not folder and "pytest" in sys.modules:
+        folder = tempfile.mkdtemp(prefix="ledgepay-tests-")
+        os.environ["LEDGEPAY_TEST_TMPDIR"] = folder
+        os.environ["LEDGEPAY_TEST_TMPDIR_MADE_BY"] = str(os.getpid())
+    return folder
+
+
 DATABASES = {
     "default": environ.Env.db_url_config(os.environ.get("DATABASE_URL", "sqlite://:memory:"))
 }
+if os.environ.get("LEDGEPAY_TEST_DB_NAME"):
+    DATABASES["default"]["TEST"] = {"NAME": os.environ["LEDGEPAY_TEST_DB_NAME"]}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # As the README advises: writers wait for each other, as row locks make them elsewhere.
     DATABASES["default"].setdefault("OPTIONS", {})["transaction_mode"] = "IMMEDIATE"
     # Files, not memory: the live server's threads then get connections of their own, so a
     # webhook and an admin request run side by side as they do in production. (With a NAME
     # in memory, the live server would share one connection between its threads.)
-    # NAME holds no data (only the commands the tests start in subprocesses open it), so
-    # one file serves every run; each run's test database is its own.
-    _file = os.path.join(tempfile.gettempdir(), "ledgepay-tests")
-    if DATABASES["default"]["NAME"] in ("", ":memory:"):
-        DATABASES["default"]["NAME"] = f"{_file}.sqlite3"
-    DATABASES["default"]["TEST"] = {"NAME": f"{_file}-{os.getpid()}-test.sqlite3"}
+    # NAME holds no data (only the commands the tests start in subprocesses open it); both
+    # files are in the run's own folder.
+    _folder = run_folder()
+    if _folder and DATABASES["default"]["NAME"] in ("", ":memory:"):
+        DATABASES["default"]["NAME"] = os.path.join(_folder, "ledgepay-tests.sqlite3")
+    if _folder and "TEST" not in DATABASES["default"]:
+        DATABASES["default"]["TEST"] = {
+            "NAME": os.path.join(_folder, "ledgepay-tests-test.sqlite3")
+        }
 elif os.environ.get("LEDGEPAY_TEST_SERVER_SIDE_BINDING") == "1":
     # Parameters bound by PostgreSQL, as a project that sets Django's server_side_binding
     # has them, and a statement prepared from its second run on (psycopg's

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import environ
@@ -41,17 +42,40 @@ pytestmark = [
 ]
 
 
-def bench_database_url() -> str:
-    """The test's PostgreSQL server, a database of the smoke test's own (created by the
-    script), so that neither the tests' database nor a benchmark running beside is touched."""
+def bench_database_url(name: str) -> str:
+    """The database ``name`` on the test's PostgreSQL server."""
     db = environ.Env.db_url_config(DATABASE_URL)
     credentials = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
     port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}{port}/ledgepay_bench_smoke"
+    return f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}{port}/{name}"
 
 
-def test_quick_run_reports_every_path(tmp_path):
-    env = {**os.environ, "BENCH_DATABASE_URL": bench_database_url()}
+@pytest.fixture
+def bench_database() -> Iterator[str]:
+    """A database of the smoke test's own, created by the script and dropped afterwards,
+    so that neither the tests' database nor a benchmark running beside is touched.
+    ``LEDGEPAY_TEST_BENCH_DB_NAME`` names it (default ``ledgepay_bench_smoke_<pid>``)."""
+    import psycopg
+    from psycopg import sql
+
+    name = os.environ.get("LEDGEPAY_TEST_BENCH_DB_NAME") or f"ledgepay_bench_smoke_{os.getpid()}"
+    yield bench_database_url(name)
+    db = environ.Env.db_url_config(DATABASE_URL)
+    with psycopg.connect(
+        dbname="postgres",
+        user=db["USER"] or "postgres",
+        password=db["PASSWORD"] or None,
+        host=db["HOST"] or "127.0.0.1",
+        port=db["PORT"] or 5432,
+        autocommit=True,
+    ) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def test_quick_run_reports_every_path(bench_database):
+    env = {**os.environ, "BENCH_DATABASE_URL": bench_database}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     done = subprocess.run(
         [

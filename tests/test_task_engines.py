@@ -1,13 +1,20 @@
 """Delivery and webhook processing on real task engines, with their real workers.
 
 Each engine runs as a project runs it: a web server (``runserver``), a worker
-(``db_worker`` of django-tasks-db, or django-rq's ``rqworker`` for django-tasks-rq on the
-local Redis, database 15) and ``ledgepay_deliver``, each a process of its own on the test
-database (tests/settings_tasks.py), with the database receiver of tests/task_receivers.py
-connected in each. This process only posts webhooks, kills workers and reads the database.
+(``db_worker`` of django-tasks-db, django-rq's ``rqworker`` for django-tasks-rq on Redis, or
+``celery worker`` for django-tasks-fennel on RabbitMQ) and ``ledgepay_deliver``, each a
+process of its own on the test database (tests/settings_tasks.py), with the database
+receiver of tests/task_receivers.py connected in each. This process only posts webhooks,
+kills workers and reads the database.
+
+Redis and RabbitMQ may serve other runs and other projects: this run's tasks go to a queue
+of its own (tests/task_queues.py), and it deletes that queue's keys and that queue at the
+end, nothing else. Their addresses come from ``LEDGEPAY_TEST_REDIS_URL`` (default
+``redis://127.0.0.1:6379``), ``LEDGEPAY_TEST_REDIS_DB`` (default 15) and
+``LEDGEPAY_TEST_AMQP_URL`` (default ``amqp://guest:guest@127.0.0.1:5672//``).
 
 PostgreSQL only: on SQLite a worker in another process would fight the suite for one file.
-An engine that is missing (its package, or Redis) skips its tests, with the reason;
+An engine that is missing (its package, Redis or RabbitMQ) skips its tests, with the reason;
 ``LEDGEPAY_REQUIRE_ENGINES=1`` (as CI sets) makes that a failure.
 """
 
@@ -24,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +54,12 @@ pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = "tests.settings_tasks"
-REDIS_URL = "redis://127.0.0.1:6379/15"
+REDIS_URL = os.environ.get("LEDGEPAY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("LEDGEPAY_TEST_REDIS_DB", "15"))
+AMQP_URL = os.environ.get("LEDGEPAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+#: This run's queue on Redis and on RabbitMQ: no other run takes its tasks.
+QUEUE = f"ledgepay-tests-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+CELERY_APP = "django_tasks_fennel.app"
 TASKS_TABLE = "django_tasks_database_dbtaskresult"
 RECEIVER = "tests.count_effect"
 #: How long anything a worker does may take before the test gives up on it.
@@ -68,19 +81,36 @@ def wait_for(condition: Callable[[], Any], timeout: float = TIMEOUT, what: str =
 
 def unavailable(engine: str) -> str:
     """Why ``engine`` cannot run here, or "" when it can."""
-    packages = {"db": ["django_tasks_db"], "rq": ["django_tasks_rq", "django_rq", "rq"]}[engine]
+    packages = {
+        "db": ["django_tasks_db"],
+        "rq": ["django_tasks_rq", "django_rq", "rq"],
+        "celery": ["django_tasks_fennel", "celery", "kombu"],
+    }[engine]
     for package in packages:
         if importlib.util.find_spec(package) is None:
             return f"{package} is not installed (pip install -e '.[tasks]')"
     if engine == "rq":
         try:
-            with socket.create_connection(("127.0.0.1", 6379), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if not sock.recv(64).startswith(b"+PONG"):
-                    return "the server at 127.0.0.1:6379 does not answer PING as Redis does"
-        except OSError as err:
-            return f"Redis is not reachable at 127.0.0.1:6379 ({err.strerror or err})"
+            redis().ping()
+        except Exception as err:  # redis-py's ConnectionError and its kin
+            return f"Redis is not reachable at {REDIS_URL} ({type(err).__name__}: {err})"
+    if engine == "celery":
+        from kombu.connection import Connection
+
+        try:
+            with Connection(AMQP_URL, connect_timeout=2) as amqp:
+                amqp.ensure_connection(max_retries=1)
+        except Exception as err:  # kombu's OperationalError, a refused login
+            where = amqp_address()
+            return f"RabbitMQ is not reachable at {where} ({type(err).__name__}: {err})"
     return ""
+
+
+def amqp_address() -> str:
+    """The broker's address, without its password."""
+    from kombu.connection import Connection
+
+    return str(Connection(AMQP_URL).as_uri())
 
 
 def free_port() -> int:
@@ -120,13 +150,18 @@ class Project:
             "LEDGEPAY_TEST_PROCESSING": processing,
             "LEDGEPAY_TEST_API_BASE": self.sandbox.api_base,
             "LEDGEPAY_TEST_REDIS_URL": REDIS_URL,
+            "LEDGEPAY_TEST_REDIS_DB": str(REDIS_DB),
+            "LEDGEPAY_TEST_AMQP_URL": AMQP_URL,
+            "LEDGEPAY_TEST_QUEUE": QUEUE,
             "PYTHONPATH": str(ROOT),
         }
 
-    def spawn(self, name: str, args: list[str], processing: str = "inline") -> Any:
+    def spawn(
+        self, name: str, args: list[str], processing: str = "inline", program: str = "django"
+    ) -> Any:
         with (self.logs / f"{self.engine}-{name}.log").open("ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "django", *args],
+                [sys.executable, "-m", program, *args],
                 cwd=ROOT,
                 env=self.env(processing),
                 stdout=log,
@@ -174,17 +209,50 @@ class Project:
         self.started += 1
         if self.engine == "db":
             args = ["db_worker", "--interval", "0.05", "--no-startup-delay", "--no-reload"]
-        else:
+        elif self.engine == "rq":
             args = [
                 "rqworker",
-                "default",
+                QUEUE,
                 "--job-class",
                 "django_tasks_rq.Job",
                 "--with-scheduler",
                 "--name",
-                f"ledgepay-tests-{os.getpid()}-{self.started}",
+                f"{QUEUE}-{self.started}",
             ]
+        else:
+            args = [
+                "-A",
+                CELERY_APP,
+                "worker",
+                "--queues",
+                QUEUE,
+                "--hostname",
+                self.celery_node(),
+                "--concurrency",
+                "1",
+                # Nothing asked of, or told to, the other workers on the broker.
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "WARNING",
+            ]
+            self.worker = self.spawn("worker", args, program="celery")
+            return
         self.worker = self.spawn("worker", args)
+
+    def celery_node(self) -> str:
+        """The node name of the Celery worker started last."""
+        return f"{QUEUE}-{self.started}@ledgepay-tests"
+
+    def inspect(self, what: str) -> dict[str, list[dict[str, Any]]]:
+        """Ask the Celery worker (that one only) for its ``active`` or ``scheduled`` tasks."""
+        app = celery_app()
+        try:
+            inspector = app.control.inspect(destination=[self.celery_node()], timeout=5)
+            return getattr(inspector, what)() or {}
+        finally:
+            app.close()
 
     def kill_worker(self) -> list[int]:
         """``kill -9`` the worker and its children (RQ's work horse has a session of its
@@ -203,16 +271,20 @@ class Project:
             with connection.cursor() as cursor:
                 cursor.execute(f"SELECT count(*) FROM {TASKS_TABLE} WHERE status = 'RUNNING'")
                 return int(cursor.fetchone()[0])
+        if self.engine == "celery":
+            return sum(len(tasks) for tasks in self.inspect("active").values())
         from rq.registry import StartedJobRegistry
 
-        return len(StartedJobRegistry("default", connection=redis()).get_job_ids())
+        return len(StartedJobRegistry(QUEUE, connection=redis()).get_job_ids())
 
     def clear_tasks(self) -> None:
         if self.engine == "db":
             with connection.cursor() as cursor:
                 cursor.execute(f"DELETE FROM {TASKS_TABLE}")
+        elif self.engine == "rq":
+            forget_rq(workers=False)
         else:
-            redis().flushdb()
+            purge_celery_queue()
 
     def close(self) -> None:
         for process in [self.worker, *(web for web, _ in self.webs.values())]:
@@ -242,10 +314,94 @@ def descendants(pid: int) -> list[int]:
 def redis() -> Any:
     from redis import Redis
 
-    return Redis.from_url(REDIS_URL)
+    return Redis.from_url(REDIS_URL, db=REDIS_DB, socket_connect_timeout=2)
 
 
-@pytest.fixture(scope="module", params=["db", "rq"])
+def forget_rq(workers: bool = True) -> None:
+    """Delete this run's keys on Redis: its queue, its registries, its jobs (and their
+    results), and with ``workers`` its workers and scheduler lock. No other key."""
+    db = redis()
+    token = QUEUE.encode()
+    jobs = [
+        key.rsplit(b":", 1)[1]
+        for key in db.scan_iter(match=b"rq:job:*", count=1000)
+        if key.count(b":") == 2 and db.hget(key, "origin") == token
+    ]
+    kept = () if workers else (b"rq:worker", b"rq:scheduler")
+    ours = [
+        key
+        for key in db.scan_iter(count=1000)
+        if (token in key or any(job in key for job in jobs)) and not key.startswith(kept)
+    ]
+    if workers:
+        # The schedulers' own records, named by a uuid: those of this run's queue.
+        ours += [
+            key
+            for key in db.scan_iter(match=b"rq:scheduler:*", count=1000)
+            if key.count(b":") == 2
+            and db.type(key) == b"hash"
+            and token in (db.hget(key, "queues") or b"")
+        ]
+    if ours:
+        db.delete(*ours)
+    # Sets of every queue's and every worker's keys: only this run's members.
+    for members in (b"rq:queues", *((b"rq:workers",) if workers else ())):
+        mine = [member for member in db.smembers(members) if token in member]
+        if mine:
+            db.srem(members, *mine)
+
+
+def celery_app() -> Any:
+    """A Celery app on the test broker, to inspect the worker."""
+    from celery import Celery  # type: ignore[import-untyped]
+
+    return Celery("ledgepay-tests", broker=AMQP_URL, set_as_current=False)
+
+
+def purge_celery_queue(delete: bool = False) -> None:
+    """Empty this run's queue on RabbitMQ; with ``delete``, delete it and its exchange."""
+    from kombu.connection import Connection
+
+    with Connection(AMQP_URL) as amqp:
+        channel = amqp.channel()
+        if delete:
+            channel.queue_delete(QUEUE)
+            channel.exchange_delete(QUEUE)
+            return
+        with contextlib.suppress(amqp.channel_errors):  # Not declared yet.
+            channel.queue_purge(QUEUE)
+
+
+def make_celery_retry_due(transition_id: int) -> dict[str, Any]:
+    """Take the deferred retry of ``transition_id`` off the run's queue (where a killed
+    worker left it) and put it back without its ``eta``, as once it is due; its headers."""
+    from kombu.connection import Connection
+    from kombu.messaging import Producer
+
+    with Connection(AMQP_URL) as amqp:
+        queue = amqp.SimpleQueue(QUEUE)
+        try:
+            message = queue.get(block=True, timeout=TIMEOUT)
+            args = json.loads(message.body)[0]
+            assert args == [transition_id], args
+            headers = dict(message.headers)
+            Producer(amqp.default_channel).publish(
+                message.body,
+                exchange="",
+                routing_key=QUEUE,
+                headers={**headers, "eta": None},
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                correlation_id=message.properties.get("correlation_id"),
+                delivery_mode=2,
+            )
+            message.ack()
+        finally:
+            queue.close()
+    return headers
+
+
+@pytest.fixture(scope="module", params=["db", "rq", "celery"])
 def project(
     request: pytest.FixtureRequest,
     django_db_setup: Any,
@@ -272,14 +428,14 @@ def project(
         # migrates them.
         migrated = project.manage("migrate", "--no-input", "--skip-checks")
         assert migrated.returncode == 0, migrated.stderr
-        if engine == "rq":
-            redis().flushdb()
         yield project
     finally:
         project.close()
         sandbox.stop()
         if engine == "rq":
-            redis().flushdb()
+            forget_rq()
+        elif engine == "celery":
+            purge_celery_queue(delete=True)
 
 
 @pytest.fixture
@@ -370,7 +526,30 @@ def test_a_raising_receiver_is_retried_by_the_worker_after_its_backoff(engine):
 
     # The worker enqueues its next attempt, deferred to the transition's next_attempt_at,
     # just after it records the attempt: waited for, not assumed.
-    if engine.engine == "db":
+    if engine.engine == "celery":
+
+        def held() -> list[dict[str, Any]]:
+            """The worker's tasks waiting for their eta, for this transition."""
+            return [
+                entry
+                for entries in engine.inspect("scheduled").values()
+                for entry in entries
+                if list(entry["request"]["args"]) == [transition.pk]
+            ]
+
+        wait_for(held, what="the deferred retry")
+        holding = held()
+        assert len(holding) == 1
+        eta = datetime.datetime.fromisoformat(holding[0]["eta"])
+        assert abs(eta - transition.next_attempt_at) < datetime.timedelta(seconds=2)
+        # Time passes: a Celery worker holds a task until its eta, unacknowledged. Killed,
+        # it leaves the task to RabbitMQ, which queues it again; there it becomes due, and
+        # the next worker runs it.
+        engine.kill_worker()
+        headers = make_celery_retry_due(transition.pk)
+        assert headers["task"] == "django_tasks:django_ledgepay.delivery.deliver_transition"
+        engine.start_worker()
+    elif engine.engine == "db":
 
         def deferred() -> list[Any]:
             with connection.cursor() as cursor:
@@ -395,7 +574,7 @@ def test_a_raising_receiver_is_retried_by_the_worker_after_its_backoff(engine):
         from rq.job import Job
         from rq.registry import ScheduledJobRegistry
 
-        queue = Queue("default", connection=redis())
+        queue = Queue(QUEUE, connection=redis())
         registry = ScheduledJobRegistry(queue=queue)
 
         def scheduled() -> list[Job]:
