@@ -971,3 +971,20 @@ def test_values_that_do_not_fit_their_column_are_skipped(api):
     payment, _ = services.apply_payment(data)
     assert (payment.checkout_url, payment.customer_email) == ("", "")
     assert payment.customer_name == "Ann"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_payment_first_seen_commits_with_its_transition(monkeypatch):
+    # Outside any transaction of the caller's (a task worker): the payment and the record
+    # of its change are one transaction, so a failure writing the one leaves neither.
+    from django_ledgepay import transitions
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the transition's INSERT failed")
+
+    monkeypatch.setattr(transitions, "record", broken)
+    with pytest.raises(RuntimeError):
+        services.apply_payment(
+            {"id": "pay_first", "status": "succeeded", "amount": 700, "currency": "EUR"}
+        )
+    assert not Payment.objects.filter(ledgepay_id="pay_first").exists()

@@ -266,14 +266,17 @@ def _create_payment(
         )
     fields = rules.new_payment(values, timezone.now())
     try:
+        # The payment and its transition in one transaction: no reader (a worker, a
+        # deliverer) sees the one without the other, and no crash between them loses it.
         with transaction.atomic():
             payment = Payment.objects.create(ledgepay_id=ledgepay_id, **fields)
+            if payment.status in rules.PAYMENT_TRANSITIONS:
+                signal = rules.PAYMENT_TRANSITIONS[payment.status]
+                transitions.record(signal, payment=payment, event=event)
     except IntegrityError:
         if not Payment.objects.filter(ledgepay_id=ledgepay_id).exists():
             raise
         return None
-    if payment.status in rules.PAYMENT_TRANSITIONS:
-        transitions.record(rules.PAYMENT_TRANSITIONS[payment.status], payment=payment, event=event)
     return payment
 
 
