@@ -1532,3 +1532,263 @@ def test_refund_list_dates_are_short(admin_client):
     content = admin_client.get("/admin/django_ledgepay/refund/").content.decode()
 
     assert cells(content, "created_display") == ["01/15/2024 10:30 a.m."]
+
+
+# At a million payments (issue 29): searches on indexes, counts that stop, fixed queries
+
+REFUNDS = "/admin/django_ledgepay/refund/"
+TRANSITIONS = "/admin/django_ledgepay/transition/"
+#: The page's statements besides the count: session, user, the currency filter's choices
+#: (payments and refunds) and the page's rows.
+ON_POSTGRESQL = connection.vendor == "postgresql"
+#: The count: the planner's estimate and a count that stops, on PostgreSQL; one count
+#: elsewhere. Never a second count of the whole table.
+COUNT_QUERIES = 2 if ON_POSTGRESQL else 1
+
+
+def searched(client: Client, url: str, term: str) -> tuple[list[str], list[str]]:
+    """The LedgePay ids (or object ids) a search lists, and its statements' SQL."""
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url, {"q": term})
+    assert response.status_code == 200
+    ids = [
+        getattr(row, "ledgepay_id", None) or getattr(row, "object_id", None) or str(row.pk)
+        for row in response.context["cl"].result_list
+    ]
+    return ids, [q["sql"] for q in queries.captured_queries]
+
+
+def contains_search(sql: list[str]) -> bool:
+    """Whether a statement looks for text anywhere in a column (``LIKE '%...``)."""
+    return any("LIKE '%" in s or "LIKE UPPER('%" in s for s in sql)
+
+
+@pytest.fixture
+def customers() -> dict[str, Payment]:
+    return {
+        "ann": make_payment(
+            ledgepay_id="pay_ann0001",
+            customer_email="Ann.Lee@Example.org",
+            customer_name="Ann Lee",
+            description="Blue teapot",
+            metadata={"order_id": "1001"},
+        ),
+        "bob": make_payment(
+            ledgepay_id="pay_bob0002",
+            customer_email="bob@example.org",
+            customer_name="Bob Annan",
+            description="Order of Ann's teapot",
+            metadata={"order_id": 1002},
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ("pay_ann0001", ["pay_ann0001"]),
+        ("pay_bob", ["pay_bob0002"]),
+        ("pay_", ["pay_bob0002", "pay_ann0001"]),
+        ("ann.lee@example.org", ["pay_ann0001"]),
+        ("ANN.LEE@", ["pay_ann0001"]),
+        ("bob", ["pay_bob0002"]),
+        ("1001", ["pay_ann0001"]),
+        ("#1002", ["pay_bob0002"]),  # An order id stored as a number, asked for with a #.
+    ],
+)
+def test_search_by_id_email_or_order_reads_indexes(admin_client, customers, term, expected):
+    found, sql = searched(admin_client, CHANGELIST, term)
+
+    assert found == expected
+    assert not contains_search(sql)
+
+
+def test_search_for_other_text_reads_every_payment_as_django_does(admin_client, customers):
+    found, sql = searched(admin_client, CHANGELIST, "teapot")
+
+    assert found == ["pay_bob0002", "pay_ann0001"]
+    assert contains_search(sql)
+
+
+def test_a_term_that_begins_an_email_finds_only_those_payments(admin_client, customers):
+    # "Ann" also appears in Bob's name and description: the index's answer comes first.
+    assert searched(admin_client, CHANGELIST, "ann")[0] == ["pay_ann0001"]
+    assert searched(admin_client, CHANGELIST, "Annan")[0] == ["pay_bob0002"]
+
+
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [("re_ann", ["re_ann1"]), ("pay_ann0001", ["re_ann1"]), ("bob@", ["re_bob1"])],
+)
+def test_refunds_search_by_refund_or_payment(admin_client, customers, term, expected):
+    make_refund(customers["ann"], ledgepay_id="re_ann1", amount=100)
+    make_refund(customers["bob"], ledgepay_id="re_bob1", amount=100)
+
+    found, sql = searched(admin_client, REFUNDS, term)
+
+    assert found == expected
+    assert not contains_search(sql)
+
+
+@pytest.mark.parametrize(("term", "payment"), [("1002", "bob"), ("re_ann1", "ann")])
+def test_transitions_search_by_payment_or_refund(admin_client, customers, term, payment):
+    refund = make_refund(customers["ann"], ledgepay_id="re_ann1", amount=100)
+    for name, customer in customers.items():
+        Transition.objects.create(
+            signal="payment_succeeded", payment=customer, source="webhook", error=name
+        )
+    Transition.objects.create(
+        signal="refund_created", payment=customers["ann"], refund=refund, source="webhook"
+    )
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(TRANSITIONS, {"q": term})
+
+    rows = response.context["cl"].result_list
+    assert {row.payment_id for row in rows} == {customers[payment].pk}
+    assert len(rows) == (1 if term.startswith("re_") else 1 + (payment == "ann"))
+    assert not contains_search([q["sql"] for q in queries.captured_queries])
+
+
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ("pay_ann", ["pay_ann0001"]),
+        ("refund.created", ["pay_bob0002"]),
+        # Not the start of an id: Django's search, in every row.
+        ("ann0001", ["pay_ann0001"]),
+    ],
+)
+def test_events_search_by_object_id_or_type(admin_client, term, expected):
+    event = {"payload": {}, "status": "processed"}
+    WebhookEvent.objects.create(
+        event_type="payment.succeeded", object_id="pay_ann0001", body_sha256="1" * 64, **event
+    )
+    WebhookEvent.objects.create(
+        event_type="refund.created", object_id="pay_bob0002", body_sha256="2" * 64, **event
+    )
+
+    found, sql = searched(admin_client, EVENTS, term)
+
+    assert found == expected
+    assert contains_search(sql) == (term == "ann0001")
+
+
+def test_event_type_filter_lists_the_types_in_use_from_the_index(admin_client):
+    for n, event_type in enumerate(["refund.created", "payment.succeeded", "refund.created"]):
+        WebhookEvent.objects.create(
+            event_type=event_type, object_id=f"pay_{n}", payload={}, body_sha256=f"{n:064d}"
+        )
+
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(EVENTS)
+
+    spec = next(s for s in response.context["cl"].filter_specs if s.title == "event type")
+    choices = [str(c["display"]) for c in spec.choices(response.context["cl"])]
+    assert choices == ["All", "payment.succeeded", "refund.created"]
+    assert not any("DISTINCT" in q["sql"] for q in queries.captured_queries)
+
+
+def test_the_search_box_says_what_is_fast(admin_client):
+    content = admin_client.get(CHANGELIST).content.decode()
+
+    assert "A LedgePay id or an e-mail address, or their start, or an order id." in content
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "tries"),
+    # Payments, refunds and events read a filter's choices (on an index); a search tries
+    # the indexes first, one EXISTS each until one finds a row (the refunds, a refund's id
+    # and then a payment's).
+    [(CHANGELIST, 1, 1), (REFUNDS, 1, 2), (EVENTS, 1, 1), (TRANSITIONS, 0, 1)],
+)
+def test_each_list_costs_the_same_queries_at_any_size(
+    admin_client, django_assert_num_queries, url, extra, tries
+):
+    # Session, user, the count, (the filter's choices), the page's rows.
+    expected = 3 + COUNT_QUERIES + extra
+    with django_assert_num_queries(expected):
+        assert admin_client.get(url).status_code == 200
+    build_payments(30)
+    for n, payment in enumerate(Payment.objects.all()):
+        Transition.objects.create(signal="payment_succeeded", payment=payment, source="sync")
+        WebhookEvent.objects.create(
+            event_type="payment.succeeded",
+            object_id=payment.ledgepay_id,
+            payload={},
+            body_sha256=f"{n:064d}",
+        )
+    with django_assert_num_queries(expected):
+        assert admin_client.get(url).status_code == 200
+    with django_assert_num_queries(expected + tries):
+        assert admin_client.get(url, {"q": "pay_"}).status_code == 200
+
+
+def test_a_list_is_counted_once_and_never_whole(admin_client, customers):
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(CHANGELIST, {"status__exact": "succeeded"})
+
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"]]
+    assert len(counts) == 1
+    assert response.context["cl"].result_count == 2
+    assert response.context["cl"].full_result_count is None
+    if ON_POSTGRESQL:
+        # It stops after COUNT_LIMIT + 1 rows.
+        assert f"LIMIT {ledgepay_admin.COUNT_LIMIT + 1}" in counts[0]
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="PostgreSQL's estimate")
+def test_past_the_limit_the_count_is_postgresqls_estimate(admin_client, monkeypatch):
+    monkeypatch.setattr(ledgepay_admin.paging, "COUNT_LIMIT", 5)
+    build_payments(12)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE django_ledgepay_payment")
+
+    with CaptureQueriesContext(connection) as queries:
+        many = admin_client.get(CHANGELIST).context["cl"]
+    sql = [q["sql"] for q in queries.captured_queries]
+    few = admin_client.get(CHANGELIST, {"currency": "KWD"}).context["cl"]
+
+    assert many.result_count == 12  # The table's statistics, just analyzed.
+    assert any(s.startswith("EXPLAIN") for s in sql)
+    assert not any("COUNT(*)" in s and "LIMIT" not in s for s in sql)
+    assert few.result_count == 4  # Under the limit: exact.
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="PostgreSQL's plans")
+@pytest.mark.parametrize(
+    ("rows", "index"),
+    [
+        (Payment.objects.filter(customer_email__istartswith="ann@"), "ledgepay_pay_email_idx"),
+        (Payment.objects.filter(ledgepay_admin.payment_match("1001")), "ledgepay_pay_order_idx"),
+        (Payment.objects.filter(ledgepay_id__startswith="pay_a"), "_like"),
+        (Payment.objects.filter(updated_at__gte="2026-01-01T00:00Z"), "ledgepay_pay_updated_idx"),
+        (
+            Refund.objects.filter(updated_at__gte="2026-01-01T00:00Z"),
+            "ledgepay_refund_updated_idx",
+        ),
+        (WebhookEvent.objects.filter(event_type="refund.created"), "ledgepay_evt_type_idx"),
+    ],
+)
+def test_the_searches_can_read_their_indexes(rows, index):
+    """With sequential scans priced out, PostgreSQL reads the index: it matches the query's
+    expression, under the database's collation."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        plan = rows.order_by().explain()
+    assert index in plan, plan
+
+
+@pytest.mark.skipif(not ON_POSTGRESQL, reason="PostgreSQL's plans")
+@pytest.mark.parametrize(
+    ("rows", "index"),
+    [
+        (WebhookEvent.objects.order_by("-received_at", "-id"), "ledgepay_evt_received_idx"),
+        (Transition.objects.order_by("created_at", "id"), "ledgepay_tr_created_idx"),
+    ],
+)
+def test_the_lists_are_read_in_their_order_from_an_index(rows, index):
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_sort = off")
+        plan = rows[:100].explain()
+    assert index in plan and "Sort" not in plan, plan
