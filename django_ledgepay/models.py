@@ -7,8 +7,7 @@ from typing import Any, Final
 from django.conf import settings
 from django.db import models
 from django.db.models import Q, Sum
-from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, Coalesce, Upper
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -73,15 +72,6 @@ class Payment(models.Model):
             models.Index(fields=["-created_at"], name="ledgepay_pay_created_idx"),
             # The admin's currency filter: its choices and its page.
             models.Index(fields=["currency", "-created_at"], name="ledgepay_pay_currency_idx"),
-            # The admin's search: an e-mail address by its start, in any case (PostgreSQL
-            # gets it with text_pattern_ops, so that LIKE 'ANN%' reads it under any
-            # collation: see its migration), and an order id.
-            models.Index(Upper("customer_email"), name="ledgepay_pay_email_idx"),
-            models.Index(
-                Cast(KT("metadata__order_id"), models.TextField()), name="ledgepay_pay_order_idx"
-            ),
-            # The dashboard's figures: the days whose payments changed since it last looked.
-            models.Index(fields=["updated_at"], name="ledgepay_pay_updated_idx"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="ledgepay_payment_amount_gt_0"),
@@ -150,8 +140,6 @@ class Refund(models.Model):
             models.Index(fields=["-created_at"], name="ledgepay_refund_created_idx"),
             models.Index(fields=["status", "-created_at"], name="ledgepay_refund_status_idx"),
             models.Index(fields=["currency", "-created_at"], name="ledgepay_refund_currency_idx"),
-            # The dashboard's figures: the days whose refunds changed since it last looked.
-            models.Index(fields=["updated_at"], name="ledgepay_refund_updated_idx"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="ledgepay_refund_amount_gt_0"),
@@ -204,13 +192,7 @@ class WebhookEvent(models.Model):
         verbose_name = _("webhook event")
         verbose_name_plural = _("webhook events")
         ordering = ["-received_at", "-id"]
-        indexes = [
-            models.Index(fields=["status", "-received_at"], name="ledgepay_evt_status_idx"),
-            # The admin's list and its date filter; its type filter (the choices too) and
-            # its search by type.
-            models.Index(fields=["-received_at", "-id"], name="ledgepay_evt_received_idx"),
-            models.Index(fields=["event_type", "-received_at"], name="ledgepay_evt_type_idx"),
-        ]
+        indexes = [models.Index(fields=["status", "-received_at"], name="ledgepay_evt_status_idx")]
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.object_id} ({self.status})"
@@ -297,8 +279,6 @@ class Transition(models.Model):
                 name="ledgepay_tr_undelivered_idx",
                 condition=Q(delivered_at__isnull=True),
             ),
-            # The admin's list, in the order above.
-            models.Index(fields=["created_at", "id"], name="ledgepay_tr_created_idx"),
         ]
 
     def __str__(self) -> str:
@@ -543,30 +523,3 @@ class Erasure(models.Model):
     def __str__(self) -> str:
         count = len(self.payments) if isinstance(self.payments, list) else 0
         return f"{self.erased_at:%Y-%m-%d %H:%M} {self.criterion}: {count} payment(s)"
-
-
-class DayFigures(models.Model):
-    """The admin dashboard's figures for one local day: per currency, the count and amount
-    of the payments created that day by status, and of its refunds that have not failed.
-
-    Kept by :mod:`django_ledgepay.daily_figures`, which computes a day again when a payment
-    or refund created that day has changed since; deleting rows only makes the next
-    dashboard slower.
-    """
-
-    day = models.DateField(_("day"))
-    time_zone = models.CharField(_("time zone"), max_length=64)
-    figures = models.JSONField(_("figures"), default=dict)
-    computed_at = models.DateTimeField(_("computed at"))
-
-    class Meta:
-        verbose_name = _("day's figures")
-        verbose_name_plural = _("days' figures")
-        constraints = [
-            models.UniqueConstraint(
-                fields=["time_zone", "day"], name="ledgepay_dayfigures_unique"
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.day} ({self.time_zone})"

@@ -14,20 +14,14 @@ from django.db.migrations.loader import MigrationLoader
 APP = "django_ledgepay"
 
 
-#: The admin's indexes at a million payments, built without locking writes.
-INDEXES = "0005_dayfigures_payment_ledgepay_pay_email_idx_and_more"
-
-
-def test_each_release_adds_few_migrations():
+def test_each_release_adds_one_migration():
     loader = MigrationLoader(None, ignore_no_migrations=True)
     names = sorted(name for app, name in loader.disk_migrations if app == APP)
-    # 0.1, 0.2, and the next release's (the receivers' claims; erasure; the admin's
-    # indexes).
-    assert len(names) == 5
+    # 0.1, 0.2, and the next release's (the receivers' claims; erasure).
+    assert len(names) == 4
     assert names[0] == "0001_initial" and names[1].startswith("0002_")
     assert names[2] == "0003_reaction_claimed_until"
     assert names[3] == "0004_erasure_payment_erased_at"
-    assert names[4] == INDEXES
 
 
 @pytest.mark.django_db(transaction=True)
@@ -101,55 +95,3 @@ def test_upgrading_from_0_1_keeps_every_row():
     # The new tables start empty: the past is not rewritten into transitions or requests.
     assert new.get_model(APP, "Transition").objects.count() == 0
     assert new.get_model(APP, "RefundRequest").objects.count() == 0
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_admins_indexes_are_built_without_locking_writes():
-    out = io.StringIO()
-    call_command("sqlmigrate", APP, INDEXES, stdout=out)
-    sql = out.getvalue()
-
-    creates = [line for line in sql.splitlines() if line.startswith("CREATE INDEX")]
-    assert len(creates) == 7
-    if connection.vendor == "postgresql":
-        # Outside a transaction, each index built while the table is read and written,
-        # after dropping one an interrupted build left.
-        assert "BEGIN;" not in sql
-        assert all(line.startswith('CREATE INDEX CONCURRENTLY "ledgepay_') for line in creates)
-        assert sql.count("DROP INDEX CONCURRENTLY IF EXISTS") == 7
-        # A prefix of an e-mail address reads it under any collation.
-        assert '(UPPER("customer_email") text_pattern_ops);' in sql
-
-
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="CREATE INDEX CONCURRENTLY")
-@pytest.mark.django_db(transaction=True)
-def test_the_indexes_migration_runs_again_after_an_interrupted_build():
-    executor = MigrationExecutor(connection)
-    latest = executor.loader.graph.leaf_nodes(APP)
-    executor.migrate([(APP, "0004_erasure_payment_erased_at")])
-    with connection.cursor() as cursor:
-        # What a build stopped half-way leaves (invalid, on PostgreSQL).
-        cursor.execute(
-            'CREATE INDEX "ledgepay_pay_updated_idx" ON "django_ledgepay_payment" ("updated_at")'
-        )
-
-    executor = MigrationExecutor(connection)
-    executor.migrate(latest)
-    executor = MigrationExecutor(connection)
-    executor.migrate([(APP, "0004_erasure_payment_erased_at")])
-    executor = MigrationExecutor(connection)
-    executor.migrate(latest)
-
-    with connection.cursor() as cursor:
-        names = {
-            index
-            for index, info in connection.introspection.get_constraints(
-                cursor, "django_ledgepay_payment"
-            ).items()
-            if info["index"]
-        }
-    assert {
-        "ledgepay_pay_email_idx",
-        "ledgepay_pay_order_idx",
-        "ledgepay_pay_updated_idx",
-    } <= names

@@ -17,7 +17,6 @@ from django_ledgepay.admin.events import WebhookEventAdmin
 from django_ledgepay.admin.filters import (
     CurrencyListFilter,
     DeliveryFilter,
-    IndexedValuesListFilter,
     UnresolvedRefundFilter,
 )
 from django_ledgepay.admin.inlines import (
@@ -28,29 +27,18 @@ from django_ledgepay.admin.inlines import (
     RefundRequestInline,
     TransitionInline,
 )
-from django_ledgepay.admin.paging import (
-    COUNT_LIMIT,
-    EstimatedCountMixin,
-    EstimatedCountPaginator,
-)
 from django_ledgepay.admin.payments import PaymentAdmin, refunded_total
 from django_ledgepay.admin.permissions import ACTION_LIMIT, ReadOnlyMixin
 from django_ledgepay.admin.refunding import RefundingAdmin
 from django_ledgepay.admin.refunds import RefundAdmin
-from django_ledgepay.admin.search import IndexedSearchMixin, payment_match
 from django_ledgepay.admin.transitions import TransitionAdmin
 
 __all__ = [
     "ACTION_LIMIT",
-    "COUNT_LIMIT",
     "READ_ONLY_INLINE",
     "AmountMixin",
     "CurrencyListFilter",
     "DeliveryFilter",
-    "EstimatedCountMixin",
-    "EstimatedCountPaginator",
-    "IndexedSearchMixin",
-    "IndexedValuesListFilter",
     "PaymentAdmin",
     "ReactionInline",
     "ReadOnlyInline",
@@ -65,7 +53,6 @@ __all__ = [
     "WebhookEventAdmin",
     "delivery_state",
     "nowrap",
-    "payment_match",
     "pretty_json",
     "refunded_total",
 ]

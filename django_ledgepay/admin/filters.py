@@ -1,5 +1,5 @@
-"""The lists' own filters: a column's values (currencies, event types) read from an index,
-payments with a refund request still unanswered, transitions by delivery."""
+"""The lists' own filters: currencies read from an index, payments with a refund request
+still unanswered, transitions by delivery."""
 
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ from django.utils.translation import gettext_lazy as _
 from django_ledgepay.models import RefundRequest
 
 
-class IndexedValuesListFilter(admin.AllValuesFieldListFilter):
-    """The values in use of a column that an index starts with, as Django's filter lists
-    them, without reading every row.
+class CurrencyListFilter(admin.AllValuesFieldListFilter):
+    """The currencies in use, as Django's filter lists them, without reading every row.
 
     ``SELECT DISTINCT currency`` reads the whole table on every page of the list; this
-    walks the index instead, one probe per value (a "loose index scan", in a recursive
-    query). A model admin whose queryset is filtered (one shop's payments, say) gets
-    Django's own query, so that it lists only the values of the rows it shows.
+    walks the currency index instead, one probe per currency (a "loose index scan", in a
+    recursive query). A model admin whose queryset is filtered (one shop's payments, say)
+    gets Django's own query, so that it lists only the currencies of the rows it shows.
     """
 
     def __init__(
@@ -41,10 +40,6 @@ class IndexedValuesListFilter(admin.AllValuesFieldListFilter):
         if fast and not self.lookup_choices.query.where:
             # Django only iterates its choices (in choices() and for the counts).
             self.lookup_choices = _LazyList(lambda: _distinct_values(model, field))  # type: ignore[assignment]
-
-
-class CurrencyListFilter(IndexedValuesListFilter):
-    """The currencies in use, from the index on currency and creation time."""
 
 
 class _LazyList:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import partial
 
 from django.contrib import admin, messages
-from django.db.models import OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, StreamingHttpResponse
 from django.urls import URLPattern, path
@@ -25,10 +25,8 @@ from django_ledgepay.admin.display import (
 )
 from django_ledgepay.admin.filters import CurrencyListFilter, UnresolvedRefundFilter
 from django_ledgepay.admin.inlines import RefundInline, RefundRequestInline, TransitionInline
-from django_ledgepay.admin.paging import EstimatedCountMixin
 from django_ledgepay.admin.permissions import ACTION_LIMIT, ReadOnlyMixin, has_model_perm
 from django_ledgepay.admin.refunding import RefundingAdmin
-from django_ledgepay.admin.search import IndexedSearchMixin, payment_match
 from django_ledgepay.currencies import format_amount
 from django_ledgepay.exceptions import LedgePayError
 from django_ledgepay.models import Payment, Refund, Transition
@@ -49,9 +47,7 @@ def refunded_total() -> Coalesce:
 
 
 @admin.register(Payment)
-class PaymentAdmin(
-    AmountMixin, ReadOnlyMixin, EstimatedCountMixin, IndexedSearchMixin, RefundingAdmin
-):
+class PaymentAdmin(AmountMixin, ReadOnlyMixin, RefundingAdmin):
     # Fits 1280 px beside both sidebars: the status column says when the payment reached
     # its status (a completed column of its own pushed the dates behind a scroll).
     list_display = (
@@ -69,10 +65,6 @@ class PaymentAdmin(
         UnresolvedRefundFilter,
     )
     search_fields = ("ledgepay_id", "customer_email", "customer_name", "description")
-    search_help_text = _(
-        "A LedgePay id or an e-mail address, or their start, or an order id. Other text is "
-        "looked for in every payment's id, e-mail, name and description, which takes longer."
-    )
     readonly_fields = (
         "amount_display",
         "refunded_display",
@@ -108,9 +100,6 @@ class PaymentAdmin(
         # subquery per row rather than a join: the list's count, its filters and its
         # page then never read the refunds, and only the rows shown compute their total.
         return super().get_queryset(request).annotate(annotated_amount_refunded=refunded_total())
-
-    def indexed_searches(self, term: str) -> tuple[Q, ...]:
-        return (payment_match(term),)
 
     def get_urls(self) -> list[URLPattern]:
         info = (self.opts.app_label, self.opts.model_name)

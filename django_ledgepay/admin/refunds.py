@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.contrib import admin
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, StreamingHttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -15,9 +15,7 @@ from django.utils.translation import gettext_lazy as _
 from django_ledgepay import exports
 from django_ledgepay.admin.display import AmountMixin, day_and_time, with_note
 from django_ledgepay.admin.filters import CurrencyListFilter
-from django_ledgepay.admin.paging import EstimatedCountMixin
 from django_ledgepay.admin.permissions import ReadOnlyMixin
-from django_ledgepay.admin.search import IndexedSearchMixin, payments_matching
 from django_ledgepay.models import Refund
 
 if TYPE_CHECKING:
@@ -28,9 +26,7 @@ else:
 
 
 @admin.register(Refund)
-class RefundAdmin(
-    AmountMixin, ReadOnlyMixin, EstimatedCountMixin, IndexedSearchMixin, RefundAdminBase
-):
+class RefundAdmin(AmountMixin, ReadOnlyMixin, RefundAdminBase):
     # Fits 1280 px beside both sidebars with ids as long as LedgePay's: the reason is under
     # the status (a column of its own pushed the created date behind a scroll).
     list_display = (
@@ -42,10 +38,6 @@ class RefundAdmin(
     )
     list_filter = ("status", "reason", ("currency", CurrencyListFilter), "created_at")
     search_fields = ("ledgepay_id", "payment__ledgepay_id", "payment__customer_email")
-    search_help_text = _(
-        "A refund's LedgePay id, or its payment's LedgePay id or e-mail address, or their "
-        "start, or its payment's order id. Other text takes longer."
-    )
     list_select_related = ("payment",)
     fields = (
         "ledgepay_id",
@@ -58,9 +50,6 @@ class RefundAdmin(
     )
     readonly_fields = ("payment_link", "amount_display")
     actions = ("export_csv",)
-
-    def indexed_searches(self, term: str) -> tuple[Q, ...]:
-        return (Q(ledgepay_id__startswith=term), payments_matching(term))
 
     @admin.display(description=_("payment"), ordering="payment__ledgepay_id")
     def payment_link(self, refund: Refund) -> SafeString:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -17,9 +17,7 @@ from django_ledgepay import reactions
 from django_ledgepay.admin.display import change_link, day_and_time, delivery_state, with_time
 from django_ledgepay.admin.filters import DeliveryFilter
 from django_ledgepay.admin.inlines import ReactionInline
-from django_ledgepay.admin.paging import EstimatedCountMixin
 from django_ledgepay.admin.permissions import ACTION_LIMIT, ReadOnlyMixin, has_model_perm
-from django_ledgepay.admin.search import IndexedSearchMixin, payments_matching, refunds_matching
 from django_ledgepay.models import Transition
 
 if TYPE_CHECKING:
@@ -30,7 +28,7 @@ else:
 
 
 @admin.register(Transition)
-class TransitionAdmin(ReadOnlyMixin, EstimatedCountMixin, IndexedSearchMixin, TransitionAdminBase):
+class TransitionAdmin(ReadOnlyMixin, TransitionAdminBase):
     # Fits 1280 px beside both sidebars with ids as long as LedgePay's: the delivery says
     # when the next attempt is (a column of its own pushed the delivery off the screen),
     # and the date is short.
@@ -44,10 +42,6 @@ class TransitionAdmin(ReadOnlyMixin, EstimatedCountMixin, IndexedSearchMixin, Tr
     )
     list_filter = (DeliveryFilter, "signal", "source", "created_at")
     search_fields = ("payment__ledgepay_id", "refund__ledgepay_id")
-    search_help_text = _(
-        "Its payment's LedgePay id, e-mail address or order id, or its refund's LedgePay id "
-        "(an id or an address by its start). Other text takes longer."
-    )
     list_select_related = ("payment", "actor")
     fields = (
         "signal",
@@ -65,9 +59,6 @@ class TransitionAdmin(ReadOnlyMixin, EstimatedCountMixin, IndexedSearchMixin, Tr
     readonly_fields = ("payment_link", "error_display")
     inlines = (ReactionInline,)
     actions = ("deliver_transitions",)
-
-    def indexed_searches(self, term: str) -> tuple[Q, ...]:
-        return (payments_matching(term), refunds_matching(term))
 
     @admin.display(description=_("payment"), ordering="payment__ledgepay_id")
     def payment_link(self, transition: Transition) -> SafeString:
