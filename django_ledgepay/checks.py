@@ -196,13 +196,7 @@ def check_shared_state(
         "LEDGEPAY_BREAKER_THRESHOLD",
         "LEDGEPAY_BREAKER_COOLDOWN",
     )
-    for name in names:
-        try:
-            getattr(conf, name)
-        except ImproperlyConfigured as err:
-            messages.append(
-                Warning(str(err), hint="Remove it to use the default.", id="django_ledgepay.W007")
-            )
+    messages.extend(unusable_numbers(names))
     return messages
 
 
@@ -248,11 +242,19 @@ def check_health(
         "LEDGEPAY_HEALTH_WEBHOOK_SILENCE",
         "LEDGEPAY_HEALTH_PENDING_CRITICAL",
     )
+    messages.extend(unusable_numbers(names))
+    return messages
+
+
+def unusable_numbers(names: Sequence[str]) -> list[CheckMessage]:
+    """``django_ledgepay.W007`` for each setting of ``names`` that is not a usable number
+    (reading it through ``conf`` raises ``ImproperlyConfigured`` naming it)."""
+    found: list[CheckMessage] = []
     for name in names:
         try:
             getattr(conf, name)
         except ImproperlyConfigured as err:
-            messages.append(
+            found.append(
                 Warning(str(err), hint="Remove it to use the default.", id="django_ledgepay.W007")
             )
-    return messages
+    return found
